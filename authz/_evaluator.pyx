@@ -1,0 +1,1266 @@
+# cython: language_level=3
+"""The Cedar evaluator: walks a compiled generation in place (a memoryview of the LMDB map) and decides requests.
+
+Layout constants repeat authz/compiler/layout.py (tests/test_layout.py checks they agree). Values met
+during evaluation are Python objects: bool, int (Long), str, Uid, CedarSet, dict (record) and Ext.
+Policies, scopes, the index and entities are never turned into Python objects: they are read from the map.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memcmp
+from libc.stdlib cimport malloc, realloc, free
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+import re as _re
+import ipaddress as _ipaddress
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+# ---- layout constants (mirror of authz/compiler/layout.py) ----
+MAGIC = b"AUTHZGEN"
+cdef bytes MAGIC_C = MAGIC
+DEF FORMAT_VERSION_C = 1
+FORMAT_VERSION = FORMAT_VERSION_C
+DEF N_HEADER = 14
+DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
+
+cdef enum:
+    V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT
+cdef enum:
+    S_ALL, S_EQ, S_IN, S_IS, S_IS_IN, S_IN_LIST
+cdef enum:
+    OP_LIT, OP_VAR, OP_GETATTR, OP_HAS, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_ADD, OP_SUB, OP_MUL, OP_IN, OP_CONTAINS, OP_CONTAINS_ALL, OP_CONTAINS_ANY, OP_HAS_TAG, OP_GET_TAG, OP_AND, OP_OR, OP_NOT, OP_NEG, OP_IS_EMPTY, OP_IF, OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_UID
+cdef enum:
+    F_IP, F_IS_IPV4, F_IS_IPV6, F_IS_LOOPBACK, F_IS_MULTICAST, F_IS_IN_RANGE, F_DECIMAL, F_LT, F_LE, F_GT, F_GE, F_DATETIME, F_DURATION, F_OFFSET, F_DURATION_SINCE, F_TO_DATE, F_TO_TIME, F_TO_MS, F_TO_S, F_TO_MIN, F_TO_H, F_TO_D
+cdef enum:
+    EXT_IP = 1, EXT_DECIMAL = 2, EXT_DATETIME = 3, EXT_DURATION = 4
+
+LAYOUT = {
+    "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "V_EXT": V_EXT, "S_IN_LIST": S_IN_LIST,
+    "OP_UID": OP_UID, "OP_CALL": OP_CALL, "F_TO_D": F_TO_D, "OP_LIKE": OP_LIKE, "V_RECORD": V_RECORD,
+}
+
+cdef int64_t I64_MAX = 9223372036854775807
+cdef int64_t I64_MIN = -9223372036854775807 - 1
+cdef int64_t DAY_MS = 86400000
+
+
+class IndexFormatError(Exception):
+    """The mapped generation is not what the compiler writes (truncated or corrupted)."""
+
+
+class EvalError(Exception):
+    """A Cedar evaluation error: the policy is skipped and reported."""
+
+
+# ---- FNV-1a, shared with the compiler for the uid and type hash tables ----
+
+cdef inline uint64_t fnv1a(const unsigned char* p, Py_ssize_t n, uint64_t h) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h
+
+cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
+
+
+cdef inline uint64_t uid_hash(const unsigned char* t, Py_ssize_t tn, const unsigned char* i, Py_ssize_t inn) noexcept nogil:
+    cdef unsigned char sep = 0xFF
+    cdef uint64_t h = fnv1a(t, tn, FNV_OFFSET)
+    h = fnv1a(&sep, 1, h)
+    return fnv1a(i, inn, h)
+
+
+def hash_key(bytes type_name, bytes uid_id=None):
+    """FNV-1a of a type name, or of a uid (type, 0xFF, id): the compiler builds its tables with this."""
+    if uid_id is None:
+        return fnv1a(<const unsigned char*>type_name, len(type_name), FNV_OFFSET)
+    return uid_hash(<const unsigned char*>type_name, len(type_name), <const unsigned char*>uid_id, len(uid_id))
+
+
+# ---- Cedar values ----
+
+cdef class Uid:
+    """An entity uid; `idx` is its interned index in the generation it was resolved against, or -1."""
+    cdef readonly str type
+    cdef readonly str id
+    cdef int idx
+    cdef int type_idx
+
+    def __eq__(self, other):
+        return isinstance(other, Uid) and (<Uid>other).type == self.type and (<Uid>other).id == self.id
+
+    def __hash__(self):
+        return hash((self.type, self.id))
+
+    def __repr__(self):
+        return f'{self.type}::"{self.id}"'
+
+
+cdef class CedarSet:
+    """A Cedar set; equality and membership use Cedar equality (order and duplicates ignored)."""
+    cdef list items
+
+    def __repr__(self):
+        return f"CedarSet({self.items!r})"
+
+
+cdef class Ext:
+    """An extension value: ip (version, addr, prefix), decimal (value x 10^4), datetime or duration (ms)."""
+    cdef int kind
+    cdef object a      # ip: the address as int; decimal/datetime/duration: int64 as int
+    cdef int version   # ip only: 4 or 6
+    cdef int prefix    # ip only
+
+    def __repr__(self):
+        return f"Ext({self.kind}, {self.a!r}, {self.version}, {self.prefix})"
+
+
+cdef inline Ext make_ext(int kind, object a, int version=0, int prefix=0):
+    cdef Ext e = Ext.__new__(Ext)
+    e.kind = kind
+    e.a = a
+    e.version = version
+    e.prefix = prefix
+    return e
+
+
+cdef inline CedarSet make_set(list items):
+    cdef CedarSet s = CedarSet.__new__(CedarSet)
+    s.items = items
+    return s
+
+
+cdef bint cedar_eq(object a, object b) except -1:
+    cdef type ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta is str or ta is int or ta is bool:
+        return a == b
+    if ta is Uid:
+        return (<Uid>a).type == (<Uid>b).type and (<Uid>a).id == (<Uid>b).id
+    if ta is CedarSet:
+        return set_subset(<CedarSet>a, <CedarSet>b) and set_subset(<CedarSet>b, <CedarSet>a)
+    if ta is dict:
+        if len(<dict>a) != len(<dict>b):
+            return False
+        for k, v in (<dict>a).items():
+            if k not in <dict>b or not cedar_eq(v, (<dict>b)[k]):
+                return False
+        return True
+    if ta is Ext:
+        return ((<Ext>a).kind == (<Ext>b).kind and (<Ext>a).a == (<Ext>b).a
+                and (<Ext>a).version == (<Ext>b).version and (<Ext>a).prefix == (<Ext>b).prefix)
+    return False
+
+
+cdef bint set_has(CedarSet s, object x) except -1:
+    for item in s.items:
+        if cedar_eq(item, x):
+            return True
+    return False
+
+
+cdef bint set_subset(CedarSet small, CedarSet big) except -1:
+    for item in small.items:
+        if not set_has(big, item):
+            return False
+    return True
+
+
+cdef str type_name(object v):
+    cdef type t = type(v)
+    if t is bool: return "bool"
+    if t is int: return "long"
+    if t is str: return "string"
+    if t is Uid: return "entity"
+    if t is CedarSet: return "set"
+    if t is dict: return "record"
+    if t is Ext: return ("", "ipaddr", "decimal", "datetime", "duration")[(<Ext>v).kind]
+    return t.__name__
+
+
+cdef type_error(str expected, object got):
+    raise EvalError(f"type error: expected {expected}, got {type_name(got)}")
+
+
+cdef inline object check_long(object v):
+    if not (I64_MIN <= v <= I64_MAX):
+        raise EvalError("integer overflow")
+    return v
+
+
+# ---- extension constructors (Cedar's parsing rules) ----
+
+_DECIMAL_RE = _re.compile(r"(-?\d+)\.(\d+)")
+_DURATION_RE = _re.compile(r"-?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?")
+_DATE_RE = _re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_HMS_RE = _re.compile(r"T([0-9]{2}):([0-9]{2}):([0-9]{2})")
+_MS_OFFSET_RE = _re.compile(r"(\.([0-9]{3}))?(Z|((\+|-)([0-9]{2})([0-9]{2})))")
+_SUBNET_RE = _re.compile(r"\+?[0-9]+")
+_ASCII_DIGITS = _re.compile(r"-?[0-9]+")
+
+
+cdef object parse_ip_addr(str s):
+    """A Rust std::net::IpAddr parse: plain dotted-quad or IPv6 text, nothing else."""
+    if "%" in s or not s or not s.isascii() or s != s.strip():
+        return None
+    try:
+        if ":" in s:
+            return _ipaddress.IPv6Address(s)
+        return _ipaddress.IPv4Address(s)
+    except ValueError:
+        return None
+
+
+cdef Ext parse_ip(str s):
+    if s.count(":") >= 2 and s.count(".") >= 2:
+        raise EvalError(f"error parsing IP address from string `{s}`: IPv4 embedded in IPv6 is not accepted")
+    addr = parse_ip_addr(s)
+    cdef int prefix
+    if addr is not None:
+        return make_ext(EXT_IP, int(addr), addr.version, 32 if addr.version == 4 else 128)
+    head, sep, tail = s.partition("/")
+    if not sep:
+        raise EvalError(f"invalid IP address `{s}`")
+    addr = parse_ip_addr(head)
+    if addr is None:
+        raise EvalError(f"error parsing IP address from the string `{head}`")
+    if not tail.isascii() or _SUBNET_RE.fullmatch(tail) is None or int(tail) > 255:
+        raise EvalError(f"error parsing subnet from the string `{tail}`")
+    prefix = int(tail)
+    if prefix > (32 if addr.version == 4 else 128):
+        raise EvalError(f"invalid subnet: {prefix}")
+    return make_ext(EXT_IP, int(addr), addr.version, prefix)
+
+
+cdef Ext parse_decimal(str s):
+    m = _DECIMAL_RE.fullmatch(s)
+    if m is None:
+        raise EvalError(f"`{s}` is not a well-formed decimal value")
+    left, right = m.group(1), m.group(2)
+    if _ASCII_DIGITS.fullmatch(left) is None:
+        raise EvalError("overflow when converting to decimal")
+    l = int(left)
+    if not (I64_MIN <= l <= I64_MAX):
+        raise EvalError("overflow when converting to decimal")
+    l = l * 10000
+    if not (I64_MIN <= l <= I64_MAX):
+        raise EvalError("overflow when converting to decimal")
+    if len(right.encode("utf-8")) > 4:
+        raise EvalError(f"too many digits after the decimal in `{s}`")
+    if _ASCII_DIGITS.fullmatch(right) is None:
+        raise EvalError("overflow when converting to decimal")
+    r = int(right) * 10 ** (4 - len(right))
+    v = l + r if l >= 0 else l - r
+    if not (I64_MIN <= v <= I64_MAX):
+        raise EvalError("overflow when converting to decimal")
+    return make_ext(EXT_DECIMAL, v)
+
+
+cdef Ext parse_duration(str s):
+    if s == "" or s == "-":
+        raise EvalError("invalid duration pattern")
+    m = _DURATION_RE.fullmatch(s)
+    if m is None:
+        raise EvalError("invalid duration pattern")
+    neg = s.startswith("-")
+    nums = []
+    for g in (2, 4, 6, 8, 10):
+        text = m.group(g)
+        n = 0 if text is None else int(text)
+        if n > 18446744073709551615:
+            raise EvalError("duration overflows internal representation")
+        nums.append(n)
+    d, h, mi, sec, ms = nums
+    total = -ms if neg else ms
+    if not (I64_MIN <= total <= I64_MAX):
+        raise EvalError("duration overflows internal representation")
+    for amount, mul in ((sec, 1000), (mi, 60000), (h, 3600000), (d, 86400000)):
+        if amount > I64_MAX:
+            raise EvalError("duration overflows internal representation")
+        step = amount * mul
+        if step > I64_MAX:
+            raise EvalError("duration overflows internal representation")
+        total = total - step if neg else total + step
+        if not (I64_MIN <= total <= I64_MAX):
+            raise EvalError("duration overflows internal representation")
+    return make_ext(EXT_DURATION, total)
+
+
+cdef inline bint is_leap(long y):
+    return (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
+
+
+cdef long days_from_civil(long y, long m, long d):
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
+    y -= m <= 2
+    cdef long era = (y if y >= 0 else y - 399) // 400
+    cdef long yoe = y - era * 400
+    cdef long doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef long doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef Ext parse_datetime(str s):
+    m = _DATE_RE.match(s)
+    if m is None:
+        raise EvalError("invalid date pattern")
+    cdef long year = int(m.group(1)), month = int(m.group(2)), day = int(m.group(3))
+    cdef int mdays[13]
+    mdays[:] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    date_ok = 1 <= month <= 12 and 1 <= day <= (29 if month == 2 and is_leap(year) else mdays[month])
+    rest = s[m.end():]
+    if not rest:
+        if not date_ok:
+            raise EvalError(f"invalid date: {m.group(0)}")
+        return make_ext(EXT_DATETIME, days_from_civil(year, month, day) * DAY_MS)
+    hms = _HMS_RE.match(rest)
+    if hms is None:
+        raise EvalError("invalid hour/minute/second pattern")
+    hh, mm, ss = int(hms.group(1)), int(hms.group(2)), int(hms.group(3))
+    tail = _MS_OFFSET_RE.fullmatch(rest[hms.end():])
+    if tail is None:
+        raise EvalError("invalid millisecond and/or offset pattern")
+    millis = int(tail.group(2)) if tail.group(1) is not None else 0
+    if not date_ok:
+        raise EvalError(f"invalid date: {m.group(0)}")
+    if hh >= 24 or mm >= 60 or ss >= 60:
+        raise EvalError("invalid hour/minute/second")
+    offset = 0
+    if tail.group(4) is not None:
+        oh, om = int(tail.group(6)), int(tail.group(7))
+        if oh >= 24 or om >= 60:
+            raise EvalError(f"invalid offset range: {oh}{om}")
+        offset = (oh * 3600 + om * 60) * (1 if tail.group(5) == "+" else -1)
+    epoch = (days_from_civil(year, month, day) * 86400 + hh * 3600 + mm * 60 + ss - offset) * 1000 + millis
+    return make_ext(EXT_DATETIME, epoch)
+
+
+cdef Ext construct_ext(int fn, object arg):
+    if type(arg) is not str:
+        type_error("string", arg)
+    if fn == F_IP:
+        return parse_ip(<str>arg)
+    if fn == F_DECIMAL:
+        return parse_decimal(<str>arg)
+    if fn == F_DATETIME:
+        return parse_datetime(<str>arg)
+    if fn == F_DURATION:
+        return parse_duration(<str>arg)
+    raise EvalError("not an extension constructor")
+
+
+def parse_extension(int fn, str arg):
+    """Parses an extension literal as the evaluator does; raises ValueError if Cedar would reject it."""
+    try:
+        return construct_ext(fn, arg)
+    except EvalError as err:
+        raise ValueError(str(err)) from None
+
+
+cdef Ext as_ext(object v, int kind, str name):
+    if type(v) is not Ext or (<Ext>v).kind != kind:
+        type_error(name, v)
+    return <Ext>v
+
+
+cdef object call_ext(int fn, list args):
+    cdef int arity = 2 if fn in (F_IS_IN_RANGE, F_LT, F_LE, F_GT, F_GE, F_OFFSET, F_DURATION_SINCE) else 1
+    cdef Ext a, b
+    if len(args) != arity:
+        raise EvalError(f"wrong number of arguments: expected {arity}, got {len(args)}")
+    if fn == F_IP or fn == F_DECIMAL or fn == F_DATETIME or fn == F_DURATION:
+        return construct_ext(fn, args[0])
+    if F_IS_IPV4 <= fn <= F_IS_IN_RANGE:
+        a = as_ext(args[0], EXT_IP, "ipaddr")
+        if fn == F_IS_IPV4:
+            return a.version == 4
+        if fn == F_IS_IPV6:
+            return a.version == 6
+        if fn == F_IS_LOOPBACK:
+            return (a.a >> 24) == 127 if a.version == 4 else a.a == 1
+        if fn == F_IS_MULTICAST:
+            if a.version == 4:
+                return (a.a >> 28) == 0xE and a.prefix >= 4
+            return (a.a >> 120) == 0xFF and a.prefix >= 8
+        b = as_ext(args[1], EXT_IP, "ipaddr")
+        return ip_in_range(a, b)
+    if F_LT <= fn <= F_GE:
+        a = as_ext(args[0], EXT_DECIMAL, "decimal")
+        b = as_ext(args[1], EXT_DECIMAL, "decimal")
+        if fn == F_LT: return a.a < b.a
+        if fn == F_LE: return a.a <= b.a
+        if fn == F_GT: return a.a > b.a
+        return a.a >= b.a
+    if fn == F_OFFSET:
+        a = as_ext(args[0], EXT_DATETIME, "datetime")
+        b = as_ext(args[1], EXT_DURATION, "duration")
+        r = a.a + b.a
+        if not (I64_MIN <= r <= I64_MAX):
+            raise EvalError("overflow when adding an offset")
+        return make_ext(EXT_DATETIME, r)
+    if fn == F_DURATION_SINCE:
+        a = as_ext(args[0], EXT_DATETIME, "datetime")
+        b = as_ext(args[1], EXT_DATETIME, "datetime")
+        r = a.a - b.a
+        if not (I64_MIN <= r <= I64_MAX):
+            raise EvalError("overflow when computing a duration")
+        return make_ext(EXT_DURATION, r)
+    if fn == F_TO_DATE:
+        a = as_ext(args[0], EXT_DATETIME, "datetime")
+        r = a.a - (a.a % DAY_MS)   # Python % is Euclidean for a positive divisor
+        if not (I64_MIN <= r <= I64_MAX):
+            raise EvalError("overflow when computing a date")
+        return make_ext(EXT_DATETIME, r)
+    if fn == F_TO_TIME:
+        a = as_ext(args[0], EXT_DATETIME, "datetime")
+        return make_ext(EXT_DURATION, a.a % DAY_MS)
+    a = as_ext(args[0], EXT_DURATION, "duration")
+    cdef int64_t ms = a.a
+    if fn == F_TO_MS: return ms
+    ms = ms / 1000
+    if fn == F_TO_S: return ms
+    ms = ms / 60
+    if fn == F_TO_MIN: return ms
+    ms = ms / 60
+    if fn == F_TO_H: return ms
+    return ms / 24
+
+
+cdef bint ip_in_range(Ext a, Ext b):
+    if a.version != b.version:
+        return False
+    cdef int width = 32 if a.version == 4 else 128
+    host_a = (1 << (width - a.prefix)) - 1
+    host_b = (1 << (width - b.prefix)) - 1
+    return (b.a & ~host_b) <= (a.a & ~host_a) and (a.a | host_a) <= (b.a | host_b)
+
+
+cdef bint like_match(str s, list segs):
+    """Cedar `like`: literal segments and wildcards (None), matched over code points."""
+    cdef Py_ssize_t n = len(segs), pos = 0, k, i
+    if n == 0:
+        return len(s) == 0
+    first = segs[0]
+    last = segs[n - 1]
+    if first is not None:
+        if not s.startswith(first):
+            return False
+        pos = len(first)
+        if n == 1:
+            return len(s) == pos
+    if last is not None and n > 1:
+        if len(s) - len(last) < pos or not s.endswith(last):
+            return False
+        end = len(s) - len(last)
+    else:
+        end = len(s)
+    for i in range(1 if first is not None else 0, n - 1 if (last is not None and n > 1) else n):
+        seg = segs[i]
+        if seg is None:
+            continue
+        k = s.find(seg, pos, end)
+        if k < 0:
+            return False
+        pos = k + len(seg)
+    return pos <= end
+
+
+# ---- the mapped generation ----
+
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline int64_t monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+# A uid record: type u32 @0, flags u8 @4, then u32 offsets: ancestors @5, attrs @9, tags @13,
+# principal list @17, resource list @21, action list @25; then the id str @29.
+DEF UID_ANC = 5
+DEF UID_ATTRS = 9
+DEF UID_TAGS = 13
+DEF UID_PLIST = 17
+DEF UID_RLIST = 21
+DEF UID_ALIST = 25
+DEF UID_FIXED = 29
+DEF MAX_CONTEXT_DEPTH = 64
+DEF STACK_CANDIDATES = 256
+
+
+cdef class Request:
+    """A resolved request: principal/action/resource uids and the context record."""
+    cdef Uid principal
+    cdef Uid action
+    cdef Uid resource
+    cdef dict context
+
+
+cdef class Decision:
+    """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`."""
+    cdef readonly bint allowed
+    cdef readonly list policies
+    cdef readonly list errors
+
+    @property
+    def decision(self):
+        return "allow" if self.allowed else "deny"
+
+    def to_dict(self):
+        return {"decision": self.decision, "policies": list(self.policies), "errors": [dict(e) for e in self.errors]}
+
+    def __repr__(self):
+        return f"Decision({self.decision!r}, policies={self.policies!r}, errors={self.errors!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Decision) and self.to_dict() == other.to_dict()
+
+
+cdef class Generation:
+    """One compiled generation read in place; `owner` keeps the mapped buffer (and its read txn) alive."""
+    cdef object owner
+    cdef const unsigned char[::1] view
+    cdef const unsigned char* base
+    cdef Py_ssize_t size
+    cdef readonly object number
+    cdef uint32_t n_types, types_off, type_hash_off, type_hash_size
+    cdef uint32_t n_uids, uids_off, uid_hash_off, uid_hash_size
+    cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off
+    cdef uint32_t* seen
+    cdef uint32_t stamp
+    cdef list type_names
+    cdef list uid_objects
+    cdef list policy_ids
+
+    def __cinit__(self, buffer, number, owner=None):
+        self.owner = owner
+        self.view = buffer
+        self.size = self.view.shape[0]
+        self.number = number
+        if self.size < HEADER_SIZE:
+            raise IndexFormatError("generation is truncated")
+        self.base = &self.view[0]
+        if memcmp(self.base, <const char*>MAGIC_C, 8) != 0:
+            raise IndexFormatError("not an authz generation (bad magic)")
+        if self.u32(8) != FORMAT_VERSION_C:
+            raise IndexFormatError(f"unsupported format version {self.u32(8)}")
+        cdef uint32_t h[N_HEADER]
+        cdef int i
+        for i in range(N_HEADER):
+            h[i] = self.u32(12 + 4 * i)
+        (self.n_types, self.types_off, self.type_hash_off, self.type_hash_size,
+         self.n_uids, self.uids_off, self.uid_hash_off, self.uid_hash_size,
+         self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off) = (
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11])
+        self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
+        if self.seen == NULL:
+            raise MemoryError()
+        for i in range(self.n_policies + 1):
+            self.seen[i] = 0
+        self.stamp = 0
+        self.type_names = [self.read_str_at(self.u32(self.types_off + 4 * i)) for i in range(self.n_types)]
+        self.uid_objects = [None] * self.n_uids
+        self.policy_ids = [None] * self.n_policies
+
+    def __dealloc__(self):
+        free(self.seen)
+
+    # -- bounds-checked readers --
+    cdef inline uint32_t u32(self, Py_ssize_t off) except? 0xFFFFFFFF:
+        cdef uint32_t v
+        if off < 0 or off + 4 > self.size:
+            raise IndexFormatError("read past the end of the generation")
+        memcpy(&v, self.base + off, 4)
+        return v
+
+    cdef inline int64_t i64(self, Py_ssize_t off) except? -1:
+        cdef int64_t v
+        if off < 0 or off + 8 > self.size:
+            raise IndexFormatError("read past the end of the generation")
+        memcpy(&v, self.base + off, 8)
+        return v
+
+    cdef inline uint8_t u8(self, Py_ssize_t off) except? 0xFF:
+        if off < 0 or off >= self.size:
+            raise IndexFormatError("read past the end of the generation")
+        return self.base[off]
+
+    cdef inline Py_ssize_t str_span(self, Py_ssize_t off, Py_ssize_t* n) except -1:
+        n[0] = self.u32(off)
+        if off + 4 + n[0] > self.size:
+            raise IndexFormatError("read past the end of the generation")
+        return off + 4
+
+    cdef str read_str_at(self, Py_ssize_t off):
+        cdef Py_ssize_t n
+        cdef Py_ssize_t start = self.str_span(off, &n)
+        return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+
+    cdef str read_str(self, Py_ssize_t* pos):
+        cdef Py_ssize_t n
+        cdef Py_ssize_t start = self.str_span(pos[0], &n)
+        pos[0] = start + n
+        return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+
+    # -- symbols --
+    cdef Py_ssize_t uid_record(self, uint32_t idx) except -1:
+        if idx >= self.n_uids:
+            raise IndexFormatError("uid index out of range")
+        return self.u32(self.uids_off + 4 * <Py_ssize_t>idx)
+
+    cdef Uid uid_at(self, uint32_t idx):
+        cached = self.uid_objects[idx] if idx < self.n_uids else None
+        if cached is not None:
+            return <Uid>cached
+        cdef Py_ssize_t rec = self.uid_record(idx)
+        cdef Uid u = Uid.__new__(Uid)
+        u.type_idx = self.u32(rec)
+        u.type = self.type_names[u.type_idx]
+        u.id = self.read_str_at(rec + UID_FIXED)
+        u.idx = idx
+        self.uid_objects[idx] = u
+        return u
+
+    cdef int find_type(self, str name) except -2:
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(name, &n)
+        cdef uint64_t h = fnv1a(<const unsigned char*>p, n, FNV_OFFSET)
+        cdef uint32_t mask = self.type_hash_size - 1, slot = h & mask, entry
+        cdef Py_ssize_t soff, sn
+        if self.type_hash_size == 0:
+            return -1
+        while True:
+            entry = self.u32(self.type_hash_off + 4 * <Py_ssize_t>slot)
+            if entry == 0:
+                return -1
+            soff = self.str_span(self.u32(self.types_off + 4 * <Py_ssize_t>(entry - 1)), &sn)
+            if sn == n and memcmp(self.base + soff, p, n) == 0:
+                return entry - 1
+            slot = (slot + 1) & mask
+
+    cdef Uid resolve(self, str type_name, str uid_id):
+        """The Uid for (type, id), interned if this generation knows it, else with idx -1."""
+        cdef Py_ssize_t tn, idn, soff, sn
+        cdef const char* tp = PyUnicode_AsUTF8AndSize(type_name, &tn)
+        cdef const char* ip = PyUnicode_AsUTF8AndSize(uid_id, &idn)
+        cdef uint64_t h = uid_hash(<const unsigned char*>tp, tn, <const unsigned char*>ip, idn)
+        cdef uint32_t mask, slot, entry
+        cdef Py_ssize_t rec
+        cdef Uid u
+        if self.uid_hash_size:
+            mask = self.uid_hash_size - 1
+            slot = h & mask
+            while True:
+                entry = self.u32(self.uid_hash_off + 4 * <Py_ssize_t>slot)
+                if entry == 0:
+                    break
+                rec = self.uid_record(entry - 1)
+                soff = self.str_span(rec + UID_FIXED, &sn)
+                if sn == idn and memcmp(self.base + soff, ip, idn) == 0:
+                    if <str>self.type_names[self.u32(rec)] == type_name:
+                        return self.uid_at(entry - 1)
+                slot = (slot + 1) & mask
+        u = Uid.__new__(Uid)
+        u.type = type_name
+        u.id = uid_id
+        u.idx = -1
+        u.type_idx = self.find_type(type_name)
+        return u
+
+    cdef bint has_ancestor(self, int idx, int target) except -1:
+        """`target` is in the transitive ancestors of uid `idx` (sorted list: binary search)."""
+        if idx < 0 or target < 0:
+            return False
+        cdef Py_ssize_t lst = self.u32(self.uid_record(idx) + UID_ANC)
+        if lst == 0:
+            return False
+        cdef Py_ssize_t lo = 0, hi = <Py_ssize_t>self.u32(lst) - 1, mid
+        cdef uint32_t v
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            v = self.u32(lst + 4 + 4 * mid)
+            if v == <uint32_t>target:
+                return True
+            if v < <uint32_t>target:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return False
+
+    cdef inline bint is_entity(self, Uid u) except -1:
+        return u.idx >= 0 and (self.u8(self.uid_record(u.idx) + 4) & 1)
+
+    cdef Py_ssize_t find_in_block(self, Py_ssize_t block, const char* key, Py_ssize_t kn) except -2:
+        """Offset of the value named `key` in an attrs/tags block (u32 count, then str key, u32 len, value), or -1."""
+        if block == 0:
+            return -1
+        cdef uint32_t count = self.u32(block), i
+        cdef Py_ssize_t pos = block + 4, soff, sn
+        for i in range(count):
+            soff = self.str_span(pos, &sn)
+            pos = soff + sn
+            if sn == kn and memcmp(self.base + soff, key, kn) == 0:
+                return pos + 4
+            pos += 4 + self.u32(pos)
+        return -1
+
+    # -- values --
+    cdef object decode(self, Py_ssize_t* pos):
+        cdef uint8_t tag = self.u8(pos[0])
+        cdef uint32_t count, i
+        cdef list items
+        cdef dict rec
+        pos[0] += 1
+        if tag == V_TRUE:
+            return True
+        if tag == V_FALSE:
+            return False
+        if tag == V_LONG:
+            pos[0] += 8
+            return self.i64(pos[0] - 8)
+        if tag == V_STR:
+            return self.read_str(pos)
+        if tag == V_UID:
+            pos[0] += 4
+            return self.uid_at(self.u32(pos[0] - 4))
+        if tag == V_SET:
+            count = self.u32(pos[0])
+            pos[0] += 4
+            items = [self.decode(pos) for i in range(count)]
+            return make_set(items)
+        if tag == V_RECORD:
+            count = self.u32(pos[0])
+            pos[0] += 4
+            rec = {}
+            for i in range(count):
+                key = self.read_str(pos)
+                rec[key] = self.decode(pos)
+            return rec
+        if tag == V_EXT:
+            fn = self.u8(pos[0])
+            pos[0] += 1
+            return construct_ext(fn, self.read_str(pos))
+        raise IndexFormatError(f"unknown value tag {tag}")
+
+    cdef object entity_value(self, Uid u, Py_ssize_t field, Py_ssize_t pos_key, bint is_attr):
+        """The attribute or tag `key` (a str in the map at pos_key) of entity `u`; errors as Cedar does."""
+        cdef Py_ssize_t kn
+        cdef Py_ssize_t koff = self.str_span(pos_key, &kn)
+        if not self.is_entity(u):
+            raise EvalError(f"entity `{u!r}` does not exist")
+        cdef Py_ssize_t at = self.find_in_block(self.u32(self.uid_record(u.idx) + field), <const char*>self.base + koff, kn)
+        if at < 0:
+            what = "attribute" if is_attr else "tag"
+            raise EvalError(f"`{u!r}` does not have the {what} `{self.read_str_at(pos_key)}`")
+        return self.decode(&at)
+
+    cdef object tag_value(self, Uid u, str key, bint want_value):
+        cdef Py_ssize_t kn
+        cdef const char* kp = PyUnicode_AsUTF8AndSize(key, &kn)
+        if not self.is_entity(u):
+            if want_value:
+                raise EvalError(f"entity `{u!r}` does not exist")
+            return False
+        cdef Py_ssize_t at = self.find_in_block(self.u32(self.uid_record(u.idx) + UID_TAGS), kp, kn)
+        if not want_value:
+            return at >= 0
+        if at < 0:
+            raise EvalError(f"`{u!r}` does not have the tag `{key}`")
+        return self.decode(&at)
+
+    # -- expressions --
+    cdef object ev(self, Py_ssize_t* pos, Request r):
+        cdef uint8_t op = self.u8(pos[0])
+        cdef uint32_t n, i
+        cdef Py_ssize_t skip, kn, koff
+        pos[0] += 1
+        if op == OP_LIT:
+            return self.decode(pos)
+        if op == OP_VAR:
+            v = self.u8(pos[0])
+            pos[0] += 1
+            if v == 0: return r.principal
+            if v == 1: return r.action
+            if v == 2: return r.resource
+            return r.context
+        if op == OP_GETATTR or op == OP_HAS:
+            left = self.ev(pos, r)
+            koff = pos[0]
+            self.str_span(koff, &kn)
+            pos[0] = koff + 4 + kn
+            if type(left) is Uid:
+                if op == OP_GETATTR:
+                    return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
+                if not self.is_entity(<Uid>left):
+                    return False
+                return self.find_in_block(self.u32(self.uid_record((<Uid>left).idx) + UID_ATTRS),
+                                          <const char*>self.base + koff + 4, kn) >= 0
+            if type(left) is dict:
+                key = self.read_str_at(koff)
+                if op == OP_HAS:
+                    return key in <dict>left
+                if key not in <dict>left:
+                    raise EvalError(f"record does not have the attribute `{key}`")
+                return (<dict>left)[key]
+            type_error("entity or record", left)
+        if op == OP_AND or op == OP_OR:
+            left = self.ev(pos, r)
+            if type(left) is not bool:
+                type_error("bool", left)
+            skip = self.u32(pos[0])
+            pos[0] += 4
+            if (op == OP_AND and not left) or (op == OP_OR and left):
+                pos[0] += skip
+                return left
+            right = self.ev(pos, r)
+            if type(right) is not bool:
+                type_error("bool", right)
+            return right
+        if op == OP_IF:
+            cond = self.ev(pos, r)
+            if type(cond) is not bool:
+                type_error("bool", cond)
+            skip = self.u32(pos[0])
+            pos[0] += 4
+            if cond:
+                res = self.ev(pos, r)
+                pos[0] += 4 + self.u32(pos[0])
+                return res
+            pos[0] += skip
+            pos[0] += 4
+            return self.ev(pos, r)
+        if op == OP_NOT:
+            v = self.ev(pos, r)
+            if type(v) is not bool:
+                type_error("bool", v)
+            return not v
+        if op == OP_NEG:
+            v = self.ev(pos, r)
+            if type(v) is not int:
+                type_error("long", v)
+            return check_long(-v)
+        if op == OP_IS_EMPTY:
+            v = self.ev(pos, r)
+            if type(v) is not CedarSet:
+                type_error("set", v)
+            return len((<CedarSet>v).items) == 0
+        if op == OP_IS:
+            v = self.ev(pos, r)
+            t = self.u32(pos[0])
+            pos[0] += 4
+            if type(v) is not Uid:
+                type_error("entity", v)
+            return (<Uid>v).type == self.type_names[t]
+        if op == OP_LIKE:
+            v = self.ev(pos, r)
+            n = self.u32(pos[0])
+            pos[0] += 4
+            segs = []
+            for i in range(n):
+                kind = self.u8(pos[0])
+                pos[0] += 1
+                segs.append(self.read_str(pos) if kind else None)
+            if type(v) is not str:
+                type_error("string", v)
+            return like_match(<str>v, segs)
+        if op == OP_SET:
+            n = self.u32(pos[0])
+            pos[0] += 4
+            return make_set([self.ev(pos, r) for i in range(n)])
+        if op == OP_RECORD:
+            n = self.u32(pos[0])
+            pos[0] += 4
+            rec = {}
+            for i in range(n):
+                key = self.read_str(pos)
+                rec[key] = self.ev(pos, r)
+            return rec
+        if op == OP_CALL:
+            fn = self.u8(pos[0])
+            n = self.u8(pos[0] + 1)
+            pos[0] += 2
+            args = [self.ev(pos, r) for i in range(n)]
+            return call_ext(fn, args)
+        # binary operators: both operands are always evaluated, left first
+        left = self.ev(pos, r)
+        right = self.ev(pos, r)
+        return self.binary(op, left, right)
+
+    cdef object binary(self, uint8_t op, object left, object right):
+        cdef type tl = type(left), tr = type(right)
+        if op == OP_EQ:
+            return cedar_eq(left, right)
+        if op == OP_NE:
+            return not cedar_eq(left, right)
+        if OP_LT <= op <= OP_GE:
+            if tl is int and tr is int:
+                a, b = left, right
+            elif (tl is Ext and tr is Ext and (<Ext>left).kind == (<Ext>right).kind
+                  and ((<Ext>left).kind == EXT_DATETIME or (<Ext>left).kind == EXT_DURATION)):
+                a, b = (<Ext>left).a, (<Ext>right).a
+            else:
+                if tl is int or (tl is Ext and ((<Ext>left).kind == EXT_DATETIME or (<Ext>left).kind == EXT_DURATION)):
+                    type_error(type_name(left), right)
+                type_error("long, datetime or duration", left)
+            if op == OP_LT: return a < b
+            if op == OP_LE: return a <= b
+            if op == OP_GT: return a > b
+            return a >= b
+        if OP_ADD <= op <= OP_MUL:
+            if tl is not int:
+                type_error("long", left)
+            if tr is not int:
+                type_error("long", right)
+            if op == OP_ADD: return check_long(left + right)
+            if op == OP_SUB: return check_long(left - right)
+            return check_long(left * right)
+        if op == OP_IN:
+            if tl is not Uid:
+                type_error("entity", left)
+            if tr is Uid:
+                return self.uid_in(<Uid>left, <Uid>right)
+            if tr is CedarSet:
+                for item in (<CedarSet>right).items:
+                    if type(item) is not Uid:
+                        type_error("entity", item)
+                for item in (<CedarSet>right).items:
+                    if self.uid_in(<Uid>left, <Uid>item):
+                        return True
+                return False
+            type_error("entity or set", right)
+        if op == OP_CONTAINS:
+            if tl is not CedarSet:
+                type_error("set", left)
+            return set_has(<CedarSet>left, right)
+        if op == OP_CONTAINS_ALL or op == OP_CONTAINS_ANY:
+            if tl is not CedarSet:
+                type_error("set", left)
+            if tr is not CedarSet:
+                type_error("set", right)
+            if op == OP_CONTAINS_ALL:
+                return set_subset(<CedarSet>right, <CedarSet>left)
+            for item in (<CedarSet>right).items:
+                if set_has(<CedarSet>left, item):
+                    return True
+            return False
+        if op == OP_HAS_TAG or op == OP_GET_TAG:
+            if tl is not Uid:
+                type_error("entity", left)
+            if tr is not str:
+                type_error("string", right)
+            return self.tag_value(<Uid>left, <str>right, op == OP_GET_TAG)
+        raise IndexFormatError(f"unknown opcode {op}")
+
+    cdef bint uid_in(self, Uid a, Uid b) except -1:
+        if a.idx >= 0 and b.idx >= 0:
+            return a.idx == b.idx or self.has_ancestor(a.idx, b.idx)
+        return a.type == b.type and a.id == b.id
+
+    # -- scopes, candidates, decisions --
+    cdef inline bint uid_matches(self, Uid u, uint32_t target) except -1:
+        return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor(u.idx, target))
+
+    cdef bint scope(self, Py_ssize_t* pos, Uid u) except -1:
+        cdef uint8_t op = self.u8(pos[0])
+        cdef uint32_t a = self.u32(pos[0] + 1), b = self.u32(pos[0] + 5), i
+        pos[0] += 9
+        if op == S_ALL:
+            return True
+        if op == S_EQ:
+            return u.idx >= 0 and <uint32_t>u.idx == a
+        if op == S_IN:
+            return self.uid_matches(u, a)
+        if op == S_IS:
+            return u.type_idx >= 0 and <uint32_t>u.type_idx == b
+        if op == S_IS_IN:
+            return u.type_idx >= 0 and <uint32_t>u.type_idx == b and self.uid_matches(u, a)
+        if op == S_IN_LIST:
+            pos[0] += 4 * <Py_ssize_t>a
+            for i in range(a):
+                if self.uid_matches(u, self.u32(pos[0] - 4 * <Py_ssize_t>a + 4 * <Py_ssize_t>i)):
+                    return True
+            return False
+        raise IndexFormatError(f"unknown scope operator {op}")
+
+    cdef int add_list(self, Py_ssize_t lst, uint32_t* out, int n, int cap) except -1:
+        if lst == 0:
+            return n
+        cdef uint32_t count = self.u32(lst), i, p
+        for i in range(count):
+            p = self.u32(lst + 4 + 4 * <Py_ssize_t>i)
+            if p >= self.n_policies:
+                raise IndexFormatError("policy index out of range")
+            if self.seen[p] != self.stamp:
+                self.seen[p] = self.stamp
+                if n < cap:
+                    out[n] = p
+                n += 1
+        return n
+
+    cdef int add_dimension(self, Uid u, int field, uint32_t* out, int n, int cap) except -1:
+        """Adds the policies filed under `u`, its ancestors and (principal and resource lists only) its type."""
+        cdef Py_ssize_t rec, anc
+        cdef uint32_t count, i
+        if u.idx >= 0:
+            rec = self.uid_record(u.idx)
+            n = self.add_list(self.u32(rec + field), out, n, cap)
+            anc = self.u32(rec + UID_ANC)
+            if anc:
+                count = self.u32(anc)
+                for i in range(count):
+                    n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>i)) + field), out, n, cap)
+        if field != UID_ALIST and u.type_idx >= 0:
+            rec = self.u32(self.types_off + 4 * <Py_ssize_t>u.type_idx)
+            rec += 4 + self.u32(rec)
+            n = self.add_list(self.u32(rec + (0 if field == UID_PLIST else 4)), out, n, cap)
+        return n
+
+    cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
+        """Candidate policies of a request (each once); returns how many there are, even past `cap`."""
+        self.stamp += 1
+        if self.stamp == 0:
+            for i in range(self.n_policies + 1):
+                self.seen[i] = 0
+            self.stamp = 1
+        cdef int n = self.add_list(self.all_list_off, out, 0, cap)
+        n = self.add_dimension(r.principal, UID_PLIST, out, n, cap)
+        n = self.add_dimension(r.resource, UID_RLIST, out, n, cap)
+        n = self.add_dimension(r.action, UID_ALIST, out, n, cap)
+        return n
+
+    cdef str policy_id(self, uint32_t p):
+        cached = self.policy_ids[p]
+        if cached is None:
+            cached = self.policy_ids[p] = self.read_str_at(self.u32(self.policy_ids_off + 4 * <Py_ssize_t>p))
+        return cached
+
+    cdef Decision decide(self, Request r):
+        cdef uint32_t stack_buf[STACK_CANDIDATES]
+        cdef uint32_t* cands = stack_buf
+        cdef int n = self.collect(r, cands, STACK_CANDIDATES), i
+        if n > STACK_CANDIDATES:
+            cands = <uint32_t*>malloc(n * sizeof(uint32_t))
+            if cands == NULL:
+                raise MemoryError()
+            self.collect(r, cands, n)
+        try:
+            return self.evaluate(r, cands, n)
+        finally:
+            if cands != stack_buf:
+                free(cands)
+
+    cdef Decision evaluate(self, Request r, uint32_t* cands, int n):
+        cdef list permits = [], forbids = [], errors = []
+        cdef Py_ssize_t pos, end
+        cdef uint32_t p, cond_len
+        cdef uint8_t effect
+        cdef int i
+        for i in range(n):
+            p = cands[i]
+            pos = self.u32(self.policies_off + 4 * <Py_ssize_t>p)
+            effect = self.u8(pos)
+            pos += 1
+            if not self.scope(&pos, r.principal):
+                continue
+            if not self.scope(&pos, r.action):
+                continue
+            if not self.scope(&pos, r.resource):
+                continue
+            cond_len = self.u32(pos)
+            pos += 4
+            if cond_len:
+                end = pos + cond_len
+                try:
+                    v = self.ev(&pos, r)
+                    if type(v) is not bool:
+                        type_error("bool", v)
+                except EvalError as err:
+                    errors.append((p, str(err)))
+                    continue
+                except RecursionError:
+                    errors.append((p, "evaluation nested too deeply"))
+                    continue
+                if not v:
+                    continue
+            (forbids if effect else permits).append(p)
+        cdef Decision d = Decision.__new__(Decision)
+        d.allowed = not forbids and bool(permits)
+        reasons = forbids if forbids else permits
+        if len(reasons) > 1:
+            reasons.sort()
+        d.policies = [self.policy_id(p) for p in reasons]
+        if errors:
+            errors.sort()
+            d.errors = [{"policy": self.policy_id(p), "message": msg} for p, msg in errors]
+        else:
+            d.errors = errors
+        return d
+
+
+# ---- requests ----
+
+from authz.errors import RequestError
+
+_TYPE_RE = _re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(?:::[_a-zA-Z][_a-zA-Z0-9]*)*")
+_ESCAPE_RE = _re.compile(r"\\(u\{([0-9a-fA-F]{1,6})\}|.)", _re.S)
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "0": "\0", "'": "'", '"': '"'}
+
+
+def _unescape_one(m):
+    if m.group(2) is not None:
+        code = int(m.group(2), 16)
+        if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            raise RequestError(f"invalid unicode escape `{m.group(0)}`")
+        return chr(code)
+    c = m.group(1)
+    if c not in _SIMPLE_ESCAPES:
+        raise RequestError(f"invalid escape `\\{c}`")
+    return _SIMPLE_ESCAPES[c]
+
+
+cdef tuple parse_uid_text(str s, str field):
+    """`Type::"id"` (namespaces allowed, Cedar string escapes in the id) -> (type, id)."""
+    cdef Py_ssize_t q = s.find('"')
+    if q < 3 or s[q - 2:q] != "::" or len(s) < q + 2 or s[len(s) - 1] != '"':
+        raise RequestError(f"`{field}`: expected an entity uid like `Type::\"id\"`, got `{s[:100]}`")
+    type_part = s[:q - 2]
+    if _TYPE_RE.fullmatch(type_part) is None:
+        raise RequestError(f"`{field}`: invalid entity type `{type_part[:100]}`")
+    lit = s[q + 1:len(s) - 1]
+    if "\\" in lit:
+        if '"' in _ESCAPE_RE.sub("", lit):
+            raise RequestError(f"`{field}`: unescaped quote in entity id")
+        lit = _ESCAPE_RE.sub(_unescape_one, lit)
+    elif '"' in lit:
+        raise RequestError(f"`{field}`: unescaped quote in entity id")
+    return type_part, lit
+
+
+cdef Uid to_uid(Generation g, object v, str field):
+    if type(v) is str:
+        t, i = parse_uid_text(<str>v, field)
+        return g.resolve(t, i)
+    if isinstance(v, dict):
+        if "__entity" in v and len(v) == 1:
+            v = v["__entity"]
+        if isinstance(v, dict):
+            t = v.get("type")
+            i = v.get("id")
+            if type(t) is str and type(i) is str and len(v) == 2:
+                if _TYPE_RE.fullmatch(t) is None:
+                    raise RequestError(f"`{field}`: invalid entity type `{t[:100]}`")
+                return g.resolve(t, i)
+    if isinstance(v, Uid):
+        return g.resolve((<Uid>v).type, (<Uid>v).id)
+    raise RequestError(f"`{field}`: expected an entity uid, got {type(v).__name__}")
+
+
+cdef object to_value(Generation g, object v, int depth):
+    """A JSON-shaped context value -> a Cedar value (`__entity` and `__extn` escapes as cedarpy reads them)."""
+    cdef type t = type(v)
+    if t is str or t is bool:
+        return v
+    if t is int:
+        if not (I64_MIN <= v <= I64_MAX):
+            raise RequestError("context: integer does not fit in a 64-bit Long")
+        return v
+    if depth > MAX_CONTEXT_DEPTH:
+        raise RequestError("context: nested too deeply")
+    if t is list or t is tuple:
+        return make_set([to_value(g, item, depth + 1) for item in v])
+    if t is dict:
+        if len(<dict>v) == 1:
+            if "__entity" in <dict>v:
+                return to_uid(g, (<dict>v)["__entity"], "context")
+            if "__extn" in <dict>v:
+                extn = (<dict>v)["__extn"]
+                if isinstance(extn, dict) and type(extn.get("arg")) is str and extn.get("fn") in ("ip", "decimal", "datetime", "duration"):
+                    fn = {"ip": F_IP, "decimal": F_DECIMAL, "datetime": F_DATETIME, "duration": F_DURATION}[extn["fn"]]
+                    try:
+                        return construct_ext(fn, extn["arg"])
+                    except EvalError as err:
+                        raise RequestError(f"context: {err}") from None
+                raise RequestError("context: unsupported `__extn` value")
+        out = {}
+        for key, item in (<dict>v).items():
+            if type(key) is not str:
+                raise RequestError("context: record keys must be strings")
+            out[key] = to_value(g, item, depth + 1)
+        return out
+    raise RequestError(f"context: unsupported value of type {t.__name__}")
+
+
+cdef class EngineCore:
+    """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
+    cdef Generation _gen
+    cdef int64_t _next_poll_ns
+    cdef int64_t _poll_ns
+
+    def _install(self, Generation gen, double poll_interval_s):
+        """Makes `gen` current and schedules the next check for a newer generation."""
+        self._gen = gen
+        self._poll_ns = <int64_t>(poll_interval_s * 1e9)
+        self._next_poll_ns = monotonic_ns() + self._poll_ns
+
+    def _reschedule(self):
+        """Defers the next check for a newer generation by one poll interval."""
+        self._next_poll_ns = monotonic_ns() + self._poll_ns
+
+    def _poll(self):
+        raise NotImplementedError
+
+    @property
+    def generation(self):
+        """The number of the generation decisions are made against."""
+        return self._gen.number if self._gen is not None else None
+
+    cdef inline Generation current(self):
+        if monotonic_ns() >= self._next_poll_ns:
+            self._next_poll_ns = monotonic_ns() + self._poll_ns
+            self._poll()
+        if self._gen is None:
+            raise RequestError("no policy generation is loaded")
+        return self._gen
+
+    cdef Request make_request(self, Generation g, object principal, object action, object resource, object context):
+        cdef Request r = Request.__new__(Request)
+        r.principal = to_uid(g, principal, "principal")
+        r.action = to_uid(g, action, "action")
+        r.resource = to_uid(g, resource, "resource")
+        if context is None:
+            r.context = {}
+        elif type(context) is dict:
+            r.context = to_value(g, context, 0)
+        else:
+            raise RequestError("`context`: expected a record (JSON object)")
+        return r
+
+    def check(self, principal, action, resource, context=None):
+        """Decides one request; raises RequestError if it is malformed."""
+        cdef Generation g = self.current()
+        return g.decide(self.make_request(g, principal, action, resource, context))
+
+    def check_batch(self, requests):
+        """Decides each request (a dict with principal, action, resource and optional context), in order."""
+        cdef Generation g = self.current()
+        cdef list out = []
+        for n, req in enumerate(requests):
+            if type(req) is not dict:
+                raise RequestError(f"request {n}: expected an object")
+            try:
+                r = self.make_request(g, (<dict>req).get("principal"), (<dict>req).get("action"),
+                                      (<dict>req).get("resource"), (<dict>req).get("context"))
+            except RequestError as err:
+                raise RequestError(f"request {n}: {err}") from None
+            out.append(g.decide(r))
+        return out

@@ -1,0 +1,92 @@
+"""The compiler: Cedar sources and entity files -> one new generation of the LMDB policy index."""
+
+import os
+
+from ..errors import CompileError
+from .encode import Symbols
+from .entities import load_entities
+from .lower import PolicyLowering
+from .source import parse_policy_text
+from .writer import build_generation, publish
+
+
+def is_entity_file(name):
+    return name == "entities.json" or name.endswith(".entities.json")
+
+
+def find_sources(srcs):
+    """(policy files, entity files) as (path, display name) pairs; folders are searched recursively."""
+    policies, entities, problems = [], [], []
+    for src in srcs:
+        src = os.fspath(src)
+        if os.path.isdir(src):
+            for root, dirs, files in os.walk(src):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    shown = os.path.relpath(path, src)
+                    if name.endswith(".cedar"):
+                        policies.append((path, shown))
+                    elif is_entity_file(name):
+                        entities.append((path, shown))
+        elif os.path.isfile(src):
+            name = os.path.basename(src)
+            if name.endswith(".cedar"):
+                policies.append((src, name))
+            elif is_entity_file(name):
+                entities.append((src, name))
+            else:
+                problems.append(f"{src}: not a policy (`.cedar`) or entity (`*.entities.json`) file")
+        else:
+            problems.append(f"{src}: no such file or folder")
+    if problems:
+        raise CompileError(problems)
+    return policies, entities
+
+
+def compile_generation(srcs):
+    """The generation blob for `srcs`; raises CompileError listing every problem found."""
+    policy_files, entity_files = find_sources(srcs)
+    symbols = Symbols()
+    lowering = PolicyLowering(symbols)
+    diagnostics, records, ids, seen = [], [], [], {}
+    for path, shown in policy_files:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as err:
+            diagnostics.append(f"{shown}:1:1: cannot read policy file: {err}")
+            continue
+        try:
+            sources = parse_policy_text(text, shown)
+        except CompileError as err:
+            diagnostics.extend(err.diagnostics)
+            continue
+        for source in sources:
+            try:
+                records.append(lowering.lower(source))
+            except CompileError as err:
+                diagnostics.extend(err.diagnostics)
+                continue
+            annotated = (source.est.get("annotations") or {}).get("id")
+            policy_id = annotated if isinstance(annotated, str) else f"{shown}:{source.index}"
+            if policy_id in seen:
+                diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")
+            seen[policy_id] = source.where
+            ids.append(policy_id)
+    try:
+        entities = load_entities(entity_files)
+    except CompileError as err:
+        diagnostics.extend(err.diagnostics)
+        entities = {}
+    if diagnostics:
+        raise CompileError(diagnostics)
+    return build_generation(records, ids, entities, symbols)
+
+
+def compile_sources(srcs, db):
+    """Compiles `srcs` and publishes the result as the index's new current generation; returns its number."""
+    if isinstance(srcs, (str, os.PathLike)):
+        srcs = [srcs]
+    blob = compile_generation(srcs)
+    return publish(os.fspath(db), blob)

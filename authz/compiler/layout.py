@@ -1,0 +1,71 @@
+"""The byte format of a compiled generation: magic, version, value tags, opcodes and record shapes.
+
+Everything is little-endian. `authz/_evaluator.pyx` repeats these constants; `tests/test_layout.py`
+checks that both sides agree.
+
+A generation is one blob (one LMDB value), read in place through a memoryview:
+
+    header      MAGIC(8) VERSION(u32) then the u32 fields of HEADER_FIELDS
+    types       per type: name (str); `type_hash` maps name -> type index
+    uids        per uid: type index (u32), id (str), flags (u8), ancestors (u32 list),
+                attrs offset (u32, 0 = none), tags offset (u32, 0 = none),
+                index lists for the principal, resource and action dimensions (u32 offsets, 0 = empty)
+    policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
+    policy ids  per policy: id (str)
+
+str = u32 byte length + UTF-8 bytes. A u32 list = u32 count + count u32 items.
+# INVARIANT: a uid's ancestor list is transitively closed, excludes the uid itself and is sorted.
+# INVARIANT: every uid and entity type named by a policy, an entity or a parent is interned.
+"""
+
+MAGIC = b"AUTHZGEN"
+FORMAT_VERSION = 1
+
+HEADER_FIELDS = (
+    "n_types", "types_off", "type_hash_off", "type_hash_size",
+    "n_uids", "uids_off", "uid_hash_off", "uid_hash_size",
+    "n_policies", "policies_off", "policy_ids_off",
+    "all_list_off", "ptype_lists_off", "rtype_lists_off",
+)
+HEADER_SIZE = 8 + 4 + 4 * len(HEADER_FIELDS)
+
+# Value tags (values in bytecode literals, entity attributes and tags).
+# An extension value is stored as its constructor's function id and string argument, parsed on read.
+V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT = range(8)
+
+# Scope operators.
+S_ALL, S_EQ, S_IN, S_IS, S_IS_IN, S_IN_LIST = range(6)
+
+# Variables.
+VAR_PRINCIPAL, VAR_ACTION, VAR_RESOURCE, VAR_CONTEXT = range(4)
+
+# Expression opcodes (prefix encoding; lazy operands carry their byte length).
+(OP_LIT, OP_VAR, OP_GETATTR, OP_HAS, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE,
+ OP_ADD, OP_SUB, OP_MUL, OP_IN, OP_CONTAINS, OP_CONTAINS_ALL, OP_CONTAINS_ANY,
+ OP_HAS_TAG, OP_GET_TAG, OP_AND, OP_OR, OP_NOT, OP_NEG, OP_IS_EMPTY, OP_IF,
+ OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_UID) = range(31)
+
+BINARY_OPS = {
+    "==": OP_EQ, "!=": OP_NE, "<": OP_LT, "<=": OP_LE, ">": OP_GT, ">=": OP_GE,
+    "+": OP_ADD, "-": OP_SUB, "*": OP_MUL, "in": OP_IN, "contains": OP_CONTAINS,
+    "containsAll": OP_CONTAINS_ALL, "containsAny": OP_CONTAINS_ANY,
+    "hasTag": OP_HAS_TAG, "getTag": OP_GET_TAG,
+}
+UNARY_OPS = {"!": OP_NOT, "neg": OP_NEG, "isEmpty": OP_IS_EMPTY}
+
+# Extension functions and methods: name -> (function id, arity). The receiver of a method is its first argument.
+EXTENSION_FUNCTIONS = {
+    "ip": (0, 1), "isIpv4": (1, 1), "isIpv6": (2, 1), "isLoopback": (3, 1), "isMulticast": (4, 1),
+    "isInRange": (5, 2),
+    "decimal": (6, 1), "lessThan": (7, 2), "lessThanOrEqual": (8, 2), "greaterThan": (9, 2),
+    "greaterThanOrEqual": (10, 2),
+    "datetime": (11, 1), "duration": (12, 1), "offset": (13, 2), "durationSince": (14, 2),
+    "toDate": (15, 1), "toTime": (16, 1), "toMilliseconds": (17, 1), "toSeconds": (18, 1),
+    "toMinutes": (19, 1), "toHours": (20, 1), "toDays": (21, 1),
+}
+
+# The deepest expression nesting the compiler accepts (the evaluator recurses once per level).
+MAX_EXPR_DEPTH = 200
+
+# uid flags
+UID_IS_ENTITY = 1
