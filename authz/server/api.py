@@ -1,0 +1,101 @@
+"""authz.v1 Authorizer: Check and BatchCheck with AuthZEN batch semantics, over a Decider."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from authz._pb import authz_pb2, authz_pb2_grpc
+from authz.errors import RequestError
+from authz.server.decider import Invalid
+from authz.server.records import from_struct
+
+log = logging.getLogger("authz.server")
+
+API = "v1"
+EXECUTE_ALL = authz_pb2.EVALUATION_SEMANTIC_EXECUTE_ALL
+DENY_ON_FIRST_DENY = authz_pb2.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY
+PERMIT_ON_FIRST_PERMIT = authz_pb2.EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT
+_SEMANTICS = {authz_pb2.EVALUATION_SEMANTIC_UNSPECIFIED, EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT}
+
+
+def _uid(msg, field: str) -> dict:
+    if not msg.type:
+        raise RequestError(f"`{field}.type` is missing")
+    return {"type": msg.type, "id": msg.id}
+
+
+def to_request(principal, action, resource, context, field: str, max_depth: int) -> dict:
+    """Proto parts (None when unset) -> an engine request dict; RequestError names the bad field."""
+    for name, part in (("principal", principal), ("action", action), ("resource", resource)):
+        if part is None:
+            raise RequestError(f"`{field}{name}` is missing")
+    return {"principal": _uid(principal, field + "principal"), "action": _uid(action, field + "action"),
+            "resource": _uid(resource, field + "resource"),
+            "context": from_struct(context, max_depth, field + "context") if context is not None else {}}
+
+
+def _get(msg, name):
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def to_response(o) -> authz_pb2.CheckResponse:
+    """An Outcome as a CheckResponse."""
+    resp = authz_pb2.CheckResponse(
+        decision=authz_pb2.DECISION_ALLOW if o.allowed else authz_pb2.DECISION_DENY,
+        policies=o.policies, decision_id=o.decision_id, generation=o.generation)
+    for e in o.errors:
+        resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
+    if o.code:
+        resp.request_error.code = o.code
+        resp.request_error.field = o.field
+        resp.request_error.message = o.message
+    return resp
+
+
+class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
+    """authz.v1.Authorizer over a Decider."""
+
+    def __init__(self, decider, max_batch_size: int = 1000, max_context_depth: int = 32):
+        self.decider = decider
+        self.max_batch_size = max_batch_size
+        self.max_context_depth = max_context_depth
+
+    async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        try:
+            req = to_request(_get(request, "principal"), _get(request, "action"), _get(request, "resource"),
+                             _get(request, "context"), "", self.max_context_depth)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        o = self.decider.decide([req], API)[0]
+        if o.code == "request_parse_error":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, o.message)
+        if o.code in ("index_unavailable", "internal_error"):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{o.code}: {o.message} (decision {o.decision_id})")
+        return to_response(o)
+
+    async def BatchCheck(self, request, context):  # noqa: N802 - gRPC method name
+        n = len(request.items)
+        if n > self.max_batch_size:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"`items`: {n} items, more than the maximum batch size {self.max_batch_size}")
+        if request.semantic not in _SEMANTICS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {request.semantic}")
+        defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
+        items = request.items or [None]
+        requests = []
+        for i, item in enumerate(items):
+            parts = list(defaults)
+            field = ""
+            if item is not None:
+                field = f"items[{i}]."
+                for k, name in enumerate(("principal", "action", "resource", "context")):
+                    if item.HasField(name):
+                        parts[k] = getattr(item, name)
+            try:
+                requests.append(to_request(*parts, field, self.max_context_depth))
+            except RequestError as e:
+                requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
+        stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)
+        outcomes = self.decider.decide(requests, API, stop_on)
+        return authz_pb2.BatchCheckResponse(results=[to_response(o) for o in outcomes])

@@ -1,0 +1,141 @@
+"""One worker process: builds the grpc.aio server (ext_authz v3, authz.v1, health, reflection) and runs it until SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+
+log = logging.getLogger("authz.server")
+
+ENVOY_SERVICE = "envoy.service.auth.v3.Authorization"
+V1_SERVICE = "authz.v1.Authorizer"
+
+
+def server_options(cfg) -> list:
+    """Channel args for a worker's server.
+
+    INVARIANT: so_reuseport is on because N workers bind one port; the supervisor has
+    already checked that no other server holds it (grpcio would share it silently).
+    """
+    opts = [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+    ]
+    if cfg.max_concurrent_streams:
+        opts.append(("grpc.max_concurrent_streams", cfg.max_concurrent_streams))
+    if cfg.max_connection_age_s:
+        opts.append(("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)))
+        opts.append(("grpc.max_connection_age_grace_ms", int(max(cfg.drain_s, 1) * 1000)))
+    return opts
+
+
+def build_server(cfg, decider):
+    """A grpc.aio server with every servicer added (not yet bound or started); returns (server, health)."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from authz._pb import authz_pb2, authz_pb2_grpc
+    from authz.server.api import AuthorizerServicer
+    from authz.server.envoy import EnvoyAuthorizationServicer, Limits
+
+    server = grpc.aio.server(options=server_options(cfg))
+    limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(EnvoyAuthorizationServicer(decider, limits), server)
+    authz_pb2_grpc.add_AuthorizerServicer_to_server(
+        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((
+        external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+        authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
+        health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
+
+
+async def set_health(health_servicer, serving: bool) -> None:
+    """Overall and per-service status."""
+    from grpc_health.v1 import health_pb2
+
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", ENVOY_SERVICE, V1_SERVICE):
+        await health_servicer.set(name, status)
+
+
+async def _watch_index(decider, health_servicer, metrics) -> None:
+    """Open the index as soon as it exists, then report the served generation."""
+    while not decider.open_engine():
+        await asyncio.sleep(0.1)
+    await set_health(health_servicer, True)
+    log.info("index open: generation %d", decider.generation)
+    while True:
+        metrics.worker_generation(decider.generation)
+        await asyncio.sleep(0.5)
+
+
+async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
+    """Run one worker until SIGTERM/SIGINT or the supervisor's death; returns the exit code."""
+    from authz.server.decider import Decider
+    from authz.server.decisionlog import DecisionLog
+    from authz.server.metrics import Metrics, NullMetrics
+
+    metrics = Metrics() if metrics_enabled else NullMetrics()
+    dlog = None
+    if cfg.decision_log_path:
+        dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped)
+    decider = Decider(cfg.db_path, dlog, metrics)
+    server, health_servicer = build_server(cfg, decider)
+    await set_health(health_servicer, False)
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError as e:
+        port, error = 0, str(e)
+    else:
+        error = ""
+    if not port:
+        conn.send(("error", f"cannot listen on `{cfg.listen}`: {error or 'bind failed'}"))
+        return 1
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch_parent():
+            multiprocessing.connection.wait([parent.sentinel])
+            loop.call_soon_threadsafe(stop.set)
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics))
+    conn.send(("ready", port, os.getpid()))
+    await stop.wait()
+    # Drain: health says NOT_SERVING, new RPCs are refused, in-flight ones finish within drain_s.
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(cfg.drain_s)
+    watcher.cancel()
+    if dlog is not None:
+        dlog.close()
+    return 0
+
+
+def run_worker(cfg, index: int, conn, metrics_enabled: bool) -> None:
+    """Process entry point (multiprocessing spawn target)."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s authz[worker {index} pid %(process)d] %(levelname)s %(message)s")
+    try:
+        code = asyncio.run(serve_worker(cfg, conn, metrics_enabled))
+    except Exception as e:  # report, then die: the supervisor decides what to do
+        log.exception("worker failed")
+        try:
+            conn.send(("error", f"worker failed: {e}"))
+        except OSError:
+            pass
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,45 @@
+"""The `authz serve` click command (registered on the `authz` group by authz/cli.py)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from authz.server.config import ConfigError, load_config
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file; flags override it.")
+@click.option("--db", help="LMDB index path (default: DATA_DIR/authz.lmdb).")
+@click.option("--policies", help="Policies folder: compiled at start, watched and recompiled on change.")
+@click.option("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:9191).")
+@click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
+@click.option("--data-dir", "data_dir", help="Folder for the index and state (default authz-data).")
+@click.option("--metrics-listen", "metrics_listen", help="Prometheus /metrics address HOST:PORT (default: off).")
+@click.option("--decision-log", "decision_log", help='Decision log JSONL path ("" = off; default DATA_DIR/decisions.jsonl).')
+@click.option("--max-batch-size", "max_batch_size", type=int, help="Maximum BatchCheck items (default 1000).")
+@click.option("--max-message-bytes", "max_message_bytes", type=int, help="Maximum gRPC message size (default 4 MiB).")
+@click.option("--reload-interval", "reload_interval_s", type=float, help="Policies folder poll interval in seconds.")
+@click.option("--drain", "drain_s", type=float, help="Seconds in-flight RPCs get to finish on SIGTERM (default 5).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path, log_level, **flags):
+    """Serve Envoy ext_authz v3 and authz.v1 Check/BatchCheck over gRPC.
+
+    With no arguments it compiles and serves the bundled example policies on 127.0.0.1:9191.
+    """
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s authz[supervisor pid %(process)d] %(levelname)s %(message)s")
+    try:
+        cfg = load_config(config_path, flags)
+    except ConfigError as e:
+        click.echo(f"authz serve: error: {e}", err=True)
+        sys.exit(2)
+    from authz.server.workers import AddressInUseError, Supervisor
+
+    try:
+        code = Supervisor(cfg).run()
+    except AddressInUseError as e:
+        click.echo(f"authz serve: error: {e}", err=True)
+        sys.exit(1)
+    sys.exit(code)

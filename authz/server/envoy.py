@@ -1,0 +1,260 @@
+"""Envoy ext_authz v3: maps a CheckRequest to Cedar requests (DESIGN.md section 2) and renders the CheckResponse.
+
+Fail closed: every path out of Check returns a CheckResponse; a deny is status code 7
+(PERMISSION_DENIED) in the message with a 403 JSON body `{"decision_id", "reason"}`; the RPC
+is never aborted (Envoy treats an aborted RPC as an error, which `failure_mode_allow` could
+turn into an allow).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.parse
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import status_pb2
+
+from authz.server.decider import Invalid
+from authz.server.records import from_json
+
+log = logging.getLogger("authz.server")
+
+API = "envoy"
+DECISION_HEADER = "x-authz-decision-id"
+ANONYMOUS = {"type": "Anonymous", "id": "anonymous"}
+_UID = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"((?:[^"\\]|\\.)*)"$')
+_PERMISSION_DENIED = 7
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class Limits:
+    """Bounds on what one CheckRequest may carry."""
+
+    __slots__ = ("max_headers", "max_header_bytes", "max_batch_size", "max_context_depth")
+
+    def __init__(self, max_headers=256, max_header_bytes=64 * 1024, max_batch_size=1000, max_context_depth=32):
+        self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
+        self.max_batch_size, self.max_context_depth = max_batch_size, max_context_depth
+
+
+class MappingError(Exception):
+    """The CheckRequest cannot be mapped; `code` is the deny reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def parse_uid(text: str, default_type: str) -> dict:
+    """`Type::"id"` as {type, id}; a bare string is an id of `default_type`."""
+    m = _UID.match(text)
+    if m is None:
+        return {"type": default_type, "id": text}
+    raw = m.group(2)
+    return {"type": m.group(1), "id": json.loads(f'"{raw}"') if "\\" in raw else raw}
+
+
+def _peer(peer) -> dict:
+    sa = peer.address.socket_address
+    return {"address": sa.address, "port": sa.port_value, "principal": peer.principal}
+
+
+def _headers(http, limits: Limits) -> dict:
+    if http.header_map.headers:  # encode_raw_headers: true
+        raw = http.header_map.headers
+        if len(raw) > limits.max_headers:
+            raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
+        headers: dict = {}
+        for h in raw:
+            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            key = h.key.lower()
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+    else:
+        if len(http.headers) > limits.max_headers:
+            raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
+        headers = dict(http.headers)
+    size = 0
+    for k, v in headers.items():
+        size += len(k) + len(v)
+    if size > limits.max_header_bytes:
+        raise MappingError("request_too_large", f"headers larger than {limits.max_header_bytes} bytes")
+    return headers
+
+
+def _query(query: str) -> dict:
+    out: dict = {}
+    for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def _is_rpc(item) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("method"), str)
+
+
+def _body_document(http, headers: dict):
+    """The parsed JSON body, or None when there is no JSON body; MappingError when it is JSON but broken."""
+    body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+    if not body:
+        return None
+    ctype = headers.get("content-type", "").lower()
+    looks_json = body.lstrip()[:1] in (b"{", b"[")
+    if not looks_json and "json" not in ctype:
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        partial = headers.get("x-envoy-auth-partial-body") == "true"
+        raise MappingError("request_parse_error",
+                           "request body is truncated" if partial else "request body is not valid JSON") from None
+
+
+def map_check_request(req, limits: Limits) -> tuple[list, dict]:
+    """Map a CheckRequest to Cedar request dicts (one, or one per JSON-RPC batch entry).
+
+    Returns (requests, summary) where summary holds principal/action/resource for logging a
+    deny that happens before evaluation. Raises MappingError.
+    """
+    attrs = req.attributes
+    http = attrs.request.http
+    headers = _headers(http, limits)
+    method = http.method or headers.get(":method", "")
+    target = http.path or headers.get(":path", "")
+    if not method:
+        raise MappingError("request_parse_error", "the request has no HTTP method")
+    if not target:
+        raise MappingError("request_parse_error", "the request has no path")
+    path, _, query = target.partition("?")
+    path = path.partition("#")[0]
+    query = query.partition("#")[0]
+    principal_text = attrs.source.principal
+    principal = {"type": "Agent", "id": principal_text} if principal_text else ANONYMOUS
+    extensions = dict(attrs.context_extensions)
+    action = {"type": "Action", "id": method}
+    resource = {"type": "Route", "id": path}
+    context = {
+        "http": {"method": method, "path": path, "host": http.host or headers.get(":authority", ""),
+                 "scheme": http.scheme, "query": _query(query) if query else {}, "headers": headers},
+        "source": _peer(attrs.source),
+        "destination": _peer(attrs.destination),
+        "extensions": extensions,
+    }
+    action_override = extensions.get("authz.action")
+    resource_override = extensions.get("authz.resource")
+    if action_override:
+        action = parse_uid(action_override, "Action")
+    if resource_override:
+        resource = parse_uid(resource_override, "Route")
+    summary = {"principal": principal, "action": action, "resource": resource}
+
+    doc = _body_document(http, headers)
+    if _is_rpc(doc):
+        entries = [doc]
+    elif isinstance(doc, list) and any(_is_rpc(x) for x in doc):
+        if len(doc) > limits.max_batch_size:
+            raise MappingError("request_too_large", f"JSON-RPC batch of more than {limits.max_batch_size} entries")
+        entries = doc
+    else:
+        return [{"principal": principal, "action": action, "resource": resource, "context": context}], summary
+
+    requests = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise MappingError("request_parse_error", f"JSON-RPC batch entry {n} is not an object")
+        if not _is_rpc(entry):  # a JSON-RPC response travelling client -> server: plain HTTP mapping
+            requests.append({"principal": principal, "action": action, "resource": resource, "context": context})
+            continue
+        rpc_method = entry["method"]
+        params = entry.get("params")
+        mcp = {"method": rpc_method}
+        a = {"type": "Action", "id": rpc_method}
+        r = resource
+        if rpc_method == "tools/call":
+            name = params.get("name") if isinstance(params, dict) else None
+            if not isinstance(name, str) or not name:
+                raise MappingError("request_parse_error", "tools/call without a string `params.name`")
+            r = {"type": "Tool", "id": name}
+            mcp["tool"] = name
+            args = params.get("arguments")
+            mcp["arguments"] = from_json(args, limits.max_context_depth, "mcp.arguments") \
+                if isinstance(args, dict) else {}
+        elif isinstance(params, dict):
+            mcp["params"] = from_json(params, limits.max_context_depth, "mcp.params")
+        if action_override:
+            a = action
+        if resource_override:
+            r = resource
+        requests.append({"principal": principal, "action": a, "resource": r, "context": {**context, "mcp": mcp}})
+    first = requests[0]
+    summary = {"principal": principal, "action": first["action"], "resource": first["resource"]}
+    return requests, summary
+
+
+def _header(key: str, value: str):
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+
+
+def allow_response(decision_id: str):
+    """status OK; the decision id travels upstream in x-authz-decision-id (overwriting any client copy)."""
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=0),
+        ok_response=external_auth_pb2.OkHttpResponse(headers=[_header(DECISION_HEADER, decision_id)]))
+
+
+def deny_response(decision_id: str, reason: str):
+    """status PERMISSION_DENIED with a 403 JSON body {decision_id, reason}."""
+    body = json.dumps({"decision_id": decision_id, "reason": reason}, separators=(",", ":"))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_PERMISSION_DENIED, message=reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+            headers=[_header("content-type", "application/json"), _header(DECISION_HEADER, decision_id)],
+            body=body))
+
+
+# Answer of last resort: built at import, so failing closed cannot itself fail.
+_LAST_RESORT = deny_response("", "internal_error")
+
+
+def deny_reason(outcome) -> str:
+    """The stable reason code of a deny."""
+    if outcome.code:
+        return outcome.code
+    return "forbidden_by_policy" if outcome.policies else "no_permitting_policy"
+
+
+class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    """envoy.service.auth.v3.Authorization over a Decider."""
+
+    def __init__(self, decider, limits: Limits):
+        self.decider = decider
+        self.limits = limits
+
+    def check(self, request):
+        """Decide one CheckRequest (sync; the async RPC wraps it)."""
+        try:
+            try:
+                requests, _ = map_check_request(request, self.limits)
+            except MappingError as e:
+                outcome = self.decider.decide([Invalid(e.code, str(e))], API)[0]
+                return deny_response(outcome.decision_id, outcome.code)
+            except Exception as e:  # e.g. a RequestError from an over-deep MCP argument
+                code = getattr(e, "code", "internal_error")
+                if code == "internal_error":
+                    log.exception("cannot map a CheckRequest; denying")
+                outcome = self.decider.decide([Invalid(code, str(e))], API)[0]
+                return deny_response(outcome.decision_id, code)
+            outcomes = self.decider.decide(requests, API)
+            for o in outcomes:
+                if not o.allowed:
+                    return deny_response(o.decision_id, deny_reason(o))
+            return allow_response(outcomes[0].decision_id)
+        except Exception:
+            log.exception("Check failed; denying")
+            return _LAST_RESORT
+
+    async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        return self.check(request)

@@ -1,0 +1,110 @@
+"""Prometheus metrics of the server, shared by all worker processes (prometheus-client multiprocess mode)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+
+
+def prepare_multiprocess_dir() -> str:
+    """Create a fresh folder for the workers' metric files and point the environment at it.
+
+    Must run before prometheus_client is imported in this process and before workers start.
+    """
+    path = tempfile.mkdtemp(prefix="authz-metrics-")
+    os.environ[_ENV] = path
+    return path
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    """Delete the metric files folder."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_metrics_http(host: str, port: int):
+    """Serve /metrics for all processes; returns (server, thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return start_http_server(port, addr=host, registry=registry)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop the live gauges of a worker that exited."""
+    if os.environ.get(_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class NullMetrics:
+    """Metrics that count nothing (no metrics endpoint configured)."""
+
+    enabled = False
+
+    def decision(self, api: str, decision: str, latency_s: float) -> None:
+        """Count one decision."""
+
+    def request_error(self, api: str, code: str) -> None:
+        """Count one request answered with a deny because it could not be decided."""
+
+    def decision_log_dropped(self) -> None:
+        """Count one decision event the log had no room for."""
+
+    def worker_generation(self, generation: int) -> None:
+        """Report the generation this worker serves."""
+
+    def reload(self, ok: bool, generation: int | None = None) -> None:
+        """Count one recompile of the watched policies."""
+
+
+class Metrics(NullMetrics):
+    """The server's metrics; every process that records must have the multiprocess folder set."""
+
+    enabled = True
+
+    def __init__(self):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self._decisions = Counter("authz_decisions", "Decisions by API and outcome.", ["api", "decision"])
+        self._errors = Counter("authz_request_errors", "Requests denied because they could not be decided, by code.",
+                               ["api", "code"])
+        self._latency = Histogram("authz_decision_latency_seconds", "Time to decide one request in the server.",
+                                  ["api"], buckets=LATENCY_BUCKETS)
+        self._dropped = Counter("authz_decision_log_dropped", "Decision events dropped because the log queue was full.")
+        self._worker_gen = Gauge("authz_worker_generation", "Lowest policy generation served by a live worker.",
+                                 multiprocess_mode="livemin")
+        self._generation = Gauge("authz_index_generation", "Policy generation last compiled by the server.",
+                                 multiprocess_mode="max")
+        self._reloads = Counter("authz_reloads", "Recompiles of the watched policies folder, by result.", ["result"])
+        self._reload_failures = Counter("authz_reload_failures", "Recompiles that failed (last good generation kept).")
+        self._children = {}
+
+    def decision(self, api, decision, latency_s):
+        key = (api, decision)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self._decisions.labels(api, decision), self._latency.labels(api))
+        pair[0].inc()
+        pair[1].observe(latency_s)
+
+    def request_error(self, api, code):
+        self._errors.labels(api, code).inc()
+
+    def decision_log_dropped(self):
+        self._dropped.inc()
+
+    def worker_generation(self, generation):
+        self._worker_gen.set(generation)
+
+    def reload(self, ok, generation=None):
+        self._reloads.labels("ok" if ok else "error").inc()
+        if not ok:
+            self._reload_failures.inc()
+        if generation is not None:
+            self._generation.set(generation)
