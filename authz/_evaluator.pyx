@@ -6,6 +6,7 @@ during evaluation are Python objects: bool, int (Long), str, Uid, CedarSet, dict
 Policies, scopes, the index and entities are never turned into Python objects: they are read from the map.
 """
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, realloc, free
@@ -30,7 +31,7 @@ cdef enum:
 cdef enum:
     S_ALL, S_EQ, S_IN, S_IS, S_IS_IN, S_IN_LIST
 cdef enum:
-    OP_LIT, OP_VAR, OP_GETATTR, OP_HAS, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_ADD, OP_SUB, OP_MUL, OP_IN, OP_CONTAINS, OP_CONTAINS_ALL, OP_CONTAINS_ANY, OP_HAS_TAG, OP_GET_TAG, OP_AND, OP_OR, OP_NOT, OP_NEG, OP_IS_EMPTY, OP_IF, OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_UID
+    OP_LIT, OP_VAR, OP_GETATTR, OP_HAS, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_ADD, OP_SUB, OP_MUL, OP_IN, OP_CONTAINS, OP_CONTAINS_ALL, OP_CONTAINS_ANY, OP_HAS_TAG, OP_GET_TAG, OP_AND, OP_OR, OP_NOT, OP_NEG, OP_IS_EMPTY, OP_IF, OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_STR
 cdef enum:
     F_IP, F_IS_IPV4, F_IS_IPV6, F_IS_LOOPBACK, F_IS_MULTICAST, F_IS_IN_RANGE, F_DECIMAL, F_LT, F_LE, F_GT, F_GE, F_DATETIME, F_DURATION, F_OFFSET, F_DURATION_SINCE, F_TO_DATE, F_TO_TIME, F_TO_MS, F_TO_S, F_TO_MIN, F_TO_H, F_TO_D
 cdef enum:
@@ -38,7 +39,7 @@ cdef enum:
 
 LAYOUT = {
     "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "V_EXT": V_EXT, "S_IN_LIST": S_IN_LIST,
-    "OP_UID": OP_UID, "OP_CALL": OP_CALL, "F_TO_D": F_TO_D, "OP_LIKE": OP_LIKE, "V_RECORD": V_RECORD,
+    "OP_STR": OP_STR, "OP_CALL": OP_CALL, "F_TO_D": F_TO_D, "OP_LIKE": OP_LIKE, "V_RECORD": V_RECORD,
 }
 
 cdef int64_t I64_MAX = 9223372036854775807
@@ -81,6 +82,8 @@ def hash_key(bytes type_name, bytes uid_id=None):
 
 # ---- Cedar values ----
 
+@cython.final
+@cython.no_gc
 cdef class Uid:
     """An entity uid; `idx` is its interned index in the generation it was resolved against, or -1."""
     cdef readonly str type
@@ -98,6 +101,7 @@ cdef class Uid:
         return f'{self.type}::"{self.id}"'
 
 
+@cython.final
 cdef class CedarSet:
     """A Cedar set; equality and membership use Cedar equality (order and duplicates ignored)."""
     cdef list items
@@ -106,6 +110,8 @@ cdef class CedarSet:
         return f"CedarSet({self.items!r})"
 
 
+@cython.final
+@cython.no_gc
 cdef class Ext:
     """An extension value: ip (version, addr, prefix), decimal (value x 10^4), datetime or duration (ms)."""
     cdef int kind
@@ -496,8 +502,11 @@ DEF UID_ALIST = 25
 DEF UID_FIXED = 29
 DEF MAX_CONTEXT_DEPTH = 64
 DEF STACK_CANDIDATES = 256
+DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
 
 
+@cython.final
+@cython.no_gc
 cdef class Request:
     """A resolved request: principal/action/resource uids and the context record."""
     cdef Uid principal
@@ -506,6 +515,8 @@ cdef class Request:
     cdef dict context
 
 
+@cython.final
+@cython.no_gc
 cdef class Decision:
     """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`."""
     cdef readonly bint allowed
@@ -526,6 +537,7 @@ cdef class Decision:
         return isinstance(other, Decision) and self.to_dict() == other.to_dict()
 
 
+@cython.final
 cdef class Generation:
     """One compiled generation read in place; `owner` keeps the mapped buffer (and its read txn) alive."""
     cdef object owner
@@ -535,12 +547,14 @@ cdef class Generation:
     cdef readonly object number
     cdef uint32_t n_types, types_off, type_hash_off, type_hash_size
     cdef uint32_t n_uids, uids_off, uid_hash_off, uid_hash_size
-    cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off
+    cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off, n_strings, strings_off
     cdef uint32_t* seen
     cdef uint32_t stamp
     cdef list type_names
     cdef list uid_objects
     cdef list policy_ids
+    cdef list strings
+    cdef dict uid_cache
 
     def __cinit__(self, buffer, number, owner=None):
         self.owner = owner
@@ -560,8 +574,9 @@ cdef class Generation:
             h[i] = self.u32(12 + 4 * i)
         (self.n_types, self.types_off, self.type_hash_off, self.type_hash_size,
          self.n_uids, self.uids_off, self.uid_hash_off, self.uid_hash_size,
-         self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off) = (
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11])
+         self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off,
+         self.n_strings, self.strings_off) = (
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13])
         self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
         if self.seen == NULL:
             raise MemoryError()
@@ -571,6 +586,8 @@ cdef class Generation:
         self.type_names = [self.read_str_at(self.u32(self.types_off + 4 * i)) for i in range(self.n_types)]
         self.uid_objects = [None] * self.n_uids
         self.policy_ids = [None] * self.n_policies
+        self.uid_cache = {}
+        self.strings = [None] * self.n_strings
 
     def __dealloc__(self):
         free(self.seen)
@@ -784,6 +801,9 @@ cdef class Generation:
         cdef uint32_t n, i
         cdef Py_ssize_t skip, kn, koff
         pos[0] += 1
+        if op == OP_STR:
+            pos[0] += 4
+            return self.string_at(self.u32(pos[0] - 4))
         if op == OP_LIT:
             return self.decode(pos)
         if op == OP_VAR:
@@ -795,10 +815,11 @@ cdef class Generation:
             return r.context
         if op == OP_GETATTR or op == OP_HAS:
             left = self.ev(pos, r)
-            koff = pos[0]
-            self.str_span(koff, &kn)
-            pos[0] = koff + 4 + kn
+            n = self.u32(pos[0])
+            pos[0] += 4
             if type(left) is Uid:
+                koff = self.string_offset(n)
+                self.str_span(koff, &kn)
                 if op == OP_GETATTR:
                     return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
                 if not self.is_entity(<Uid>left):
@@ -806,7 +827,7 @@ cdef class Generation:
                 return self.find_in_block(self.u32(self.uid_record((<Uid>left).idx) + UID_ATTRS),
                                           <const char*>self.base + koff + 4, kn) >= 0
             if type(left) is dict:
-                key = self.read_str_at(koff)
+                key = self.string_at(n)
                 if op == OP_HAS:
                     return key in <dict>left
                 if key not in <dict>left:
@@ -1038,6 +1059,17 @@ cdef class Generation:
         n = self.add_dimension(r.action, UID_ALIST, out, n, cap)
         return n
 
+    cdef inline Py_ssize_t string_offset(self, uint32_t idx) except -1:
+        if idx >= self.n_strings:
+            raise IndexFormatError("string index out of range")
+        return self.u32(self.strings_off + 4 * <Py_ssize_t>idx)
+
+    cdef str string_at(self, uint32_t idx):
+        cached = self.strings[idx] if idx < self.n_strings else None
+        if cached is None:
+            cached = self.strings[idx] = self.read_str_at(self.string_offset(idx))
+        return cached
+
     cdef str policy_id(self, uint32_t p):
         cached = self.policy_ids[p]
         if cached is None:
@@ -1045,26 +1077,27 @@ cdef class Generation:
         return cached
 
     cdef Decision decide(self, Request r):
-        cdef uint32_t stack_buf[STACK_CANDIDATES]
+        cdef uint32_t stack_buf[2 * STACK_CANDIDATES]
         cdef uint32_t* cands = stack_buf
-        cdef int n = self.collect(r, cands, STACK_CANDIDATES), i
+        cdef int n = self.collect(r, cands, STACK_CANDIDATES)
         if n > STACK_CANDIDATES:
-            cands = <uint32_t*>malloc(n * sizeof(uint32_t))
+            cands = <uint32_t*>malloc(2 * n * sizeof(uint32_t))
             if cands == NULL:
                 raise MemoryError()
             self.collect(r, cands, n)
         try:
-            return self.evaluate(r, cands, n)
+            return self.evaluate(r, cands, cands + n, n)
         finally:
             if cands != stack_buf:
                 free(cands)
 
-    cdef Decision evaluate(self, Request r, uint32_t* cands, int n):
-        cdef list permits = [], forbids = [], errors = []
-        cdef Py_ssize_t pos, end
+    cdef Decision evaluate(self, Request r, uint32_t* cands, uint32_t* satisfied, int n):
+        """Cedar's authorizer: forbids win, then permits, default deny; errored policies are skipped."""
+        cdef list errors = None
+        cdef Py_ssize_t pos
         cdef uint32_t p, cond_len
         cdef uint8_t effect
-        cdef int i
+        cdef int i, n_sat = 0, n_forbid = 0
         for i in range(n):
             p = cands[i]
             pos = self.u32(self.policies_off + 4 * <Py_ssize_t>p)
@@ -1079,31 +1112,44 @@ cdef class Generation:
             cond_len = self.u32(pos)
             pos += 4
             if cond_len:
-                end = pos + cond_len
                 try:
                     v = self.ev(&pos, r)
                     if type(v) is not bool:
                         type_error("bool", v)
                 except EvalError as err:
+                    if errors is None:
+                        errors = []
                     errors.append((p, str(err)))
                     continue
                 except RecursionError:
+                    if errors is None:
+                        errors = []
                     errors.append((p, "evaluation nested too deeply"))
                     continue
                 if not v:
                     continue
-            (forbids if effect else permits).append(p)
+            satisfied[n_sat] = p
+            n_sat += 1
+            n_forbid += effect
         cdef Decision d = Decision.__new__(Decision)
-        d.allowed = not forbids and bool(permits)
-        reasons = forbids if forbids else permits
-        if len(reasons) > 1:
-            reasons.sort()
-        d.policies = [self.policy_id(p) for p in reasons]
-        if errors:
+        d.allowed = n_forbid == 0 and n_sat > 0
+        # The reasons: the satisfied forbids if any, else the satisfied permits, in policy order.
+        cdef int n_reasons = 0, j
+        for i in range(n_sat):
+            p = satisfied[i]
+            if (n_forbid > 0) == (self.u8(self.u32(self.policies_off + 4 * <Py_ssize_t>p)) == 1):
+                j = n_reasons
+                while j > 0 and satisfied[j - 1] > p:
+                    satisfied[j] = satisfied[j - 1]
+                    j -= 1
+                satisfied[j] = p
+                n_reasons += 1
+        d.policies = [self.policy_id(satisfied[i]) for i in range(n_reasons)]
+        if errors is None:
+            d.errors = []
+        else:
             errors.sort()
             d.errors = [{"policy": self.policy_id(p), "message": msg} for p, msg in errors]
-        else:
-            d.errors = errors
         return d
 
 
@@ -1148,8 +1194,15 @@ cdef tuple parse_uid_text(str s, str field):
 
 cdef Uid to_uid(Generation g, object v, str field):
     if type(v) is str:
+        cached = g.uid_cache.get(v)
+        if cached is not None:
+            return <Uid>cached
         t, i = parse_uid_text(<str>v, field)
-        return g.resolve(t, i)
+        u = g.resolve(t, i)
+        if len(g.uid_cache) >= UID_CACHE_SIZE:
+            g.uid_cache.clear()
+        g.uid_cache[v] = u
+        return u
     if isinstance(v, dict):
         if "__entity" in v and len(v) == 1:
             v = v["__entity"]
@@ -1200,6 +1253,21 @@ cdef object to_value(Generation g, object v, int depth):
     raise RequestError(f"context: unsupported value of type {t.__name__}")
 
 
+cdef inline bint is_flat(dict context) except -1:
+    """True when every value is already a Cedar value (str, bool, in-range int): no copy needed."""
+    cdef type t
+    for key, v in context.items():
+        t = type(v)
+        if type(key) is not str:
+            return False
+        if t is str or t is bool:
+            continue
+        if t is int and I64_MIN <= v <= I64_MAX:
+            continue
+        return False
+    return True
+
+
 cdef class EngineCore:
     """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
     cdef Generation _gen
@@ -1225,8 +1293,9 @@ cdef class EngineCore:
         return self._gen.number if self._gen is not None else None
 
     cdef inline Generation current(self):
-        if monotonic_ns() >= self._next_poll_ns:
-            self._next_poll_ns = monotonic_ns() + self._poll_ns
+        cdef int64_t now = monotonic_ns()
+        if now >= self._next_poll_ns:
+            self._next_poll_ns = now + self._poll_ns
             self._poll()
         if self._gen is None:
             raise RequestError("no policy generation is loaded")
@@ -1240,7 +1309,7 @@ cdef class EngineCore:
         if context is None:
             r.context = {}
         elif type(context) is dict:
-            r.context = to_value(g, context, 0)
+            r.context = <dict>context if is_flat(<dict>context) else to_value(g, context, 0)
         else:
             raise RequestError("`context`: expected a record (JSON object)")
         return r

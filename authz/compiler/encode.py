@@ -23,6 +23,7 @@ class Symbols:
     def __init__(self):
         self.types = {}
         self.uids = {}
+        self.strings = {}
 
     def type_index(self, name):
         index = self.types.get(name)
@@ -36,6 +37,13 @@ class Symbols:
         if index is None:
             self.type_index(type_name)
             index = self.uids[key] = len(self.uids)
+        return index
+
+    def string_index(self, text):
+        """Index of a bytecode string (attribute name or string literal) in the generation's string table."""
+        index = self.strings.get(text)
+        if index is None:
+            index = self.strings[text] = len(self.strings)
         return index
 
     def uid_of(self, obj):

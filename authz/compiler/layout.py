@@ -12,6 +12,7 @@ A generation is one blob (one LMDB value), read in place through a memoryview:
                 index lists for the principal, resource and action dimensions (u32 offsets, 0 = empty)
     policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
     policy ids  per policy: id (str)
+    strings     attribute names and string literals of the bytecode (str), by index
 
 str = u32 byte length + UTF-8 bytes. A u32 list = u32 count + count u32 items.
 # INVARIANT: a uid's ancestor list is transitively closed, excludes the uid itself and is sorted.
@@ -25,7 +26,7 @@ HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",
     "n_uids", "uids_off", "uid_hash_off", "uid_hash_size",
     "n_policies", "policies_off", "policy_ids_off",
-    "all_list_off", "ptype_lists_off", "rtype_lists_off",
+    "all_list_off", "n_strings", "strings_off",
 )
 HEADER_SIZE = 8 + 4 + 4 * len(HEADER_FIELDS)
 
@@ -43,7 +44,7 @@ VAR_PRINCIPAL, VAR_ACTION, VAR_RESOURCE, VAR_CONTEXT = range(4)
 (OP_LIT, OP_VAR, OP_GETATTR, OP_HAS, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE,
  OP_ADD, OP_SUB, OP_MUL, OP_IN, OP_CONTAINS, OP_CONTAINS_ALL, OP_CONTAINS_ANY,
  OP_HAS_TAG, OP_GET_TAG, OP_AND, OP_OR, OP_NOT, OP_NEG, OP_IS_EMPTY, OP_IF,
- OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_UID) = range(31)
+ OP_LIKE, OP_IS, OP_SET, OP_RECORD, OP_CALL, OP_STR) = range(31)
 
 BINARY_OPS = {
     "==": OP_EQ, "!=": OP_NE, "<": OP_LT, "<=": OP_LE, ">": OP_GT, ">=": OP_GE,

@@ -107,15 +107,19 @@ class PolicyLowering:
             raise _Unsupported("expression", repr(expr)[:60])
         (key, arg), = expr.items()
         if key == "Value":
-            out.append(L.OP_LIT)
-            encode_value(out, arg, self.symbols)
+            if isinstance(arg, str):
+                out.append(L.OP_STR)
+                out += U32.pack(self.symbols.string_index(arg))
+            else:
+                out.append(L.OP_LIT)
+                encode_value(out, arg, self.symbols)
         elif key == "Var":
             out.append(L.OP_VAR)
             out.append(("principal", "action", "resource", "context").index(arg))
         elif key in (".", "has"):
             out.append(L.OP_GETATTR if key == "." else L.OP_HAS)
             self._expr(out, arg["left"], depth)
-            pack_str(out, arg["attr"])
+            out += U32.pack(self.symbols.string_index(arg["attr"]))
         elif key in ("&&", "||"):
             out.append(L.OP_AND if key == "&&" else L.OP_OR)
             self._expr(out, arg["left"], depth)

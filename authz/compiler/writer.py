@@ -137,6 +137,12 @@ def build_generation(records, ids, entities, symbols):
         pack_str(out, policy_id)
         id_offsets.append(blob.add(out))
 
+    string_offsets = []
+    for text in symbols.strings:
+        out = bytearray()
+        pack_str(out, text)
+        string_offsets.append(blob.add(out))
+
     type_names = list(symbols.types)
     type_offsets = []
     for t, name in enumerate(type_names):
@@ -176,8 +182,8 @@ def build_generation(records, ids, entities, symbols):
         "policies_off": table(policy_offsets),
         "policy_ids_off": table(id_offsets),
         "all_list_off": blob.add_list(all_list),
-        "ptype_lists_off": 0,
-        "rtype_lists_off": 0,
+        "n_strings": len(symbols.strings),
+        "strings_off": table(string_offsets),
     }
     size, data = _hash_table([(n.encode("utf-8", "surrogatepass"),) for n in type_names])
     header["type_hash_size"], header["type_hash_off"] = size, blob.add(data)

@@ -1,0 +1,5 @@
+"""`python -m authz` runs the command line."""
+
+from .cli import main
+
+main()

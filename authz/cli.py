@@ -1,0 +1,92 @@
+"""The `authz` command line: compile, check (and serve, registered from authz.server)."""
+
+import json
+import sys
+
+import click
+
+from .compiler import compile_sources
+from .engine import Engine
+from .errors import AuthzError, CompileError, RequestError
+
+DEFAULT_DB = "authz-data/index.lmdb"
+
+
+def _fail(message):
+    click.echo(f"authz: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="authz")
+def main():
+    """authz: Cedar authorization for AI agents, decided in microseconds."""
+
+
+@main.command("compile")
+@click.argument("srcs", nargs=-1, required=True, type=click.Path())
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="LMDB index directory.")
+def compile_command(srcs, db):
+    """Compile Cedar policies and entity files into a new generation of the index at --db."""
+    try:
+        number = compile_sources(list(srcs), db)
+    except CompileError as err:
+        for line in err.diagnostics:
+            click.echo(line, err=True)
+        sys.exit(2)
+    except AuthzError as err:
+        _fail(str(err))
+    click.echo(f"compiled generation {number} into {db}", err=True)
+
+
+def _decide(engine, line):
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {"error": f"invalid JSON: {err}"}
+    if not isinstance(request, dict):
+        return {"error": "a request must be a JSON object"}
+    unknown = set(request) - {"principal", "action", "resource", "context"}
+    if unknown:
+        return {"error": f"unknown request field `{sorted(unknown)[0]}`"}
+    missing = [f for f in ("principal", "action", "resource") if f not in request]
+    if missing:
+        return {"error": f"missing request field `{missing[0]}`"}
+    try:
+        return engine.check(request["principal"], request["action"], request["resource"],
+                            request.get("context")).to_dict()
+    except RequestError as err:
+        return {"error": str(err)}
+
+
+@main.command("check")
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="LMDB index directory.")
+@click.option("--request", "request", default=None, help="One request as JSON; without it, JSON lines on stdin.")
+def check_command(db, request):
+    """Decide requests: one JSON decision per JSON request line, in order."""
+    try:
+        engine = Engine(db)
+    except AuthzError as err:
+        _fail(str(err))
+    if request is not None:
+        click.echo(json.dumps(_decide(engine, request)))
+        return
+    interactive = sys.stdin.isatty()
+    out = sys.stdout
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        out.write(json.dumps(_decide(engine, line)) + "\n")
+        if interactive:
+            out.flush()
+
+
+def _register_optional_commands():
+    try:
+        from .server.cli_serve import serve
+    except ImportError:  # the gRPC server's dependencies are not installed
+        return
+    main.add_command(serve)
+
+
+_register_optional_commands()
