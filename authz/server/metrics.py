@@ -68,7 +68,7 @@ class Metrics(NullMetrics):
 
     enabled = True
 
-    def __init__(self):
+    def __init__(self, worker: bool = True):
         from prometheus_client import Counter, Gauge, Histogram
 
         self._decisions = Counter("authz_decisions", "Decisions by API and outcome.", ["api", "decision"])
@@ -77,8 +77,9 @@ class Metrics(NullMetrics):
         self._latency = Histogram("authz_decision_latency_seconds", "Time to decide one request in the server.",
                                   ["api"], buckets=LATENCY_BUCKETS)
         self._dropped = Counter("authz_decision_log_dropped", "Decision events dropped because the log queue was full.")
+        # Only workers create this gauge: the supervisor's 0 would be the minimum.
         self._worker_gen = Gauge("authz_worker_generation", "Lowest policy generation served by a live worker.",
-                                 multiprocess_mode="livemin")
+                                 multiprocess_mode="livemin") if worker else None
         self._generation = Gauge("authz_index_generation", "Policy generation last compiled by the server.",
                                  multiprocess_mode="max")
         self._reloads = Counter("authz_reloads", "Recompiles of the watched policies folder, by result.", ["result"])

@@ -161,7 +161,7 @@ class Supervisor:
             self._metrics_http = metrics_mod.start_metrics_http(host, port)
         except OSError as e:
             raise AddressInUseError(f"cannot serve metrics on `{self.cfg.metrics_listen}`: {e.strerror}") from None
-        self.metrics = metrics_mod.Metrics()
+        self.metrics = metrics_mod.Metrics(worker=False)
         log.info("metrics on http://%s/metrics", self.cfg.metrics_listen)
 
     def _spawn(self, index: int) -> _Worker:

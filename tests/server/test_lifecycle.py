@@ -1,0 +1,144 @@
+"""The server process: workers sharing a port, a busy port, SIGTERM drain, metrics, the decision log, config files."""
+import json
+import pathlib
+import socket
+import urllib.request
+
+import grpc
+import pytest
+
+from authz._pb import authz_pb2 as pb
+from authz._pb import authz_pb2_grpc as pbg
+from harness import AuthzServer, free_port, wait_until
+
+CALL = dict(principal=pb.EntityUid(type="Agent", id="a1"), action=pb.EntityUid(type="Action", id="call"),
+            resource=pb.EntityUid(type="Tool", id="t"))
+
+
+def _fresh_check(address):
+    """One Check over a new TCP connection (no subchannel sharing), so the kernel picks a worker anew."""
+    with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        return pbg.AuthorizerStub(ch).Check(pb.CheckRequest(**CALL), timeout=10)
+
+
+def test_workers_share_the_port(shared_server):
+    assert len(shared_server.pids) == 2
+    prefixes = set()
+    for _ in range(64):  # connections are spread per connection by SO_REUSEPORT hashing
+        prefixes.add(_fresh_check(shared_server.address).decision_id[:12])
+        if len(prefixes) == 2:
+            break
+    assert len(prefixes) == 2
+
+
+def test_busy_port_is_a_clear_error(tmp_path, policies_dir, shared_server):
+    # Another authz server (grpcio binds with SO_REUSEPORT, so this would silently share the port).
+    second = AuthzServer(tmp_path, ["--listen", shared_server.address, "--policies", str(policies_dir),
+                                    "--data-dir", str(tmp_path / "d2")], name="second").start(expect_ready=False)
+    assert second.proc.wait(60) == 1
+    assert "already in use by another server" in second.stderr()
+    # Any other listener.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        third = AuthzServer(tmp_path, ["--listen", f"127.0.0.1:{s.getsockname()[1]}", "--policies", str(policies_dir),
+                                       "--data-dir", str(tmp_path / "d3")], name="third").start(expect_ready=False)
+        assert third.proc.wait(60) == 1
+        assert "already in use" in third.stderr()
+    assert shared_server.workers_alive()
+    assert _fresh_check(shared_server.address).decision == pb.DECISION_ALLOW
+
+
+def _metrics(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def _metric_value(text, prefix):
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_decision_log_and_sigterm_drain(tmp_path, policies_dir):
+    metrics_port = free_port()
+    log_path = tmp_path / "log" / "decisions.jsonl"
+    server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(policies_dir), "--workers", "2",
+                                    "--data-dir", str(tmp_path / "data"), "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                                    "--decision-log", str(log_path)]).start()
+    try:
+        ids = [_fresh_check(server.address).decision_id for _ in range(10)]
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthorizerStub(ch)
+            denied = stub.Check(pb.CheckRequest(**{**CALL, "resource": pb.EntityUid(type="Tool", id="rm")}))
+        text = _metrics(metrics_port)
+        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="allow"}') == 10
+        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="deny"}') == 1
+        assert _metric_value(text, "authz_index_generation") == 1
+        assert _metric_value(text, "authz_worker_generation") == 1
+        assert 'authz_decision_latency_seconds_bucket{api="v1",le="0.001"}' in text
+        assert _metric_value(text, "authz_reload_failures_total") == 0
+    finally:
+        code = server.stop()
+    # SIGTERM: graceful drain, exit 0, every decision flushed to the log.
+    assert code == 0
+    assert not server.workers_alive()
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    by_id = {e["decision_id"]: e for e in events}
+    assert set(ids) | {denied.decision_id} <= set(by_id)
+    e = by_id[denied.decision_id]
+    assert (e["principal"], e["action"], e["resource"]) == ('Agent::"a1"', 'Action::"call"', 'Tool::"rm"')
+    assert e["decision"] == "deny" and e["policies"] == ["no-rm"] and e["errors"] == []
+    assert e["generation"] == 1 and e["latency_us"] > 0 and e["time"].endswith("Z")
+
+
+def test_config_file_and_flag_override(tmp_path, policies_dir):
+    cfg = tmp_path / "authz.toml"
+    cfg.write_text(f'''
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+data_dir = "state"
+policies = "{policies_dir}"
+decision_log = ""
+max_batch_size = 3
+''')
+    server = AuthzServer(tmp_path, ["--config", str(cfg), "--workers", "1"]).start()
+    try:
+        assert len(server.pids) == 1                       # the flag won
+        assert (tmp_path / "state" / "authz.lmdb").exists()  # data_dir relative to the file
+        assert not (tmp_path / "state" / "decisions.jsonl").exists()
+        with grpc.insecure_channel(server.address) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                pbg.AuthorizerStub(ch).BatchCheck(pb.BatchCheckRequest(items=[pb.BatchCheckItem()] * 4))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        assert server.stop() == 0
+
+
+def test_bad_config_and_bad_policies_exit_2(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\nwrokers = 2\n')
+    bad = AuthzServer(tmp_path, ["--config", str(cfg)], name="badcfg").start(expect_ready=False)
+    assert bad.proc.wait(60) == 2 and "unknown option `server.wrokers`" in bad.stderr()
+    pol = tmp_path / "broken"
+    pol.mkdir()
+    (pol / "p.cedar").write_text("permit(principal, action, resource) when { 1 + };")
+    bad = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(pol), "--data-dir",
+                                 str(tmp_path / "d")], name="badpol").start(expect_ready=False)
+    assert bad.proc.wait(60) == 2 and "p.cedar:1:" in bad.stderr()
+
+
+BUNDLED = pathlib.Path(__file__).resolve().parents[2] / "authz" / "examples" / "policies"
+
+
+@pytest.mark.skipif(not list(BUNDLED.glob("*.cedar")), reason="bundled example policies not present")
+def test_without_arguments_serves_the_bundled_examples(tmp_path):
+    # Same as `authz serve` with no arguments, on a free port.
+    server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0"]).start()
+    try:
+        assert (tmp_path / "authz-data" / "authz.lmdb").exists()
+        assert "DEVELOPMENT MODE" in server.stderr()
+    finally:
+        assert server.stop() == 0
