@@ -1,0 +1,233 @@
+"""In-process unit tests of the server modules: config, the Envoy mapping, records, the decision log, the watcher, proto sync."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2 as ea
+from google.protobuf import struct_pb2
+
+from authz.errors import RequestError
+from authz.server.config import BUNDLED_POLICIES, ConfigError, load_config, parse_hostport
+from authz.server.decisionlog import DecisionLog
+from authz.server.envoy import Limits, MappingError, map_check_request, parse_uid
+from authz.server.records import from_json, from_struct
+from harness import ROOT
+
+# -- config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not list(BUNDLED_POLICIES.glob("*.cedar")), reason="bundled example policies not present")
+def test_config_defaults_serve_the_bundled_examples():
+    cfg = load_config(None, {})
+    assert cfg.listen == "127.0.0.1:9191" and cfg.workers == 1
+    assert cfg.policies == str(BUNDLED_POLICIES)
+    assert cfg.db_path.endswith("authz-data/authz.lmdb")
+    assert cfg.decision_log_path.endswith("authz-data/decisions.jsonl")
+    assert cfg.development_mode
+
+
+def test_config_file_then_flags(tmp_path):
+    f = tmp_path / "a.toml"
+    f.write_text('[server]\nlisten = "0.0.0.0:9000"\nworkers = 3\ndb = "x.lmdb"\nreload_interval_s = 1\n'
+                 '[[identity.jwt]]\nissuer = "https://idp"\n')
+    cfg = load_config(str(f), {"workers": 2, "listen": None})
+    assert (cfg.listen, cfg.workers, cfg.reload_interval_s) == ("0.0.0.0:9000", 2, 1.0)
+    assert cfg.db == str(tmp_path / "x.lmdb") and cfg.policies == ""
+    assert not cfg.development_mode
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[server]\nworkers = 0\n', "`workers` must be a positive integer"),
+    ('[server]\nlisten = "nope"\n', "`listen` must be HOST:PORT"),
+    ('[server]\nbogus = 1\n', "unknown option `server.bogus`"),
+    ('[srv]\n', "unknown table `srv`"),
+    ('[server\n', "cannot parse config"),
+    ('[server]\ndecision_log = 3\n', "`decision_log` must be a string"),
+])
+def test_config_errors(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(f), {})
+
+
+def test_parse_hostport():
+    assert parse_hostport("[::1]:80") == ("::1", 80)
+    with pytest.raises(ConfigError):
+        parse_hostport("host:99999")
+
+
+# -- Envoy mapping -------------------------------------------------------------------------------
+
+
+def _req(method="GET", path="/a/b?x=1&x=2&y=", headers=None, body=None, ext=None, principal=""):
+    r = ea.CheckRequest()
+    a = r.attributes
+    a.source.principal = principal
+    a.source.address.socket_address.address = "10.0.0.1"
+    a.source.address.socket_address.port_value = 5555
+    a.destination.address.socket_address.address = "127.0.0.1"
+    h = a.request.http
+    h.method, h.path, h.host, h.scheme = method, path, "svc", "http"
+    for k, v in {"content-type": "application/json", **(headers or {})}.items():
+        h.headers[k] = v
+    if body is not None:
+        h.raw_body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    for k, v in (ext or {}).items():
+        a.context_extensions[k] = v
+    return r
+
+
+def test_mapping_plain_http():
+    [r], summary = map_check_request(_req(principal="spiffe://example.org/agent/a1"), Limits())
+    assert r["principal"] == {"type": "Agent", "id": "spiffe://example.org/agent/a1"}
+    assert r["action"] == {"type": "Action", "id": "GET"}
+    assert r["resource"] == {"type": "Route", "id": "/a/b"}
+    http = r["context"]["http"]
+    assert http["query"] == {"x": "1,2", "y": ""} and http["host"] == "svc" and http["path"] == "/a/b"
+    assert http["headers"]["content-type"] == "application/json"
+    assert r["context"]["source"] == {"address": "10.0.0.1", "port": 5555, "principal": "spiffe://example.org/agent/a1"}
+    assert summary["resource"] == r["resource"]
+
+
+def test_mapping_anonymous_and_overrides():
+    ext = {"authz.action": 'Action::"read"', "authz.resource": "Doc::\"d\\\"1\"", "team": "x"}
+    [r], _ = map_check_request(_req(ext=ext), Limits())
+    assert r["principal"] == {"type": "Anonymous", "id": "anonymous"}
+    assert r["action"] == {"type": "Action", "id": "read"}
+    assert r["resource"] == {"type": "Doc", "id": 'd"1'}
+    assert r["context"]["extensions"]["team"] == "x"
+    assert parse_uid("bare", "Route") == {"type": "Route", "id": "bare"}
+
+
+def test_mapping_mcp_tools_call_and_batch():
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "search", "arguments": {"q": "x", "n": 2.0, "f": 1.5, "z": None, "deep": {"a": [1]}}}}
+    [r], _ = map_check_request(_req("POST", "/mcp", body=call), Limits())
+    assert r["action"] == {"type": "Action", "id": "tools/call"}
+    assert r["resource"] == {"type": "Tool", "id": "search"}
+    assert r["context"]["mcp"] == {"method": "tools/call", "tool": "search",
+                                   "arguments": {"q": "x", "n": 2, "f": "1.5", "deep": {"a": [1]}}}
+    batch = [call, {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "file:///x"}},
+             {"jsonrpc": "2.0", "id": 9, "result": {}}]
+    rs, _ = map_check_request(_req("POST", "/mcp", body=batch), Limits())
+    assert [x["action"]["id"] for x in rs] == ["tools/call", "resources/read", "POST"]
+    assert rs[1]["resource"] == {"type": "Route", "id": "/mcp"}
+    assert rs[1]["context"]["mcp"]["params"] == {"uri": "file:///x"}
+    # A plain JSON document is not JSON-RPC.
+    [r], _ = map_check_request(_req("POST", "/api", body=[1, 2]), Limits())
+    assert r["action"]["id"] == "POST" and "mcp" not in r["context"]
+
+
+@pytest.mark.parametrize("kwargs, code", [
+    (dict(method="", path=""), "request_parse_error"),
+    (dict(body=b"\xff{"), "request_parse_error"),
+    (dict(body=b'{"method": "tools/call"'), "request_parse_error"),
+    (dict(body=[{"jsonrpc": "2.0", "method": "x"}, 5]), "request_parse_error"),
+    (dict(headers={f"h{i}": "v" for i in range(300)}), "request_too_large"),
+    (dict(headers={"h": "v" * 70000}), "request_too_large"),
+])
+def test_mapping_errors(kwargs, code):
+    with pytest.raises(MappingError) as e:
+        map_check_request(_req(**kwargs), Limits())
+    assert e.value.code == code
+
+
+def test_mapping_raw_header_map():
+    r = _req()
+    h = r.attributes.request.http
+    h.headers.clear()
+    for k, v in (("X-Dup", b"a"), ("x-dup", b"b"), ("bin", b"\xff")):
+        h.header_map.headers.add(key=k, raw_value=v)
+    [m], _ = map_check_request(r, Limits())
+    assert m["context"]["http"]["headers"] == {"x-dup": "a,b", "bin": "\ufffd"}
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+def test_from_struct_is_strict():
+    s = struct_pb2.Struct()
+    s.update({"a": 1, "b": [True, "x"], "c": {"d": -3}})
+    assert from_struct(s, 8, "context") == {"a": 1, "b": [True, "x"], "c": {"d": -3}}
+    for bad, field in (({"f": 0.5}, "context.f"), ({"n": None}, "context.n"), ({"big": 2.0 ** 64}, "context.big")):
+        s = struct_pb2.Struct()
+        s.update(bad)
+        with pytest.raises(RequestError, match=field):
+            from_struct(s, 8, "context")
+    s = struct_pb2.Struct()
+    s.update({"a": {"b": {"c": 1}}})
+    with pytest.raises(RequestError, match="nested deeper"):
+        from_struct(s, 2, "context")
+
+
+def test_from_json_depth_bound():
+    assert from_json({"a": [1, {"b": None}]}, 4, "x") == {"a": [1, {}]}
+    with pytest.raises(RequestError):
+        from_json([[[[1]]]], 2, "x")
+
+
+# -- decision log --------------------------------------------------------------------------------
+
+
+def test_decision_log_writes_and_drops(tmp_path):
+    path = tmp_path / "d" / "log.jsonl"
+    drops = []
+    log = DecisionLog(str(path), max_queue=3, flush_interval_s=3600, on_drop=lambda: drops.append(1))
+    uid = {"type": "Agent", "id": 'a"1'}
+    for i in range(5):
+        log.record(f"id{i}", "v1", uid, {"type": "Action", "id": "x"}, {"type": "Tool", "id": "t"}, "deny",
+                   ["p"], [{"policy": "q", "message": "m"}], 1500, 7, None)
+    assert log.dropped == 2 and len(drops) == 2
+    log.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["decision_id"] for x in lines] == ["id0", "id1", "id2"]
+    assert lines[0]["principal"] == 'Agent::"a\\"1"' and lines[0]["latency_us"] == 1.5
+    assert lines[0]["errors"] == [{"policy": "q", "message": "m"}] and lines[0]["generation"] == 7
+
+
+# -- policy watcher ------------------------------------------------------------------------------
+
+
+def test_watcher_recompiles_and_keeps_last_good(tmp_path):
+    from authz.errors import CompileError
+    from authz.server.reload import PolicyWatcher
+
+    calls = []
+
+    def fake_compile(folder, db):
+        text = (tmp_path / "p.cedar").read_text()
+        if "bad" in text:
+            raise CompileError(["p.cedar:1:1: bad"])
+        calls.append(text)
+        return len(calls)
+
+    (tmp_path / "p.cedar").write_text("one")
+    w = PolicyWatcher(str(tmp_path), "db", interval_s=0.01, compile_fn=fake_compile)
+    assert w.poll() is False
+    time.sleep(0.01)  # a distinct mtime
+    (tmp_path / "p.cedar").write_text("two!")
+    assert w.poll() is True and w.generation == 1
+    (tmp_path / "p.cedar").write_text("bad bad")
+    assert w.poll() is True and w.failures == 1 and w.generation == 1
+    (tmp_path / "other.txt").write_text("ignored")
+    assert w.poll() is False
+
+
+# -- generated code ------------------------------------------------------------------------------
+
+
+def test_generated_stubs_in_sync_with_proto():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("npx") is None, reason="npx (node) not installed")
+def test_buf_lint():
+    r = subprocess.run(["npx", "--yes", "@bufbuild/buf", "lint"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
