@@ -1,0 +1,71 @@
+"""Shared fixture for the Cedar differential and corpus tests: one authz index reused across cases."""
+
+import json
+
+import pytest
+
+
+class AuthzHarness:
+    """Writes a case to <root>/src, compiles it into one LMDB path (a new generation each time), checks requests."""
+
+    def __init__(self, authz, root):
+        self.authz = authz
+        self.src = root / "src"
+        self.src.mkdir()
+        self.db = str(root / "authz.lmdb")
+        self.engine = None
+        self.compiles = 0
+        # Compiling while an Engine on the same path is open in this process is part of the API
+        # (test_differential.py::test_compile_with_open_engine checks it); if that fails, the
+        # semantic tests close the engine around each compile so they can still run.
+        self.reopen = False
+
+    def load(self, policy_text: str, entities) -> None:
+        """Compile policies + entities; raises authz's CompileError when authz refuses them."""
+        from cedar_gen import ENTITY_FILE, POLICY_FILE
+
+        (self.src / POLICY_FILE).write_text(policy_text, encoding="utf-8")
+        ents = entities if isinstance(entities, str) else json.dumps(entities, ensure_ascii=False)
+        (self.src / ENTITY_FILE).write_text(ents, encoding="utf-8")
+        if self.engine is not None and self.reopen:
+            self.engine.close()
+            self.engine = None
+        self.authz.compile([str(self.src)], db=self.db)
+        self.compiles += 1
+        if self.engine is None:
+            self.engine = self.authz.Engine(self.db)
+        else:
+            self.engine.refresh()
+
+    def outcomes(self, requests) -> list:
+        from cedar_gen import decision_outcome
+
+        if not requests:
+            return []
+        return [decision_outcome(d) for d in self.engine.check_batch(requests)]
+
+    def check(self, request):
+        return self.engine.check(
+            principal=request["principal"],
+            action=request["action"],
+            resource=request["resource"],
+            context=request.get("context", {}),
+        )
+
+
+@pytest.fixture(scope="session")
+def authz_harness(tmp_path_factory):
+    authz = pytest.importorskip("authz")
+    if not (hasattr(authz, "compile") and hasattr(authz, "Engine")):
+        pytest.skip("authz engine not available yet (authz.compile / authz.Engine missing)")
+    h = AuthzHarness(authz, tmp_path_factory.mktemp("authz-diff"))
+    probe = tmp_path_factory.mktemp("authz-probe")
+    try:
+        (probe / "p.cedar").write_text("permit(principal, action, resource);")
+        authz.compile([str(probe / "p.cedar")], db=str(probe / "x.lmdb"))
+        engine = authz.Engine(str(probe / "x.lmdb"))
+        authz.compile([str(probe / "p.cedar")], db=str(probe / "x.lmdb"))
+        engine.refresh()
+    except Exception:
+        h.reopen = True
+    return h
