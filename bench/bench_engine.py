@@ -33,7 +33,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(1, os.path.dirname(HERE))
 
 import cedarpy  # noqa: E402
 
@@ -42,14 +41,23 @@ from workload import generate  # noqa: E402
 
 pc = time.perf_counter_ns
 
-try:
-    import authz  # noqa: E402
-    _AUTHZ_ERR = None if hasattr(authz, "Engine") and hasattr(authz, "compile") else "authz has no Engine/compile"
-except Exception as e:  # noqa: BLE001
-    authz = None
-    _AUTHZ_ERR = f"{type(e).__name__}: {e}"
-if _AUTHZ_ERR:
-    authz = None
+authz = None
+_AUTHZ_ERR = "not imported yet"
+
+
+def import_authz(path):
+    """Imports authz from `path` (default: this repository's root)."""
+    global authz, _AUTHZ_ERR
+    sys.path.insert(1, os.path.abspath(path or os.path.dirname(HERE)))
+    try:
+        import authz as mod
+    except Exception as e:  # noqa: BLE001
+        authz, _AUTHZ_ERR = None, f"{type(e).__name__}: {e}"
+        return
+    if hasattr(mod, "Engine") and hasattr(mod, "compile"):
+        authz, _AUTHZ_ERR = mod, None
+    else:
+        authz, _AUTHZ_ERR = None, f"{getattr(mod, '__file__', mod)} has no Engine/compile"
 
 
 # ---------------------------------------------------------------------------
@@ -654,6 +662,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated sources and LMDB files")
+    ap.add_argument("--authz-path", default=None,
+                    help="folder holding the authz package to measure (default: this repository)")
     ap.add_argument("--reuse-requests", action="store_true",
                     help="cycle long-lived request objects instead of decoding each request "
                          "(from its JSON line, untimed) just before its call")
@@ -664,6 +674,10 @@ def main(argv=None):
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    import_authz(args.authz_path)
+    if authz is not None:
+        log(f"measuring authz from {os.path.dirname(os.path.dirname(os.path.abspath(authz.__file__)))}")
 
     if authz is None:
         log(f"authz not available ({_AUTHZ_ERR}); measuring cedarpy and the floor only")
