@@ -890,7 +890,11 @@ cdef class Generation:
             for i in range(n):
                 kind = self.u8(pos[0])
                 pos[0] += 1
-                segs.append(self.read_str(pos) if kind else None)
+                if kind:
+                    segs.append(self.string_at(self.u32(pos[0])))
+                    pos[0] += 4
+                else:
+                    segs.append(None)
             if type(v) is not str:
                 type_error("string", v)
             return like_match(<str>v, segs)
@@ -903,7 +907,8 @@ cdef class Generation:
             pos[0] += 4
             rec = {}
             for i in range(n):
-                key = self.read_str(pos)
+                pos[0] += 4
+                key = self.string_at(self.u32(pos[0] - 4))
                 rec[key] = self.ev(pos, r)
             return rec
         if op == OP_CALL:

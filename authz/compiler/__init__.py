@@ -6,7 +6,22 @@ from ..errors import CompileError
 from .encode import Symbols
 from .entities import load_entities
 from .lower import PolicyLowering
-from .source import parse_policy_text
+from .source import parse_alone, parse_policy_text
+
+# A shape some of whose literals are not patchable holes: each such policy is lowered on its own.
+_SHAPE_FALLBACK = object()
+
+
+def _template_of(lowering, source):
+    template = lowering.lower(source.est, source.where)
+    used = {arg if kind else arg[1] for _, kind, arg in template.holes}
+    if type(template.policy_id) is int:
+        used.add(template.policy_id)
+    for key in template.keys.values():
+        for spec in (key[1] if key and key[0] == "uids" else (key[1],) if key and key[0] == "uid" else ()):
+            if type(spec) is tuple:
+                used.add(spec[1])
+    return template if used == set(range(len(source.literals))) else _SHAPE_FALLBACK
 from .writer import build_generation, publish
 
 
@@ -49,7 +64,7 @@ def compile_generation(srcs):
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
-    diagnostics, records, ids, seen = [], [], [], {}
+    diagnostics, records, ids, seen, templates = [], [], [], {}, {}
     for path, shown in policy_files:
         try:
             with open(path, encoding="utf-8") as fh:
@@ -64,12 +79,18 @@ def compile_generation(srcs):
             continue
         for source in sources:
             try:
-                records.append(lowering.lower(source))
+                template = templates.get(id(source.est))
+                if template is None:
+                    template = templates[id(source.est)] = _template_of(lowering, source)
+                if template is _SHAPE_FALLBACK:
+                    record, keys, annotated = lowering.lower(parse_alone(source), source.where).instantiate((), symbols)
+                else:
+                    record, keys, annotated = template.instantiate(source.literals, symbols)
             except CompileError as err:
                 diagnostics.extend(err.diagnostics)
                 continue
-            annotated = (source.est.get("annotations") or {}).get("id")
-            policy_id = annotated if isinstance(annotated, str) else f"{shown}:{source.index}"
+            records.append((record, keys))
+            policy_id = annotated if annotated is not None else f"{shown}:{source.index}"
             if policy_id in seen:
                 diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")
             seen[policy_id] = source.where

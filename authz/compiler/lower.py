@@ -1,12 +1,18 @@
-"""Cedar JSON policies (EST) -> compiled policy records: scope tests on interned ids plus condition bytecode."""
+"""Cedar JSON policies (EST) -> compiled policy records: scope tests on interned ids plus condition bytecode.
+
+A policy shape (its EST with string literals replaced by placeholders, see source.py) is lowered once
+into a Template; each policy of that shape is the template with its literals' interned ids patched in.
+"""
 
 import struct
 
 from ..errors import CompileError
 from . import layout as L
-from .encode import U32, encode_value, pack_str
+from .encode import U32, encode_value
+from .source import literal_slot
 
-_SCOPE = struct.Struct("<BII")
+_HOLE_UID, _HOLE_STR = 0, 1
+_VARS = {"principal": L.VAR_PRINCIPAL, "action": L.VAR_ACTION, "resource": L.VAR_RESOURCE, "context": L.VAR_CONTEXT}
 
 
 class _Unsupported(Exception):
@@ -15,23 +21,65 @@ class _Unsupported(Exception):
         self.detail = detail
 
 
+class Template:
+    """A lowered policy shape: record bytes with u32 holes for the interned ids of its literals."""
+
+    __slots__ = ("record", "holes", "keys", "policy_id")
+
+    def __init__(self, record, holes, keys, policy_id):
+        self.record = record
+        self.holes = holes
+        self.keys = keys
+        self.policy_id = policy_id
+
+    def instantiate(self, literals, symbols):
+        """(record, index keys, annotated id or None) for one policy with these literal values."""
+        record = self.record
+        if self.holes:
+            record = bytearray(record)
+            for offset, kind, arg in self.holes:
+                if kind == _HOLE_UID:
+                    value = symbols.uid_index(arg[0], literals[arg[1]])
+                else:
+                    value = symbols.string_index(literals[arg])
+                U32.pack_into(record, offset, value)
+        keys = {dim: _resolve_key(key, literals, symbols) for dim, key in self.keys.items()}
+        policy_id = self.policy_id
+        if type(policy_id) is int:
+            policy_id = literals[policy_id]
+        return record, keys, policy_id
+
+
+def _resolve_uid(spec, literals, symbols):
+    return spec if type(spec) is int else symbols.uid_index(spec[0], literals[spec[1]])
+
+
+def _resolve_key(key, literals, symbols):
+    if key is None or key[0] == "type":
+        return key
+    if key[0] == "uids":
+        return ("uids", tuple(_resolve_uid(s, literals, symbols) for s in key[1]))
+    return ("uid", _resolve_uid(key[1], literals, symbols))
+
+
 class PolicyLowering:
-    """Lowers one policy at a time; remembers the index keys each policy could be filed under."""
+    """Lowers policy shapes into Templates, interning every constant uid, type and string in `symbols`."""
 
     def __init__(self, symbols):
         self.symbols = symbols
 
-    def lower(self, source):
-        """(record bytes, scope keys) for a PolicySource; raises CompileError naming the construct and place."""
+    def lower(self, est, where):
+        """The Template of one policy shape; raises CompileError naming the construct and `where`."""
+        self._holes = []
         try:
-            return self._lower(source.est)
+            return self._lower(est)
         except _Unsupported as err:
             detail = f": {err.detail}" if err.detail else ""
-            raise CompileError([f"{source.where}: unsupported construct `{err.construct}`{detail}"]) from None
+            raise CompileError([f"{where}: unsupported construct `{err.construct}`{detail}"]) from None
         except RecursionError:
-            raise CompileError([f"{source.where}: expression nested too deeply"]) from None
+            raise CompileError([f"{where}: expression nested too deeply"]) from None
         except CompileError as err:
-            raise CompileError([f"{source.where}: {d}" for d in err.diagnostics]) from None
+            raise CompileError([f"{where}: {d}" for d in err.diagnostics]) from None
 
     def _lower(self, est):
         out = bytearray()
@@ -39,10 +87,7 @@ class PolicyLowering:
         if effect not in ("permit", "forbid"):
             raise _Unsupported("effect", repr(effect))
         out.append(0 if effect == "permit" else 1)
-        keys = {}
-        keys["principal"] = self._scope(out, est["principal"], "principal")
-        keys["action"] = self._scope(out, est["action"], "action")
-        keys["resource"] = self._scope(out, est["resource"], "resource")
+        keys = {dim: self._scope(out, est[dim], dim) for dim in ("principal", "action", "resource")}
         # Cedar's condition: every `when` body true and every `unless` body false, in order.
         combined = None
         for cond in reversed(est.get("conditions") or []):
@@ -53,42 +98,69 @@ class PolicyLowering:
             else:
                 raise _Unsupported("condition kind", cond["kind"])
             combined = part if combined is None else {"&&": {"left": part, "right": combined}}
-        body = bytearray()
+        at = len(out)
+        out += b"\0\0\0\0"
         if combined is not None:
-            self._expr(body, combined, 0)
-        out += U32.pack(len(body))
-        out += body
-        return bytes(out), keys
+            self._expr(out, combined, 0)
+        U32.pack_into(out, at, len(out) - at - 4)
+        annotated = (est.get("annotations") or {}).get("id")
+        policy_id = None
+        if isinstance(annotated, str):
+            slot = literal_slot(annotated)
+            policy_id = annotated if slot is None else slot
+        return Template(bytes(out), tuple(self._holes), keys, policy_id)
+
+    # -- interned fields (u32), possibly holes --
+    def _uid_field(self, out, entity):
+        if "__entity" in entity:
+            entity = entity["__entity"]
+        type_name, uid_id = entity["type"], entity["id"]
+        slot = literal_slot(uid_id)
+        if slot is None:
+            index = self.symbols.uid_index(type_name, uid_id)
+            out += U32.pack(index)
+            return index
+        self.symbols.type_index(type_name)
+        self._holes.append((len(out), _HOLE_UID, (type_name, slot)))
+        out += b"\0\0\0\0"
+        return (type_name, slot)
+
+    def _str_field(self, out, text):
+        slot = literal_slot(text)
+        if slot is None:
+            out += U32.pack(self.symbols.string_index(text))
+        else:
+            self._holes.append((len(out), _HOLE_STR, slot))
+            out += b"\0\0\0\0"
 
     def _scope(self, out, scope, var):
         op = scope.get("op")
-        sym = self.symbols
         if "slot" in scope or ("in" in scope and "slot" in scope["in"]):
             raise _Unsupported("template slot", "templates are not supported yet")
         if op == "All":
-            out += _SCOPE.pack(L.S_ALL, 0, 0)
+            out += bytes((L.S_ALL, 0, 0, 0, 0, 0, 0, 0, 0))
             return None
-        if op == "==":
-            uid = sym.uid_of(scope["entity"])
-            out += _SCOPE.pack(L.S_EQ, uid, 0)
+        if op in ("==", "in") and "entity" in scope:
+            out.append(L.S_EQ if op == "==" else L.S_IN)
+            uid = self._uid_field(out, scope["entity"])
+            out += b"\0\0\0\0"
             return ("uid", uid)
         if op == "in" and "entities" in scope:
-            uids = [sym.uid_of(e) for e in scope["entities"]]
-            out += _SCOPE.pack(L.S_IN_LIST, len(uids), 0)
-            for uid in uids:
-                out += U32.pack(uid)
-            return ("uids", tuple(uids))
-        if op == "in":
-            uid = sym.uid_of(scope["entity"])
-            out += _SCOPE.pack(L.S_IN, uid, 0)
-            return ("uid", uid)
+            out.append(L.S_IN_LIST)
+            out += U32.pack(len(scope["entities"]))
+            out += b"\0\0\0\0"
+            uids = tuple(self._uid_field(out, e) for e in scope["entities"])
+            return ("uids", uids)
         if op == "is":
-            type_index = sym.type_index(scope["entity_type"])
+            type_index = self.symbols.type_index(scope["entity_type"])
             if "in" in scope:
-                uid = sym.uid_of(scope["in"]["entity"])
-                out += _SCOPE.pack(L.S_IS_IN, uid, type_index)
+                out.append(L.S_IS_IN)
+                uid = self._uid_field(out, scope["in"]["entity"])
+                out += U32.pack(type_index)
                 return ("uid", uid)
-            out += _SCOPE.pack(L.S_IS, 0, type_index)
+            out.append(L.S_IS)
+            out += b"\0\0\0\0"
+            out += U32.pack(type_index)
             return ("type", type_index)
         raise _Unsupported(f"{var} scope", repr(op))
 
@@ -109,17 +181,21 @@ class PolicyLowering:
         if key == "Value":
             if isinstance(arg, str):
                 out.append(L.OP_STR)
-                out += U32.pack(self.symbols.string_index(arg))
+                self._str_field(out, arg)
+            elif isinstance(arg, dict) and "__entity" in arg:
+                out.append(L.OP_LIT)
+                out.append(L.V_UID)
+                self._uid_field(out, arg)
             else:
                 out.append(L.OP_LIT)
                 encode_value(out, arg, self.symbols)
         elif key == "Var":
             out.append(L.OP_VAR)
-            out.append(("principal", "action", "resource", "context").index(arg))
+            out.append(_VARS[arg])
         elif key in (".", "has"):
             out.append(L.OP_GETATTR if key == "." else L.OP_HAS)
             self._expr(out, arg["left"], depth)
-            out += U32.pack(self.symbols.string_index(arg["attr"]))
+            self._str_field(out, arg["attr"])
         elif key in ("&&", "||"):
             out.append(L.OP_AND if key == "&&" else L.OP_OR)
             self._expr(out, arg["left"], depth)
@@ -142,6 +218,7 @@ class PolicyLowering:
             self._pattern(out, arg["pattern"])
         elif key == "is":
             if "in" in arg:
+                # `e is T in E` is `e is T && e in E`, as Cedar desugars it.
                 out.append(L.OP_AND)
                 self._is(out, arg, depth)
                 self._lazy(out, {"in": {"left": arg["left"], "right": arg["in"]}}, depth)
@@ -156,7 +233,7 @@ class PolicyLowering:
             out.append(L.OP_RECORD)
             out += U32.pack(len(arg))
             for name, item in arg.items():
-                pack_str(out, name)
+                self._str_field(out, name)
                 self._expr(out, item, depth)
         elif key in L.EXTENSION_FUNCTIONS and isinstance(arg, list):
             out.append(L.OP_CALL)
@@ -174,8 +251,7 @@ class PolicyLowering:
         self._expr(out, arg["left"], depth)
         out += U32.pack(self.symbols.type_index(arg["entity_type"]))
 
-    @staticmethod
-    def _pattern(out, pattern):
+    def _pattern(self, out, pattern):
         segments = []
         for item in pattern:
             if item == "Wildcard":
@@ -194,4 +270,4 @@ class PolicyLowering:
                 out.append(0)
             else:
                 out.append(1)
-                pack_str(out, seg)
+                self._str_field(out, seg)

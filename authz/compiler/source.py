@@ -21,15 +21,31 @@ _TOKEN_RE = re.compile(
 _EOF_MESSAGE = "unexpected end of input"
 
 
+# A string literal becomes a numbered placeholder, so that policies differing only in their literals
+# (the common case: one policy per agent or tool) share one shape, parsed by cedarpy once.
+_SHAPE_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*')
+_LIKE_BEFORE_RE = re.compile(r'(?:^|[^A-Za-z0-9_])like\s*$')
+_SLOT_PREFIX, _SLOT_SUFFIX = "@@authz:", "@@"
+
+
+def literal_slot(text):
+    """The literal index a placeholder string stands for, or None for an ordinary string."""
+    if text.startswith(_SLOT_PREFIX) and text.endswith(_SLOT_SUFFIX):
+        return int(text[len(_SLOT_PREFIX):-len(_SLOT_SUFFIX)])
+    return None
+
+
 @dataclass(slots=True)
 class PolicySource:
-    """One parsed policy and where it came from."""
+    """One policy: where it is, its shape's EST (shared by every policy of that shape) and its literals."""
 
     file: str
     index: int
     line: int
     col: int
     est: dict
+    literals: tuple
+    text: str
 
     @property
     def where(self):
@@ -53,25 +69,48 @@ class _LineMap:
         return lo + 1, offset - self.starts[lo] + 1
 
 
-def split_statements(text):
-    """(start, end) offsets of each `;`-terminated statement; a trailing unterminated one is included."""
-    spans = []
+def scan_statements(text, placeholders=True):
+    """One pass over the text: per `;`-terminated statement (a trailing unterminated one too),
+    (start, end, line, col, shape, raw literals). With `placeholders`, string literals outside
+    `like` patterns and comments are replaced in the shape by numbered placeholders."""
+    found = []
     start = None
-    pos = 0
+    pos = seg = 0
+    pieces, raw = [], []
+    line, counted = 1, 0
+
+    def begin(at):
+        nonlocal line, counted
+        line += text.count("\n", counted, at)
+        counted = at
+        return at
+
     for m in _SPLIT_RE.finditer(text):
+        token, at = m.group(), m.start()
         if start is None:
-            gap = _SKIP_RE.match(text, pos, m.start())
-            if gap.end() < m.start() or not m.group().startswith("//"):
-                start = gap.end()
-        if m.group() == ";":
-            spans.append((start, m.end()))
-            start = None
+            gap = _SKIP_RE.match(text, pos, at).end()
+            if gap < at or token[0] != "/":
+                start = seg = begin(gap)
+        if token[0] == '"':
+            if placeholders and not (text.find("like", max(start, at - 64), at) >= 0
+                                     and _LIKE_BEFORE_RE.search(text, max(start, at - 64), at)):
+                pieces.append(text[seg:at])
+                pieces.append(f'"{_SLOT_PREFIX}{len(raw)}{_SLOT_SUFFIX}"')
+                raw.append(token)
+                seg = m.end()
+        elif token == ";":
+            pieces.append(text[seg:m.end()])
+            found.append((start, m.end(), line, start - text.rfind("\n", 0, start), "".join(pieces), raw))
+            start, pieces, raw = None, [], []
         pos = m.end()
     if start is None:
-        start = _SKIP_RE.match(text, pos).end()
+        start = seg = _SKIP_RE.match(text, pos).end()
+        if start < len(text):
+            begin(start)
     if start < len(text):
-        spans.append((start, len(text)))
-    return spans
+        pieces.append(text[seg:])
+        found.append((start, len(text), line, start - text.rfind("\n", 0, start), "".join(pieces), raw))
+    return found
 
 
 def _policy_order(est):
@@ -97,27 +136,56 @@ def _locate_error(statement, message):
     return 0
 
 
+def _decode_literals(raw_texts):
+    """Cedar string literal texts -> their values (cedarpy decodes the escaped ones); None if one is invalid."""
+    escaped = sorted({r for r in raw_texts if "\\" in r})
+    decoded = {}
+    if escaped:
+        probe = "permit(principal, action, resource) when { [" + ", ".join(escaped) + "] };"
+        try:
+            est = json.loads(cedarpy.policies_to_json_str(probe))
+            items = est["staticPolicies"]["policy0"]["conditions"][0]["body"]["Set"]
+            decoded = {r: item["Value"] for r, item in zip(escaped, items)}
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+    return [decoded[r] if r in decoded else r[1:-1] for r in raw_texts]
+
+
+def _parse_by_shape(statements):
+    """[(est, literals)] per statement, parsing each distinct shape once; None when a statement fails."""
+    shapes, per_statement, all_raw = {}, [], []
+    for statement in statements:
+        shape, raw = statement[4], statement[5]
+        per_statement.append((shapes.setdefault(shape, len(shapes)), len(all_raw), len(raw)))
+        all_raw.extend(raw)
+    try:
+        est = json.loads(cedarpy.policies_to_json_str("\n".join(shapes)))
+    except ValueError:
+        return None
+    order = _policy_order(est)
+    if len(order) != len(shapes):
+        return None
+    values = _decode_literals(all_raw)
+    if values is None:
+        return None
+    return [(order[k], tuple(values[at:at + n])) for k, at, n in per_statement]
+
+
 def parse_policy_text(text, file):
     """Parses one file's Cedar text into PolicySources; raises CompileError naming every bad statement."""
-    spans = split_statements(text)
-    lines = _LineMap(text)
-    try:
-        est = json.loads(cedarpy.policies_to_json_str(text))
-    except ValueError:
-        est = None
-    if est is not None:
-        order = _policy_order(est)
-        if len(order) == len(spans):
-            return _to_sources(order, spans, lines, file)
+    statements = scan_statements(text, placeholders=_SLOT_PREFIX not in text)
+    parsed = _parse_by_shape(statements)
+    if parsed is not None:
+        return _to_sources(parsed, statements, file, text)
     # Slow path: parse statement by statement to find and place each error.
-    diagnostics, order = [], []
-    for start, end in spans:
+    lines = _LineMap(text)
+    diagnostics, parsed = [], []
+    for start, end, *_ in statements:
         statement = text[start:end]
         try:
             one = json.loads(cedarpy.policies_to_json_str(statement))
         except ValueError as err:
-            offset = start + _locate_error(statement, str(err))
-            line, col = lines.locate(offset)
+            line, col = lines.locate(start + _locate_error(statement, str(err)))
             diagnostics.append(f"{file}:{line}:{col}: {err}")
             continue
         items = _policy_order(one)
@@ -125,17 +193,21 @@ def parse_policy_text(text, file):
             line, col = lines.locate(start)
             diagnostics.append(f"{file}:{line}:{col}: expected exactly one policy in this statement")
             continue
-        order.append((len(order),) + items[0][1:])
+        parsed.append((items[0], ()))
     if diagnostics:
         raise CompileError(diagnostics)
-    return _to_sources(order, spans, lines, file)
+    return _to_sources(parsed, statements, file, text)
 
 
-def _to_sources(order, spans, lines, file):
+def parse_alone(source):
+    """The EST of one policy parsed on its own, literals in place (when its shape can't be patched)."""
+    return _policy_order(json.loads(cedarpy.policies_to_json_str(source.text)))[0][2]
+
+
+def _to_sources(parsed, statements, file, text):
     sources = []
-    for n, ((_, kind, body), (start, _end)) in enumerate(zip(order, spans)):
-        line, col = lines.locate(start)
+    for n, (((_, kind, body), literals), (start, end, line, col, _shape, _raw)) in enumerate(zip(parsed, statements)):
         if kind == "templates":
             raise CompileError([f"{file}:{line}:{col}: unsupported construct `template slot`: templates are not supported yet"])
-        sources.append(PolicySource(file, n, line, col, body))
+        sources.append(PolicySource(file, n, line, col, body, literals, text[start:end]))
     return sources

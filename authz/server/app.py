@@ -38,7 +38,7 @@ def server_options(cfg) -> list:
 def build_server(cfg, decider):
     """A grpc.aio server with every servicer added (not yet bound or started); returns (server, health)."""
     import grpc
-    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+    from envoy.service.auth.v3 import external_auth_pb2
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
@@ -48,7 +48,7 @@ def build_server(cfg, decider):
 
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(EnvoyAuthorizationServicer(decider, limits), server)
+    EnvoyAuthorizationServicer(decider, limits).add_to_server(server)
     authz_pb2_grpc.add_AuthorizerServicer_to_server(
         AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth), server)
     health_servicer = health.aio.HealthServicer()

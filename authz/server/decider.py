@@ -90,6 +90,28 @@ class Decider:
         """A decision id unique across workers and restarts."""
         return f"{self._prefix}{next(self._counter):010x}"
 
+    def decide_one(self, request: dict, api: str) -> Outcome:
+        """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path)."""
+        engine = self.engine
+        if engine is None:
+            return self.decide([request], api)[0]
+        t0 = time.perf_counter_ns()
+        try:
+            d = engine.check(principal=request["principal"], action=request["action"],
+                             resource=request["resource"], context=request.get("context") or {})
+        except Exception:
+            return self.decide([request], api)[0]  # the general path classifies and logs the failure
+        generation = engine.generation  # INVARIANT: same generation as the check (one thread)
+        latency_ns = time.perf_counter_ns() - t0
+        did = f"{self._prefix}{next(self._counter):010x}"
+        o = Outcome(did, d.allowed, d.policies, d.errors, generation)
+        decision = ALLOW if o.allowed else DENY
+        self.metrics.decision(api, decision, latency_ns / 1e9)
+        if self.decision_log is not None:
+            self.decision_log.record(did, api, request["principal"], request["action"], request["resource"],
+                                     decision, d.policies, d.errors, latency_ns, generation, None)
+        return o
+
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:
         """Decide each request dict ({principal, action, resource, context}) or Invalid, in order,
         against one generation; returns one Outcome per request.

@@ -76,13 +76,15 @@ class DecisionLog:
         if lines:
             self._write(lines)
 
-    @staticmethod
-    def _format(ev) -> str:
+    _second = -1
+    _second_text = ""
+
+    def _format(self, ev) -> str:
         (decision_id, t, api, principal, action, resource, decision, policies, errors,
          latency_ns, generation, reason) = ev
         doc = {
             "decision_id": decision_id,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z",
+            "time": f"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z",
             "api": api,
             "principal": format_uid(principal),
             "action": format_uid(action),
@@ -96,6 +98,12 @@ class DecisionLog:
         if reason:
             doc["reason"] = reason
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+
+    def _time_text(self, t: float) -> str:
+        second = int(t)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._second_text
 
     def _write(self, lines):
         data = "".join(lines).encode("utf-8", "replace")

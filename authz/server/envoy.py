@@ -12,6 +12,7 @@ import logging
 import re
 import urllib.parse
 
+import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
@@ -23,6 +24,7 @@ from authz.server.records import from_json
 log = logging.getLogger("authz.server")
 
 API = "envoy"
+SERVICE = "envoy.service.auth.v3.Authorization"
 DECISION_HEADER = "x-authz-decision-id"
 ANONYMOUS = {"type": "Anonymous", "id": "anonymous"}
 _UID = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"((?:[^"\\]|\\.)*)"$')
@@ -76,17 +78,21 @@ def _headers(http, limits: Limits) -> dict:
         if len(http.headers) > limits.max_headers:
             raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
         headers = dict(http.headers)
-    size = 0
-    for k, v in headers.items():
-        size += len(k) + len(v)
-    if size > limits.max_header_bytes:
+    # The encoded size of everything but the body bounds the header bytes (computed in C, no Python loop).
+    if http.ByteSize() - len(http.raw_body) - len(http.body) > limits.max_header_bytes:
         raise MappingError("request_too_large", f"headers larger than {limits.max_header_bytes} bytes")
     return headers
 
 
 def _query(query: str) -> dict:
     out: dict = {}
-    for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True):
+    for part in query.split("&"):
+        if not part:
+            continue
+        k, _, v = part.partition("=")
+        if "%" in part or "+" in part:
+            k = urllib.parse.unquote_plus(k)
+            v = urllib.parse.unquote_plus(v)
         out[k] = f"{out[k]},{v}" if k in out else v
     return out
 
@@ -215,8 +221,28 @@ def deny_response(decision_id: str, reason: str):
             body=body))
 
 
-# Answer of last resort: built at import, so failing closed cannot itself fail.
-_LAST_RESORT = deny_response("", "internal_error")
+class _AllowTemplate:
+    """The serialized allow response with the decision id spliced in: no message built per request.
+
+    INVARIANT: a decision id of DECISION_ID_LEN ASCII characters keeps every length prefix
+    of the template valid; other lengths take the protobuf path.
+    """
+
+    def __init__(self, id_len: int):
+        marker = "\x01" * id_len
+        data = allow_response(marker).SerializeToString()
+        head, _, tail = data.partition(marker.encode())
+        self.id_len, self.head, self.tail = id_len, head, tail
+
+    def render(self, decision_id: str) -> bytes:
+        if len(decision_id) != self.id_len:
+            return allow_response(decision_id).SerializeToString()
+        return self.head + decision_id.encode("ascii") + self.tail
+
+
+def serialize_response(resp) -> bytes:
+    """gRPC response serializer accepting pre-serialized bytes."""
+    return resp if type(resp) is bytes else resp.SerializeToString()
 
 
 def deny_reason(outcome) -> str:
@@ -232,29 +258,42 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, decider, limits: Limits):
         self.decider = decider
         self.limits = limits
+        self._allow = _AllowTemplate(len(decider.next_id()))
 
-    def check(self, request):
-        """Decide one CheckRequest (sync; the async RPC wraps it)."""
+    def check(self, request) -> bytes:
+        """Decide one CheckRequest; returns the serialized CheckResponse (never raises)."""
         try:
             try:
                 requests, _ = map_check_request(request, self.limits)
             except MappingError as e:
                 outcome = self.decider.decide([Invalid(e.code, str(e))], API)[0]
-                return deny_response(outcome.decision_id, outcome.code)
+                return deny_response(outcome.decision_id, outcome.code).SerializeToString()
             except Exception as e:  # e.g. a RequestError from an over-deep MCP argument
                 code = getattr(e, "code", "internal_error")
                 if code == "internal_error":
                     log.exception("cannot map a CheckRequest; denying")
                 outcome = self.decider.decide([Invalid(code, str(e))], API)[0]
-                return deny_response(outcome.decision_id, code)
+                return deny_response(outcome.decision_id, code).SerializeToString()
+            if len(requests) == 1:
+                o = self.decider.decide_one(requests[0], API)
+                if o.allowed:
+                    return self._allow.render(o.decision_id)
+                return deny_response(o.decision_id, deny_reason(o)).SerializeToString()
             outcomes = self.decider.decide(requests, API)
             for o in outcomes:
                 if not o.allowed:
-                    return deny_response(o.decision_id, deny_reason(o))
-            return allow_response(outcomes[0].decision_id)
+                    return deny_response(o.decision_id, deny_reason(o)).SerializeToString()
+            return self._allow.render(outcomes[0].decision_id)
         except Exception:
             log.exception("Check failed; denying")
             return _LAST_RESORT
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
         return self.check(request)
+
+    def add_to_server(self, server) -> None:
+        """Register on `server` with a serializer that passes the pre-serialized answers through."""
+        handler = grpc.unary_unary_rpc_method_handler(
+            self.Check, request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=serialize_response)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Check": handler}),))
