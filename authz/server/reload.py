@@ -14,7 +14,8 @@ def snapshot(folder: str) -> tuple:
     """What identifies the folder's policy and entity files right now: (path, mtime_ns, size, inode) each."""
     entries = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
+        # Hidden folders are skipped (e.g. a Kubernetes ConfigMap's `..data` timestamped copies).
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.endswith(_SOURCES) and not name.startswith("."):
                 path = os.path.join(root, name)
