@@ -206,6 +206,8 @@ _HMS_RE = _re.compile(r"T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _MS_OFFSET_RE = _re.compile(r"(\.([0-9]{3}))?(Z|((\+|-)([0-9]{2})([0-9]{2})))")
 _SUBNET_RE = _re.compile(r"\+?[0-9]+")
 _ASCII_DIGITS = _re.compile(r"-?[0-9]+")
+_POW10 = (1, 10, 100, 1000, 10000)
+_ONE = 1  # a Python int, so that shifts below are arbitrary-precision
 
 
 cdef object parse_ip_addr(str s):
@@ -258,7 +260,7 @@ cdef Ext parse_decimal(str s):
         raise EvalError(f"too many digits after the decimal in `{s}`")
     if _ASCII_DIGITS.fullmatch(right) is None:
         raise EvalError("overflow when converting to decimal")
-    r = int(right) * 10 ** (4 - len(right))
+    r = int(right) * _POW10[4 - len(right)]
     v = l + r if l >= 0 else l - r
     if not (I64_MIN <= v <= I64_MAX):
         raise EvalError("overflow when converting to decimal")
@@ -386,7 +388,10 @@ cdef object call_ext(int fn, list args):
         if fn == F_IS_IPV6:
             return a.version == 6
         if fn == F_IS_LOOPBACK:
-            return (a.a >> 24) == 127 if a.version == 4 else a.a == 1
+            # Every address of the range must be loopback: 127.0.0.0/8, or exactly ::1.
+            if a.version == 4:
+                return (a.a >> 24) == 127 and a.prefix >= 8
+            return a.a == 1 and a.prefix == 128
         if fn == F_IS_MULTICAST:
             if a.version == 4:
                 return (a.a >> 28) == 0xE and a.prefix >= 4
@@ -439,8 +444,8 @@ cdef bint ip_in_range(Ext a, Ext b):
     if a.version != b.version:
         return False
     cdef int width = 32 if a.version == 4 else 128
-    host_a = (1 << (width - a.prefix)) - 1
-    host_b = (1 << (width - b.prefix)) - 1
+    host_a = (_ONE << (width - a.prefix)) - 1
+    host_b = (_ONE << (width - b.prefix)) - 1
     return (b.a & ~host_b) <= (a.a & ~host_a) and (a.a | host_a) <= (b.a | host_b)
 
 
@@ -1238,10 +1243,11 @@ cdef object to_value(Generation g, object v, int depth):
         return make_set([to_value(g, item, depth + 1) for item in v])
     if t is dict:
         if len(<dict>v) == 1:
-            if "__entity" in <dict>v:
-                return to_uid(g, (<dict>v)["__entity"], "context")
-            if "__extn" in <dict>v:
-                extn = (<dict>v)["__extn"]
+            inner = (<dict>v).get("__entity")
+            if isinstance(inner, dict) and type(inner.get("type")) is str and type(inner.get("id")) is str:
+                return to_uid(g, inner, "context")
+            extn = (<dict>v).get("__extn")
+            if isinstance(extn, dict) and "fn" in extn and "arg" in extn:
                 if isinstance(extn, dict) and type(extn.get("arg")) is str and extn.get("fn") in ("ip", "decimal", "datetime", "duration"):
                     fn = {"ip": F_IP, "decimal": F_DECIMAL, "datetime": F_DATETIME, "duration": F_DURATION}[extn["fn"]]
                     try:

@@ -55,6 +55,18 @@ class Symbols:
         return self.uid_index(obj["type"], obj["id"])
 
 
+def is_entity_escape(value):
+    """`{"__entity": {"type": .., "id": ..}}`; an incomplete escape is an ordinary record, as cedarpy reads it."""
+    inner = value.get("__entity") if len(value) == 1 else None
+    return isinstance(inner, dict) and isinstance(inner.get("type"), str) and isinstance(inner.get("id"), str)
+
+
+def is_extension_escape(value):
+    """`{"__extn": {"fn": .., "arg": ..}}`; an incomplete escape is an ordinary record."""
+    inner = value.get("__extn") if len(value) == 1 else None
+    return isinstance(inner, dict) and "fn" in inner and "arg" in inner
+
+
 def encode_value(out, value, symbols):
     """Appends a Cedar value given in Cedar's JSON value syntax (`__entity` and `__extn` escapes)."""
     if value is True:
@@ -75,10 +87,10 @@ def encode_value(out, value, symbols):
         for item in value:
             encode_value(out, item, symbols)
     elif isinstance(value, dict):
-        if len(value) == 1 and "__entity" in value:
+        if is_entity_escape(value):
             out.append(L.V_UID)
             out += U32.pack(symbols.uid_of(value))
-        elif len(value) == 1 and "__extn" in value:
+        elif is_extension_escape(value):
             extn = value["__extn"]
             fn = L.EXTENSION_FUNCTIONS.get(extn.get("fn")) if isinstance(extn, dict) else None
             if fn is None or not isinstance(extn.get("arg"), str):

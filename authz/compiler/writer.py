@@ -43,10 +43,14 @@ def _choose_keys(policy_keys):
             if key is None:
                 continue
             expanded = _expand(dim, key)
+            if not expanded:  # `action in []` matches no request: file the policy nowhere
+                best = (-1, None)
+                break
             cost = max(counts[k] for k in expanded)
             if best is None or cost < best[0]:
                 best = (cost, expanded)
         chosen.append(best[1] if best else ())
+    # chosen[p]: the keys policy p is filed under; () = every request; None = no request.
     return chosen
 
 
@@ -125,6 +129,8 @@ def build_generation(records, ids, entities, symbols):
     type_lists = {}  # (dim, type) -> [policy]
     all_list = []
     for p, keys in enumerate(chosen):
+        if keys is None:
+            continue
         if not keys:
             all_list.append(p)
         for dim, kind, value in keys:

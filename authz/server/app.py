@@ -71,7 +71,11 @@ async def set_health(health_servicer, serving: bool) -> None:
 
 async def _watch_index(decider, health_servicer, metrics) -> None:
     """Open the index as soon as it exists, then report the served generation."""
+    warned = False
     while not decider.open_engine():
+        if not warned:
+            log.warning("not serving until the index can be opened: %s", decider.last_error)
+            warned = True
         await asyncio.sleep(0.1)
     await set_health(health_servicer, True)
     log.info("index open: generation %d", decider.generation)

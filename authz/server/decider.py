@@ -54,6 +54,7 @@ class Decider:
         self.decision_log = decision_log
         self.metrics = metrics or NullMetrics()
         self.engine = None
+        self.last_error = ""
         self._engine_factory = engine_factory
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count(1)
@@ -70,10 +71,12 @@ class Decider:
 
                 self.engine = authz.Engine(self.db_path)
         except IndexUnavailableError as e:
-            log.debug("index not available yet: %s", e)
+            self.last_error = str(e)
             return False
-        except Exception:
-            log.exception("cannot open the index `%s`", self.db_path)
+        except Exception as e:
+            if not self.last_error:
+                log.exception("cannot open the index `%s`", self.db_path)
+            self.last_error = f"cannot open the index `{self.db_path}`: {e}"
             return False
         return True
 
