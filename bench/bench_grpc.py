@@ -379,8 +379,8 @@ def main():
                 auth_rps, _, _ = wrk(url.format(guarded.port), duration, 16)
                 rows.append(("Envoy, saturating, 16 conns (req/s)", f"{bare_rps:,.0f}", f"{auth_rps:,.0f}",
                              f"{auth_rps / bare_rps:.0%}"))
-                _, b50, b99 = wrk(url.format(bare.port), duration, 4, delay_ms=2, tmp=tmp)
-                arps, a50, a99 = wrk(url.format(guarded.port), duration, 4, delay_ms=2, tmp=tmp)
+                _, b50, b99 = wrk(url.format(bare.port), duration, 2, delay_ms=5, tmp=tmp)
+                arps, a50, a99 = wrk(url.format(guarded.port), duration, 2, delay_ms=5, tmp=tmp)
                 rows.append((f"Envoy, moderate load ~{arps:,.0f} req/s: p50 / p99 (ms)", f"{b50:.2f} / {b99:.2f}",
                              f"{a50:.2f} / {a99:.2f}", f"+{a50 - b50:.2f} / +{a99 - b99:.2f} ms"))
 
