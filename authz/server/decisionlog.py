@@ -92,9 +92,10 @@ class DecisionLog:
                 lines.append(self._format(queue.popleft()))
             except Exception:  # one bad event must not stop the log
                 log.exception("cannot format a decision event")
-            if len(lines) >= 1000:
+            if len(lines) >= 200:
                 self._write(lines)
                 lines = []
+                time.sleep(0)  # let the request thread have the GIL between chunks
         if lines:
             self._write(lines)
 
