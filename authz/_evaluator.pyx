@@ -261,7 +261,7 @@ cdef Ext parse_decimal(str s):
     if _ASCII_DIGITS.fullmatch(right) is None:
         raise EvalError("overflow when converting to decimal")
     r = int(right) * _POW10[4 - len(right)]
-    v = l + r if l >= 0 else l - r
+    v = l - r if left.startswith("-") else l + r   # the sign applies to the fraction too, even for `-0.x`
     if not (I64_MIN <= v <= I64_MAX):
         raise EvalError("overflow when converting to decimal")
     return make_ext(EXT_DECIMAL, v)

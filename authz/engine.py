@@ -7,7 +7,7 @@ import zlib
 import lmdb
 
 from . import _evaluator
-from .compiler.writer import CURRENT_KEY, crc_key, generation_key, open_env
+from .compiler.writer import CURRENT_KEY, crc_key, generation_key, open_env, release_env
 from .errors import IndexUnavailableError
 
 Decision = _evaluator.Decision
@@ -69,4 +69,12 @@ class Engine(_evaluator.EngineCore):
     def close(self):
         """Releases the map; the engine can't decide afterwards."""
         self._install(None, self.poll_interval_s)
-        self._env.close()
+        if self._env is not None:
+            release_env(self._env)
+            self._env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

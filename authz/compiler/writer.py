@@ -202,21 +202,50 @@ def build_generation(records, ids, entities, symbols):
     return bytes(blob.buf)
 
 
+# LMDB allows one environment per file per process: engines and compiles in one process share it.
+# Keyed by (pid, path) so that a forked child never reuses its parent's environment.
+_ENVS = {}
+
+
 def open_env(db, create):
-    """The LMDB environment at `db` (a directory); IndexUnavailableError with one line if it can't be used."""
+    """The process's LMDB environment at `db` (a directory), shared and reference-counted;
+    IndexUnavailableError with one line if it can't be used. Pair with `release_env`."""
     if not create and not os.path.isdir(db):
         if os.path.exists(db):
             raise IndexUnavailableError(f"`{db}` is not an authz index (expected a directory)")
         raise IndexUnavailableError(f"no index at `{db}`: run `authz compile ... --db {db}` first")
     if create and os.path.exists(db) and not os.path.isdir(db):
         raise IndexUnavailableError(f"`{db}` is not an authz index (expected a directory)")
+    if not create and not os.path.exists(os.path.join(db, "data.mdb")):
+        raise IndexUnavailableError(f"`{db}` is not an authz index (no data.mdb)")
+    key = (os.getpid(), os.path.realpath(db))
+    entry = _ENVS.get(key)
+    if entry is not None and (entry[0].flags()["readonly"] is False or not create):
+        entry[1] += 1
+        return entry[0]
+    if entry is not None:
+        raise IndexUnavailableError(f"`{db}` is open read-only in this process and cannot be written")
     try:
         if create:
             os.makedirs(db, exist_ok=True)
-        return lmdb.open(db, map_size=DEFAULT_MAP_SIZE, subdir=True, readonly=not create,
-                         create=create, max_dbs=0, max_readers=1024, lock=True)
+        writable = create or os.access(db, os.W_OK)
+        env = lmdb.open(db, map_size=DEFAULT_MAP_SIZE, subdir=True, readonly=not writable,
+                        create=create, max_dbs=0, max_readers=1024, lock=True)
     except lmdb.Error as err:
         raise IndexUnavailableError(f"cannot open index `{db}`: {err}") from None
+    _ENVS[key] = [env, 1]
+    return env
+
+
+def release_env(env):
+    """Drops one reference to a shared environment; the last one closes it."""
+    for key, entry in list(_ENVS.items()):
+        if entry[0] is env:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _ENVS[key]
+                env.close()
+            return
 
 
 def publish(db, blob):
@@ -240,4 +269,4 @@ def publish(db, blob):
     except lmdb.Error as err:
         raise IndexUnavailableError(f"cannot write index `{db}`: {err}") from None
     finally:
-        env.close()
+        release_env(env)
