@@ -38,8 +38,16 @@ cdef enum:
     EXT_IP = 1, EXT_DECIMAL = 2, EXT_DATETIME = 3, EXT_DURATION = 4
 
 LAYOUT = {
-    "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "V_EXT": V_EXT, "S_IN_LIST": S_IN_LIST,
-    "OP_STR": OP_STR, "OP_CALL": OP_CALL, "F_TO_D": F_TO_D, "OP_LIKE": OP_LIKE, "V_RECORD": V_RECORD,
+    "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "UID_IS_ENTITY": 1,
+    "OP_LIT": OP_LIT, "OP_VAR": OP_VAR, "OP_GETATTR": OP_GETATTR, "OP_HAS": OP_HAS, "OP_EQ": OP_EQ, "OP_NE": OP_NE, "OP_LT": OP_LT, "OP_LE": OP_LE, "OP_GT": OP_GT, "OP_GE": OP_GE, "OP_ADD": OP_ADD, "OP_SUB": OP_SUB, "OP_MUL": OP_MUL, "OP_IN": OP_IN, "OP_CONTAINS": OP_CONTAINS, "OP_CONTAINS_ALL": OP_CONTAINS_ALL, "OP_CONTAINS_ANY": OP_CONTAINS_ANY, "OP_HAS_TAG": OP_HAS_TAG, "OP_GET_TAG": OP_GET_TAG, "OP_AND": OP_AND, "OP_OR": OP_OR, "OP_NOT": OP_NOT, "OP_NEG": OP_NEG, "OP_IS_EMPTY": OP_IS_EMPTY, "OP_IF": OP_IF, "OP_LIKE": OP_LIKE, "OP_IS": OP_IS, "OP_SET": OP_SET, "OP_RECORD": OP_RECORD, "OP_CALL": OP_CALL, "OP_STR": OP_STR,
+    "V_FALSE": V_FALSE, "V_TRUE": V_TRUE, "V_LONG": V_LONG, "V_STR": V_STR, "V_UID": V_UID, "V_SET": V_SET, "V_RECORD": V_RECORD, "V_EXT": V_EXT,
+    "S_ALL": S_ALL, "S_EQ": S_EQ, "S_IN": S_IN, "S_IS": S_IS, "S_IS_IN": S_IS_IN, "S_IN_LIST": S_IN_LIST,
+    "FN_IDS": {"ip": F_IP, "isIpv4": F_IS_IPV4, "isIpv6": F_IS_IPV6, "isLoopback": F_IS_LOOPBACK,
+               "isMulticast": F_IS_MULTICAST, "isInRange": F_IS_IN_RANGE, "decimal": F_DECIMAL, "lessThan": F_LT,
+               "lessThanOrEqual": F_LE, "greaterThan": F_GT, "greaterThanOrEqual": F_GE, "datetime": F_DATETIME,
+               "duration": F_DURATION, "offset": F_OFFSET, "durationSince": F_DURATION_SINCE, "toDate": F_TO_DATE,
+               "toTime": F_TO_TIME, "toMilliseconds": F_TO_MS, "toSeconds": F_TO_S, "toMinutes": F_TO_MIN,
+               "toHours": F_TO_H, "toDays": F_TO_D},
 }
 
 cdef int64_t I64_MAX = 9223372036854775807

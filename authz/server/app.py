@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -136,6 +137,7 @@ def run_worker(cfg, index: int, conn, metrics_enabled: bool) -> None:
     # The decision-log thread formats lines while RPCs wait for the GIL: hand it over every
     # 0.5 ms instead of Python's default 5 ms, so logging cannot add milliseconds to a Check.
     sys.setswitchinterval(0.0005)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
     try:
         code = asyncio.run(serve_worker(cfg, conn, metrics_enabled))
     except Exception as e:  # report, then die: the supervisor decides what to do

@@ -6,6 +6,7 @@ The supervisor never creates a gRPC object nor opens the index for reading (grpc
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -196,6 +197,8 @@ class Supervisor:
     def _install_signals(self):
         def on_signal(signum, frame):
             self._stop.set()
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

@@ -1,0 +1,141 @@
+"""Bad policies, entities and index paths: clear one-line errors, exit 2, and no change to a stored index."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import authz
+from authz.errors import CompileError, IndexUnavailableError
+
+GOOD = 'permit(principal == User::"alice", action, resource);\n'
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "authz", *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_malformed_cedar_reports_file_line_col_for_each_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "bad.cedar", GOOD + "\npermit(principal, action, resource) when { 1 + };\n"
+                                    "permit(principal, action, resource) when { foo(1) };\n")
+    result = run_cli("compile", str(src), "--db", str(tmp_path / "db"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("bad.cedar:3:") and "unexpected token" in lines[0]
+    assert lines[1].startswith("bad.cedar:4:") and "foo" in lines[1]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "db").exists() or not os.listdir(tmp_path / "db")
+
+
+def test_error_column_points_at_the_offending_token(tmp_path):
+    path = write(tmp_path / "p.cedar", "permit(principal, action, resource) when { 1 + };")
+    with pytest.raises(CompileError) as err:
+        authz.compile([path], db=str(tmp_path / "db"))
+    (message,) = err.value.diagnostics
+    # cedarpy's parser notices the dangling `+` at the `}` or the `;` right after it.
+    assert message in ("p.cedar:1:48: unexpected token `}`", "p.cedar:1:49: unexpected token `}`")
+
+
+def test_template_is_an_unsupported_construct_with_location(tmp_path):
+    path = write(tmp_path / "t.cedar", GOOD + "permit(principal == ?principal, action, resource);\n")
+    with pytest.raises(CompileError) as err:
+        authz.compile([path], db=str(tmp_path / "db"))
+    (message,) = err.value.diagnostics
+    assert message.startswith("t.cedar:2:1: unsupported construct `template slot`")
+
+
+def test_entities_cedarpy_rejects_are_rejected(tmp_path):
+    write(tmp_path / "p.cedar", GOOD)
+    dup = [{"uid": {"type": "User", "id": "a"}, "attrs": {}, "parents": []},
+           {"uid": {"type": "User", "id": "a"}, "attrs": {"x": 1}, "parents": []}]
+    write(tmp_path / "entities.json", json.dumps(dup))
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    assert "entities.json: invalid entities: duplicate entity entry" in err.value.diagnostics[0]
+
+
+@pytest.mark.parametrize("attrs", [{"x": 1.5}, {"x": {"__extn": {"fn": "ip", "arg": "zz"}}}, {"x": None}])
+def test_entity_values_cedarpy_rejects(tmp_path, attrs):
+    write(tmp_path / "p.cedar", GOOD)
+    write(tmp_path / "entities.json", json.dumps([{"uid": {"type": "User", "id": "a"}, "attrs": attrs, "parents": []}]))
+    with pytest.raises(CompileError):
+        authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+
+
+def test_entity_file_that_is_not_json(tmp_path):
+    write(tmp_path / "p.cedar", GOOD)
+    write(tmp_path / "a.entities.json", "[{")
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    assert err.value.diagnostics[0].startswith("a.entities.json: cannot read entities")
+
+
+def test_duplicate_policy_ids_are_an_error(tmp_path):
+    path = write(tmp_path / "p.cedar", '@id("x")\n' + GOOD + '@id("x")\n' + GOOD)
+    with pytest.raises(CompileError) as err:
+        authz.compile([path], db=str(tmp_path / "db"))
+    assert "duplicate policy id `x`" in err.value.diagnostics[0]
+
+
+def test_missing_source_and_unknown_file_kind(tmp_path):
+    other = write(tmp_path / "notes.txt", "hello")
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path / "nope"), other], db=str(tmp_path / "db"))
+    assert len(err.value.diagnostics) == 2
+
+
+def test_failed_compile_leaves_the_index_untouched(tmp_path):
+    db = str(tmp_path / "db")
+    good = write(tmp_path / "good.cedar", GOOD)
+    assert authz.compile([good], db=db) == 1
+    bad = write(tmp_path / "bad.cedar", "permit(")
+    with pytest.raises(CompileError):
+        authz.compile([good, bad], db=db)
+    with authz.Engine(db) as engine:
+        assert engine.generation == 1
+        assert engine.check('User::"alice"', 'Action::"a"', 'R::"r"').allowed
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty-dir", "not-lmdb"])
+def test_unusable_index_path_is_one_line_without_traceback(tmp_path, kind):
+    db = tmp_path / "db"
+    if kind == "file":
+        db.write_text("not an index")
+    elif kind == "empty-dir":
+        db.mkdir()
+    elif kind == "not-lmdb":
+        db.mkdir()
+        (db / "data.mdb").write_bytes(b"\x00garbage" * 1000)
+    result = run_cli("check", "--db", str(db), "--request", "{}")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("authz: ")
+    with pytest.raises(IndexUnavailableError):
+        authz.Engine(str(db))
+
+
+def test_corrupted_generation_is_refused(tmp_path):
+    import lmdb
+
+    db = str(tmp_path / "db")
+    authz.compile([write(tmp_path / "p.cedar", GOOD)], db=db)
+    env = lmdb.open(db, subdir=True)
+    with env.begin(write=True) as txn:
+        key = b"gen/%016x" % 1
+        blob = bytearray(txn.get(key))
+        blob[len(blob) // 2] ^= 0xFF
+        txn.put(key, bytes(blob))
+    env.close()
+    with pytest.raises(IndexUnavailableError, match="corrupted"):
+        authz.Engine(db)
+    result = run_cli("check", "--db", db, "--request", "{}")
+    assert result.returncode == 2 and "corrupted" in result.stderr and "Traceback" not in result.stderr
