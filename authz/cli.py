@@ -9,7 +9,7 @@ from .compiler import compile_sources
 from .engine import Engine
 from .errors import AuthzError, CompileError, RequestError
 
-DEFAULT_DB = "authz-data/index.lmdb"
+DEFAULT_DB = "authz-data/authz.lmdb"  # where `authz serve` keeps its index by default
 
 
 def _fail(message):
