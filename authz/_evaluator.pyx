@@ -17,6 +17,7 @@ import ipaddress as _ipaddress
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    void PyObject_GC_UnTrack(object o)
 
 # ---- layout constants (mirror of authz/compiler/layout.py) ----
 MAGIC = b"AUTHZGEN"
@@ -1163,11 +1164,14 @@ cdef class Generation:
                 satisfied[j] = p
                 n_reasons += 1
         d.policies = [self.policy_id(satisfied[i]) for i in range(n_reasons)]
+        # Lists of strings (and of records of strings) cannot be part of a cycle: keep them out of the GC.
+        PyObject_GC_UnTrack(d.policies)
         if errors is None:
             d.errors = []
         else:
             errors.sort()
             d.errors = [{"policy": self.policy_id(p), "message": msg} for p, msg in errors]
+        PyObject_GC_UnTrack(d.errors)
         return d
 
 
