@@ -222,12 +222,13 @@ class _Draw:
 class ExprGen(_Draw):
     """Draws Cedar expressions (as text) of a wanted kind, occasionally of the wrong kind."""
 
-    def __init__(self, src: ByteSource, family: str = "all", uids=None):
+    def __init__(self, src: ByteSource, family: str = "all", uids=None, existing=()):
         super().__init__(src)
+        self.existing = tuple(existing)  # uids that are entities (non-Action)
         self.family = family
         self.kinds = FAMILY_KINDS[family]
         self.uids = uids or [(t, i) for t in ENTITY_TYPES for i in IDS]
-        self.bad_ext = 12 if family in ("ext", "all") else 0  # percent of bad extension literals
+        self.bad_ext = 6 if family in ("ext", "all") else 0  # percent of bad extension literals
 
     # ---- leaves -----------------------------------------------------------------------------
 
@@ -236,6 +237,8 @@ class ExprGen(_Draw):
             return uid_text((self.pick(ENTITY_TYPES), self.pick(ODD_IDS)))
         if self.chance(15):
             return uid_text((ACTION_TYPE, self.pick(ACTION_IDS)))
+        if self.existing and self.chance(60):
+            return uid_text(self.pick(self.existing))
         return uid_text(self.pick(self.uids))
 
     def long_lit(self) -> str:
@@ -336,10 +339,10 @@ class ExprGen(_Draw):
 
     def expr(self, kind: str, d: int) -> str:
         """An expression that is usually of `kind`; depth `d` more levels of nesting allowed."""
-        if self.chance(6):  # ill-typed on purpose
+        if self.chance(2):  # ill-typed on purpose
             kind = self.pick(self.kinds)
         if d <= 0 or self.chance(20):
-            if self.chance(10):
+            if self.chance(20):
                 return self.guarded_access(kind, d)
             return self.leaf(kind)
         fn = getattr(self, "g_" + kind)
@@ -601,9 +604,13 @@ class ValueGen(_Draw):
         super().__init__(src)
         self.kinds = FAMILY_KINDS[family]
 
+    known = ()  # uids of the entities being generated: references prefer them
+
     def uid(self):
         if self.chance(10):
             return (ACTION_TYPE, self.pick(ACTION_IDS))
+        if self.known and self.chance(70):
+            return self.pick(self.known)
         return (self.pick(ENTITY_TYPES), self.pick(IDS))
 
     def value(self, kind: str, depth: int = 2):
@@ -637,8 +644,11 @@ class ValueGen(_Draw):
     def any_value(self, depth: int = 2):
         return self.value(self.pick(self.kinds), depth)
 
-    def record(self, depth: int = 2, max_size: int = 6) -> dict:
-        names = self.subset(ATTR_NAMES, max_size)
+    def record(self, depth: int = 2, max_size: int = 6, dense: bool = False) -> dict:
+        if dense:  # most attribute names present, so that accesses mostly succeed
+            names = [n for n in ATTR_NAMES if not self.chance(15)]
+        else:
+            names = self.subset(ATTR_NAMES, max_size)
         out = {}
         for name in names:
             kind = ATTR_KIND[name]
@@ -666,6 +676,7 @@ def _graph(src: ByteSource, family: str, cycles: bool):
         odd = (v.pick(ENTITY_TYPES), v.pick(ODD_IDS))
         if odd not in uids:
             uids.append(odd)
+    v.known = tuple(uids)
     ents = []
     for k, uid in enumerate(uids):
         later = uids[k + 1:]
@@ -682,7 +693,7 @@ def _graph(src: ByteSource, family: str, cycles: bool):
             parents.append(uids[v.num(0, k - 1)] if v.chance(70) else uid)
         ent = {
             "uid": uid_json(uid) if v.chance(90) else {"__entity": uid_json(uid)},
-            "attrs": v.record(2),
+            "attrs": v.record(2, dense=v.chance(70)),
             "parents": [uid_json(x) if v.chance(90) else {"__entity": uid_json(x)} for x in parents],
         }
         if family in ("graph", "all") and v.chance(50):
@@ -708,7 +719,7 @@ def entity_graphs(draw, family: str = "all", cycles: bool = False):
 
 
 def _req_uid(v: _Draw, existing, pool):
-    if existing and v.chance(75):
+    if existing and v.chance(85):
         return v.pick(tuple(existing))
     if v.chance(8):
         return (v.pick(ENTITY_TYPES), v.pick(ODD_IDS))
@@ -726,6 +737,7 @@ def _requests(src: ByteSource, family: str, ents, n_min=2, n_max=5):
     v = ValueGen(src, family)
     existing = [uid_of(e) for e in ents]
     non_action = [u for u in existing if u[0] != ACTION_TYPE]
+    v.known = tuple(non_action)
     reqs = []
     for _ in range(v.num(n_min, n_max)):
         pr = _req_uid(v, non_action, ALL_UIDS)
@@ -734,7 +746,7 @@ def _requests(src: ByteSource, family: str, ents, n_min=2, n_max=5):
             ac = (v.pick(ENTITY_TYPES), v.pick(IDS))  # not an Action at all
         else:
             ac = (ACTION_TYPE, v.pick(ACTION_IDS))
-        ctx = v.record(2) if v.chance(85) else {}
+        ctx = v.record(2, dense=v.chance(60)) if v.chance(85) else {}
         reqs.append(
             {
                 "principal": _uid_for_request(v, pr),
@@ -757,7 +769,7 @@ def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, 
     ents = _graph(src, family, cycles=False)
     uids = [uid_of(e) for e in ents]
     pool = [u for u in uids if u[0] != ACTION_TYPE] + list(ALL_UIDS)
-    g = ExprGen(src, family, uids=pool)
+    g = ExprGen(src, family, uids=pool, existing=[u for u in uids if u[0] != ACTION_TYPE])
     n = g.num(0, max_policies) if g.chance(5) else g.num(1, max_policies)
     pols, pids = [], []
     for k in range(n):
@@ -828,6 +840,19 @@ def invalid_entity_cases(draw):
     return {"policies": [pol], "ids": ["policies.cedar:0", "policies.cedar:1"], "entities": ents, "requests": reqs, "mutation": m}
 
 
+# Uids in request form; cedarpy accepts some (escapes, odd but valid names) and rejects others.
+ODD_STRING_UIDS = (
+    'User::a', 'User', '"a"', 'User::"a" ', ' User::"a"', 'User ::"a"', 'User:: "a"', 'User::"a', "", 'a::b::"c"',
+    'User::"\\u{61}"', 'User::"a\\"b"', 'User::"a\\nb"', 'NS::User::"a"', 'NS :: User::"a"', '__cedar::User::"a"',
+    'if::"a"', 'User::""', 'User::"a"::"b"', 'user::"a"', '_x::"a"', '1User::"a"', 'User::"\u00e9"',
+)
+ODD_DICT_UIDS = (
+    {"type": "User"}, {"id": "a"}, {"type": "", "id": "a"}, {"type": "User", "id": 1}, {"type": "User ", "id": "a"},
+    {"type": "if", "id": "a"}, {"type": "NS::User", "id": "a"}, {"type": "User", "id": "a\nb"}, {"type": 1, "id": "a"},
+    {"type": "User", "id": "a", "extra": 1},
+)
+
+
 @st.composite
 def invalid_requests(draw):
     """A request whose context (or uid) cedarpy may reject."""
@@ -844,9 +869,9 @@ def invalid_requests(draw):
             ctx[key] = bad
         req["context"] = ctx
     elif r == 3:
-        req[v.pick(("principal", "action", "resource"))] = v.pick(('User::a', 'User', '"a"', 'User::"a" ', 'User::"a', "", 'a::b::"c"'))
+        req[v.pick(("principal", "action", "resource"))] = v.pick(ODD_STRING_UIDS)
     elif r == 4:
-        req[v.pick(("principal", "action", "resource"))] = v.pick(({"type": "User"}, {"id": "a"}, {"type": "", "id": "a"}, {"type": "User", "id": 1}))
+        req[v.pick(("principal", "action", "resource"))] = v.pick(ODD_DICT_UIDS)
     else:
         req["context"] = v.pick(([1], "x", 5))
     return req
