@@ -366,6 +366,12 @@ def main():
             batch_rps = h2load(server.address, batch_path, batch_body, duration, 2, 4)
         rows.append(("BatchCheck of 100, 1 worker (decisions/s)", f"{floor_rps * 100:,.0f}",
                      f"{batch_rps * 100:,.0f}", f"{batch_rps / floor_rps:.0%}"))
+        sub = tmp / "batch-nolog"
+        sub.mkdir()
+        with Authz(sub, 1, decision_log=False) as server:
+            nolog_rps = h2load(server.address, batch_path, batch_body, duration, 2, 4)
+        rows.append(("BatchCheck of 100, 1 worker, decision log off (decisions/s)", f"{floor_rps * 100:,.0f}",
+                     f"{nolog_rps * 100:,.0f}", f"{nolog_rps / floor_rps:.0%}"))
 
         sub = tmp / "envoy"
         sub.mkdir()
