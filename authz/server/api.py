@@ -52,11 +52,15 @@ def _get(msg, name):
     return getattr(msg, name) if msg.HasField(name) else None
 
 
-def to_response(o) -> authz_pb2.CheckResponse:
-    """An Outcome as a CheckResponse."""
-    resp = authz_pb2.CheckResponse(
-        decision=authz_pb2.DECISION_ALLOW if o.allowed else authz_pb2.DECISION_DENY,
-        policies=o.policies, decision_id=o.decision_id, generation=o.generation)
+def to_response(o, resp=None) -> authz_pb2.CheckResponse:
+    """An Outcome as a CheckResponse (filled into `resp` when given, e.g. a repeated field's new element)."""
+    if resp is None:
+        resp = authz_pb2.CheckResponse()
+    resp.decision = authz_pb2.DECISION_ALLOW if o.allowed else authz_pb2.DECISION_DENY
+    resp.decision_id = o.decision_id
+    resp.generation = o.generation
+    if o.policies:
+        resp.policies.extend(o.policies)
     for e in o.errors:
         resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
     if o.code:
@@ -112,4 +116,8 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                 requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)
         outcomes = self.decider.decide(requests, API, stop_on)
-        return authz_pb2.BatchCheckResponse(results=[to_response(o) for o in outcomes])
+        out = authz_pb2.BatchCheckResponse()
+        add = out.results.add
+        for o in outcomes:
+            to_response(o, add())  # built in place: no per-result copy
+        return out
