@@ -24,7 +24,7 @@ MAGIC = b"AUTHZGEN"
 cdef bytes MAGIC_C = MAGIC
 DEF FORMAT_VERSION_C = 1
 FORMAT_VERSION = FORMAT_VERSION_C
-DEF N_HEADER = 14
+DEF N_HEADER = 16
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
 
 cdef enum:
@@ -80,6 +80,16 @@ cdef inline uint64_t uid_hash(const unsigned char* t, Py_ssize_t tn, const unsig
     cdef uint64_t h = fnv1a(t, tn, FNV_OFFSET)
     h = fnv1a(&sep, 1, h)
     return fnv1a(i, inn, h)
+
+
+cdef inline uint64_t pair_hash_c(uint32_t pk, uint32_t rk) noexcept nogil:
+    cdef uint64_t h = (<uint64_t>pk * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>rk * 0xC2B2AE3D27D4EB4FULL)
+    return h ^ (h >> 29)
+
+
+def pair_hash(uint32_t pk, uint32_t rk):
+    """The slot hash of a (principal key, resource key) pair in the index: the compiler builds with this."""
+    return pair_hash_c(pk, rk)
 
 
 def hash_key(bytes type_name, bytes uid_id=None):
@@ -506,14 +516,15 @@ cdef inline int64_t monotonic_ns() noexcept nogil:
 
 
 # A uid record: type u32 @0, flags u8 @4, then u32 offsets: ancestors @5, attrs @9, tags @13,
-# principal list @17, resource list @21, action list @25; then the id str @29.
+# policies filed under it as an action @17; then the id str @21.
 DEF UID_ANC = 5
 DEF UID_ATTRS = 9
 DEF UID_TAGS = 13
-DEF UID_PLIST = 17
-DEF UID_RLIST = 21
-DEF UID_ALIST = 25
-DEF UID_FIXED = 29
+DEF UID_ALIST = 17
+DEF UID_FIXED = 21
+DEF TYPE_KEY = 0x80000000
+DEF ANY_KEY = 0xFFFFFFFF
+DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 64
 DEF STACK_CANDIDATES = 256
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
@@ -562,6 +573,7 @@ cdef class Generation:
     cdef uint32_t n_types, types_off, type_hash_off, type_hash_size
     cdef uint32_t n_uids, uids_off, uid_hash_off, uid_hash_size
     cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off, n_strings, strings_off
+    cdef uint32_t pair_hash_off, pair_hash_size
     cdef uint32_t* seen
     cdef uint32_t stamp
     cdef list type_names
@@ -589,8 +601,11 @@ cdef class Generation:
         (self.n_types, self.types_off, self.type_hash_off, self.type_hash_size,
          self.n_uids, self.uids_off, self.uid_hash_off, self.uid_hash_size,
          self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off,
-         self.n_strings, self.strings_off) = (
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13])
+         self.n_strings, self.strings_off, self.pair_hash_off, self.pair_hash_size) = (
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15])
+        if self.pair_hash_size & (self.pair_hash_size - 1) or self.type_hash_size & (self.type_hash_size - 1) \
+                or self.uid_hash_size & (self.uid_hash_size - 1):
+            raise IndexFormatError("hash table sizes must be powers of two")
         self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
         if self.seen == NULL:
             raise MemoryError()
@@ -1047,36 +1062,90 @@ cdef class Generation:
                 n += 1
         return n
 
-    cdef int add_dimension(self, Uid u, int field, uint32_t* out, int n, int cap) except -1:
-        """Adds the policies filed under `u`, its ancestors and (principal and resource lists only) its type."""
-        cdef Py_ssize_t rec, anc
+    cdef int keys_of(self, Uid u, uint32_t* keys, int cap) except -1:
+        """The index keys a request uid matches: itself, its ancestors, its type and ANY (ANY first)."""
+        cdef int n = 1
+        cdef Py_ssize_t anc
         cdef uint32_t count, i
+        keys[0] = ANY_KEY
+        if u.type_idx >= 0:
+            keys[n] = TYPE_KEY | <uint32_t>u.type_idx
+            n += 1
         if u.idx >= 0:
-            rec = self.uid_record(u.idx)
-            n = self.add_list(self.u32(rec + field), out, n, cap)
-            anc = self.u32(rec + UID_ANC)
+            keys[n] = u.idx
+            n += 1
+            anc = self.u32(self.uid_record(u.idx) + UID_ANC)
             if anc:
                 count = self.u32(anc)
                 for i in range(count):
-                    n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>i)) + field), out, n, cap)
-        if field != UID_ALIST and u.type_idx >= 0:
-            rec = self.u32(self.types_off + 4 * <Py_ssize_t>u.type_idx)
-            rec += 4 + self.u32(rec)
-            n = self.add_list(self.u32(rec + (0 if field == UID_PLIST else 4)), out, n, cap)
+                    if n < cap:
+                        keys[n] = self.u32(anc + 4 + 4 * <Py_ssize_t>i)
+                    n += 1
         return n
+
+    cdef Py_ssize_t pair_list(self, uint32_t pk, uint32_t rk) except -1:
+        """Offset of the policy list filed under (pk, rk), or 0."""
+        if self.pair_hash_size == 0:
+            return 0
+        cdef uint32_t mask = self.pair_hash_size - 1
+        cdef uint32_t slot = pair_hash_c(pk, rk) & mask
+        cdef Py_ssize_t entry
+        cdef uint32_t lst
+        while True:
+            entry = self.pair_hash_off + 12 * <Py_ssize_t>slot
+            lst = self.u32(entry + 8)
+            if lst == 0:
+                return 0
+            if self.u32(entry) == pk and self.u32(entry + 4) == rk:
+                return lst
+            slot = (slot + 1) & mask
 
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
         """Candidate policies of a request (each once); returns how many there are, even past `cap`."""
+        cdef uint32_t pstack[STACK_KEYS]
+        cdef uint32_t rstack[STACK_KEYS]
+        cdef uint32_t* pkeys = pstack
+        cdef uint32_t* rkeys = rstack
+        cdef int np, nr, n, i, j
+        cdef Py_ssize_t anc
+        cdef uint32_t count, k
         self.stamp += 1
         if self.stamp == 0:
             for i in range(self.n_policies + 1):
                 self.seen[i] = 0
             self.stamp = 1
-        cdef int n = self.add_list(self.all_list_off, out, 0, cap)
-        n = self.add_dimension(r.principal, UID_PLIST, out, n, cap)
-        n = self.add_dimension(r.resource, UID_RLIST, out, n, cap)
-        n = self.add_dimension(r.action, UID_ALIST, out, n, cap)
-        return n
+        try:
+            np = self.keys_of(r.principal, pkeys, STACK_KEYS)
+            if np > STACK_KEYS:
+                pkeys = <uint32_t*>malloc(np * sizeof(uint32_t))
+                if pkeys == NULL:
+                    raise MemoryError()
+                self.keys_of(r.principal, pkeys, np)
+            nr = self.keys_of(r.resource, rkeys, STACK_KEYS)
+            if nr > STACK_KEYS:
+                rkeys = <uint32_t*>malloc(nr * sizeof(uint32_t))
+                if rkeys == NULL:
+                    raise MemoryError()
+                self.keys_of(r.resource, rkeys, nr)
+            n = self.add_list(self.all_list_off, out, 0, cap)
+            # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)).
+            for i in range(np):
+                for j in range(1 if i == 0 else 0, nr):
+                    n = self.add_list(self.pair_list(pkeys[i], rkeys[j]), out, n, cap)
+            # Policies constrained by their action only.
+            if r.action.idx >= 0:
+                n = self.add_list(self.u32(self.uid_record(r.action.idx) + UID_ALIST), out, n, cap)
+                anc = self.u32(self.uid_record(r.action.idx) + UID_ANC)
+                if anc:
+                    count = self.u32(anc)
+                    for k in range(count):
+                        n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>k)) + UID_ALIST), out, n, cap)
+            return n
+        finally:
+            if pkeys != pstack:
+                free(pkeys)
+            if rkeys != rstack:
+                free(rkeys)
 
     cdef inline Py_ssize_t string_offset(self, uint32_t idx) except -1:
         if idx >= self.n_strings:
@@ -1182,6 +1251,25 @@ from authz.errors import RequestError
 _TYPE_RE = _re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(?:::[_a-zA-Z][_a-zA-Z0-9]*)*")
 _ESCAPE_RE = _re.compile(r"\\(u\{([0-9a-fA-F]{1,6})\}|.)", _re.S)
 _SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "0": "\0", "'": "'", '"': '"'}
+_NEEDS_ESCAPE = _re.compile(r"[\\\"'\x00-\x1f\x7f]")
+_NORMAL_ESCAPES = {"\t": "\\t", "\r": "\\r", "\n": "\\n", "\\": "\\\\", '"': '\\"', "'": "\\'", "\0": "\\0"}
+# Identifiers Cedar reserves: not allowed as (a segment of) an entity type name.
+_RESERVED = frozenset(("true", "false", "if", "then", "else", "in", "is", "like", "has", "__cedar"))
+
+
+def _normal_form(text):
+    """A uid id as Cedar prints it (escape_debug): cedarpy accepts a string uid only in this form.
+    Non-ASCII characters are taken to be printable (kept as they are)."""
+    return _NEEDS_ESCAPE.sub(lambda m: _NORMAL_ESCAPES.get(m.group(), "\\u{%x}" % ord(m.group())), text)
+
+
+cdef bint valid_type_name(str name):
+    if _TYPE_RE.fullmatch(name) is None:
+        return False
+    for segment in name.split("::"):
+        if segment in _RESERVED:
+            return False
+    return True
 
 
 def _unescape_one(m):
@@ -1202,16 +1290,17 @@ cdef tuple parse_uid_text(str s, str field):
     if q < 3 or s[q - 2:q] != "::" or len(s) < q + 2 or s[len(s) - 1] != '"':
         raise RequestError(f"`{field}`: expected an entity uid like `Type::\"id\"`, got `{s[:100]}`")
     type_part = s[:q - 2]
-    if _TYPE_RE.fullmatch(type_part) is None:
+    if not valid_type_name(type_part):
         raise RequestError(f"`{field}`: invalid entity type `{type_part[:100]}`")
     lit = s[q + 1:len(s) - 1]
-    if "\\" in lit:
-        if '"' in _ESCAPE_RE.sub("", lit):
-            raise RequestError(f"`{field}`: unescaped quote in entity id")
-        lit = _ESCAPE_RE.sub(_unescape_one, lit)
-    elif '"' in lit:
+    if _NEEDS_ESCAPE.search(lit) is None:
+        return type_part, lit
+    if '"' in _ESCAPE_RE.sub("", lit):
         raise RequestError(f"`{field}`: unescaped quote in entity id")
-    return type_part, lit
+    value = _ESCAPE_RE.sub(_unescape_one, lit)
+    if _normal_form(value) != lit:
+        raise RequestError(f"`{field}`: entity uid must be written in normalized form (`{type_part}::\"{_normal_form(value)[:100]}\"`)")
+    return type_part, value
 
 
 cdef Uid to_uid(Generation g, object v, str field):
@@ -1231,8 +1320,8 @@ cdef Uid to_uid(Generation g, object v, str field):
         if isinstance(v, dict):
             t = v.get("type")
             i = v.get("id")
-            if type(t) is str and type(i) is str and len(v) == 2:
-                if _TYPE_RE.fullmatch(t) is None:
+            if type(t) is str and type(i) is str:
+                if not valid_type_name(t):
                     raise RequestError(f"`{field}`: invalid entity type `{t[:100]}`")
                 return g.resolve(t, i)
     if isinstance(v, Uid):

@@ -7,9 +7,9 @@ A generation is one blob (one LMDB value), read in place through a memoryview:
 
     header      MAGIC(8) VERSION(u32) then the u32 fields of HEADER_FIELDS
     types       per type: name (str); `type_hash` maps name -> type index
-    uids        per uid: type index (u32), id (str), flags (u8), ancestors (u32 list),
-                attrs offset (u32, 0 = none), tags offset (u32, 0 = none),
-                index lists for the principal, resource and action dimensions (u32 offsets, 0 = empty)
+    uids        per uid: type index (u32), flags (u8), then u32 offsets (0 = none) of its ancestors
+                (u32 list), attrs, tags and the policies filed under it as an action; then its id (str)
+    pair index  (principal key, resource key) -> policies, open addressing, 12-byte entries
     policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
     policy ids  per policy: id (str)
     strings     attribute names and string literals of the bytecode (str), by index
@@ -26,7 +26,7 @@ HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",
     "n_uids", "uids_off", "uid_hash_off", "uid_hash_size",
     "n_policies", "policies_off", "policy_ids_off",
-    "all_list_off", "n_strings", "strings_off",
+    "all_list_off", "n_strings", "strings_off", "pair_hash_off", "pair_hash_size",
 )
 HEADER_SIZE = 8 + 4 + 4 * len(HEADER_FIELDS)
 
@@ -70,3 +70,7 @@ MAX_EXPR_DEPTH = 200
 
 # uid flags
 UID_IS_ENTITY = 1
+
+# Index keys of a principal/resource scope: a uid index, TYPE_KEY | a type index, or ANY_KEY.
+TYPE_KEY = 0x80000000
+ANY_KEY = 0xFFFFFFFF

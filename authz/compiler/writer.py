@@ -12,7 +12,7 @@ from ..errors import CompileError, IndexUnavailableError
 from . import layout as L
 from .encode import U32, encode_value, pack_str
 
-_UID_FIXED = struct.Struct("<IBIIIIII")
+_UID_FIXED = struct.Struct("<IBIIII")
 CURRENT_KEY = b"current"
 DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
 
@@ -25,49 +25,66 @@ def crc_key(number):
     return b"crc/%016x" % number
 
 
-def _choose_keys(policy_keys):
-    """Files each policy under the dimension whose bucket is smallest, so one request touches few policies."""
-    counts = Counter()
-    for keys in policy_keys:
-        for dim in ("principal", "resource", "action"):
-            key = keys[dim]
-            if key is None:
-                continue
-            for k in _expand(dim, key):
-                counts[k] += 1
-    chosen = []
-    for keys in policy_keys:
-        best = None
-        for dim in ("principal", "resource", "action"):
-            key = keys[dim]
-            if key is None:
-                continue
-            expanded = _expand(dim, key)
-            if not expanded:  # `action in []` matches no request: file the policy nowhere
-                best = (-1, None)
-                break
-            cost = max(counts[k] for k in expanded)
-            if best is None or cost < best[0]:
-                best = (cost, expanded)
-        chosen.append(best[1] if best else ())
-    # chosen[p]: the keys policy p is filed under; () = every request; None = no request.
-    return chosen
+def _scope_key(key):
+    """A principal/resource scope as an index key: a uid index, TYPE_KEY | type index, or ANY_KEY."""
+    if key is None:
+        return L.ANY_KEY
+    if key[0] == "type":
+        return L.TYPE_KEY | key[1]
+    return key[1]
 
 
-def _expand(dim, key):
-    kind, value = key
-    if kind == "uids":
-        return tuple((dim, "uid", v) for v in value)
-    return ((dim, kind, value),)
+def file_policies(policy_keys):
+    """The index: (principal key, resource key) -> policies; for policies with neither, action uid ->
+    policies, or the list every request evaluates. A request probes each pair of its keys (its uid,
+    each ancestor, its type, ANY), so it only evaluates policies whose scope can match it."""
+    pairs, by_action, everyone = {}, {}, []
+    for p, keys in enumerate(policy_keys):
+        pk, rk = _scope_key(keys["principal"]), _scope_key(keys["resource"])
+        if pk != L.ANY_KEY or rk != L.ANY_KEY:
+            pairs.setdefault((pk, rk), []).append(p)
+            continue
+        action = keys["action"]
+        if action is None:
+            everyone.append(p)
+        else:
+            # `action in []` matches no request: the policy is filed nowhere.
+            for uid in (action[1] if action[0] == "uids" else (action[1],)):
+                by_action.setdefault(uid, []).append(p)
+    return pairs, by_action, everyone
+
+
+def _table_size(n):
+    size = 1
+    while size < 2 * n:
+        size <<= 1
+    return size
+
+
+def _pair_table(pairs, blob):
+    """Open-addressing table of (principal key u32, resource key u32, list offset u32) entries."""
+    if not pairs:
+        return 0, b""
+    size = _table_size(len(pairs))
+    entries = [None] * size
+    mask = size - 1
+    for (pk, rk), policies in pairs.items():
+        slot = _evaluator.pair_hash(pk, rk) & mask
+        while entries[slot] is not None:
+            slot = (slot + 1) & mask
+        entries[slot] = (pk, rk, blob.add_list(policies))
+    out = bytearray(12 * size)
+    for slot, entry in enumerate(entries):
+        if entry is not None:
+            struct.pack_into("<III", out, 12 * slot, *entry)
+    return size, bytes(out)
 
 
 def _hash_table(keys):
     """Open-addressing table: u32 slots holding index+1; size is a power of two >= 2 * len(keys)."""
-    size = 1
-    while size < 2 * len(keys):
-        size <<= 1
     if not keys:
         return 0, b""
+    size = _table_size(len(keys))
     slots = [0] * size
     mask = size - 1
     for index, key in enumerate(keys):
@@ -124,17 +141,9 @@ def build_generation(records, ids, entities, symbols):
     blocks = {idx: (blob.add_block(e.attrs, symbols), blob.add_block(e.tags, symbols)) for idx, e in entity_data.items()}
     ancestors = {idx: sorted(symbols.uid_index(*a) for a in e.ancestors) for idx, e in entity_data.items()}
 
-    chosen = _choose_keys([keys for _, keys in records])
-    uid_lists = {}   # (dim, uid) -> [policy]
-    type_lists = {}  # (dim, type) -> [policy]
-    all_list = []
-    for p, keys in enumerate(chosen):
-        if keys is None:
-            continue
-        if not keys:
-            all_list.append(p)
-        for dim, kind, value in keys:
-            (uid_lists if kind == "uid" else type_lists).setdefault((dim, value), []).append(p)
+    if len(symbols.uids) >= L.TYPE_KEY or len(symbols.types) >= L.TYPE_KEY:
+        raise CompileError(["too many entity uids or types for one generation"])
+    pairs, by_action, all_list = file_policies([keys for _, keys in records])
 
     policy_offsets = [blob.add(record) for record, _ in records]
     id_offsets = []
@@ -154,9 +163,6 @@ def build_generation(records, ids, entities, symbols):
     for t, name in enumerate(type_names):
         out = bytearray()
         pack_str(out, name)
-        plist = blob.add_list(type_lists.get(("principal", t)))
-        rlist = blob.add_list(type_lists.get(("resource", t)))
-        out += struct.pack("<II", plist, rlist)
         type_offsets.append(blob.add(out))
 
     uid_keys = list(symbols.uids)
@@ -169,9 +175,7 @@ def build_generation(records, ids, entities, symbols):
             L.UID_IS_ENTITY if entity is not None else 0,
             blob.add_list(ancestors.get(idx)),
             attrs, tags,
-            blob.add_list(uid_lists.get(("principal", idx))),
-            blob.add_list(uid_lists.get(("resource", idx))),
-            blob.add_list(uid_lists.get(("action", idx))),
+            blob.add_list(by_action.get(idx)),
         ))
         pack_str(out, uid_id)
         uid_offsets.append(blob.add(out))
@@ -191,6 +195,10 @@ def build_generation(records, ids, entities, symbols):
         "n_strings": len(symbols.strings),
         "strings_off": table(string_offsets),
     }
+    header["pair_hash_size"], header["pair_hash_off"] = 0, 0
+    size, data = _pair_table(pairs, blob)
+    if size:
+        header["pair_hash_size"], header["pair_hash_off"] = size, blob.add(data)
     size, data = _hash_table([(n.encode("utf-8", "surrogatepass"),) for n in type_names])
     header["type_hash_size"], header["type_hash_off"] = size, blob.add(data)
     size, data = _hash_table([(t.encode("utf-8", "surrogatepass"), i.encode("utf-8", "surrogatepass")) for t, i in uid_keys])
