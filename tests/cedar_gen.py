@@ -165,7 +165,7 @@ class ByteSource:
     """Turns one hypothesis-drawn byte string into choices (like a fuzzer's data provider).
 
     Drawing one `st.binary` per case instead of hundreds of small draws keeps generation
-    ~20x faster. Hypothesis still explores and shrinks it: zero bytes mean "first option /
+    an order of magnitude faster. Hypothesis still explores and shrinks it: zero bytes mean "first option /
     no", so a shrunk input tends towards leaves, plain values and fewer items. Past the
     end of the buffer every choice is zero.
     """
@@ -765,7 +765,8 @@ def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, 
     `ids` is the id authz must report for each policy: `@id` when the policy carries one
     (drawn only when `ids=True`), else `policies.cedar:N`.
     """
-    src = ByteSource(draw(BYTES))
+    size = ByteSource.SIZE if max_policies <= 6 else ByteSource.SIZE + 150 * (max_policies - 6)
+    src = ByteSource(draw(BYTES if size == ByteSource.SIZE else st.binary(min_size=size, max_size=size)))
     ents = _graph(src, family, cycles=False)
     uids = [uid_of(e) for e in ents]
     pool = [u for u in uids if u[0] != ACTION_TYPE] + list(ALL_UIDS)

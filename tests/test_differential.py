@@ -9,8 +9,8 @@ reject the same input: `authz.compile` raises CompileError (entities) or
 `Engine.check` raises RequestError (request).
 
 Case counts per run (each case = 1 policy set + 1 entity graph + 2-5 requests):
-core 1500 + ext 1300 + graph 1300 + all 1300 + invalid entities 250 + invalid requests 250
-= 5,900 cases, ~20,000 request comparisons. Set AUTHZ_DIFF_SCALE=10 for a 10x longer run.
+core 1500 + ext 1300 + graph 1300 + all 1300 + scopes 500 + invalid entities 250 + invalid requests 250
+= 6,400 cases, ~21,000 request comparisons. Set AUTHZ_DIFF_SCALE=10 for a 10x longer run.
 `test_zz_case_count` asserts the total when the whole module ran.
 """
 
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 import cedar_gen as cg
 
 SCALE = float(os.environ.get("AUTHZ_DIFF_SCALE", "1"))
-COUNTS = {"core": 1500, "ext": 1300, "graph": 1300, "all": 1300, "invalid_entities": 250, "invalid_requests": 250}
+COUNTS = {"core": 1500, "ext": 1300, "graph": 1300, "all": 1300, "scopes": 500, "invalid_entities": 250, "invalid_requests": 250}
 RAN = {}  # family -> cases run this session
 
 
@@ -31,7 +31,8 @@ def _settings(n):
         max_examples=max(1, int(n * SCALE)),
         deadline=None,
         derandomize=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+                               HealthCheck.function_scoped_fixture],
         print_blob=True,
     )
 
@@ -79,18 +80,19 @@ def check_case(h, text, entities, requests):
                   text, entities, requests, expected)
 
 
-def _family_test(h, family, **kw):
-    RAN[family] = 0
+def _family_test(h, family, name=None, **kw):
+    name = name or family
+    RAN[name] = 0
 
-    @_settings(COUNTS[family])
+    @_settings(COUNTS[name])
     @given(case=cg.cases(family=family, **kw))
     def run(case):
-        RAN[family] += 1
+        RAN[name] += 1
         text = cg.policy_text(case)
         check_case(h, text, case["entities"], case["requests"])
 
     run()
-    assert RAN[family] >= int(COUNTS[family] * SCALE)
+    assert RAN[name] >= int(COUNTS[name] * SCALE)
 
 
 def test_core(authz_harness):
@@ -111,6 +113,11 @@ def test_graph(authz_harness):
 def test_all(authz_harness):
     """Everything mixed, with some `@id` annotations."""
     _family_test(authz_harness, "all", ids=True)
+
+
+def test_scopes(authz_harness):
+    """Many policies (up to 25) with shallow conditions: exercises the index's candidate selection by scope."""
+    _family_test(authz_harness, "graph", name="scopes", max_policies=25, max_depth=1)
 
 
 def test_invalid_entities(authz_harness):
