@@ -225,6 +225,7 @@ _HMS_RE = _re.compile(r"T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _MS_OFFSET_RE = _re.compile(r"(\.([0-9]{3}))?(Z|((\+|-)([0-9]{2})([0-9]{2})))")
 _SUBNET_RE = _re.compile(r"\+?[0-9]+")
 _ASCII_DIGITS = _re.compile(r"-?[0-9]+")
+_MISSING = object()
 _POW10 = (1, 10, 100, 1000, 10000)
 _ONE = 1  # a Python int, so that shifts below are arbitrary-precision
 
@@ -537,7 +538,8 @@ cdef class Request:
     cdef Uid principal
     cdef Uid action
     cdef Uid resource
-    cdef dict context
+    cdef dict raw_context   # the caller's context, validated; values are converted when read
+    cdef dict context       # the whole context as a Cedar record, built only if a policy needs it
 
 
 @cython.final
@@ -841,8 +843,21 @@ cdef class Generation:
             if v == 0: return r.principal
             if v == 1: return r.action
             if v == 2: return r.resource
+            if r.context is None:
+                r.context = to_value(self, r.raw_context, 0)
             return r.context
         if op == OP_GETATTR or op == OP_HAS:
+            if self.u8(pos[0]) == OP_VAR and self.u8(pos[0] + 1) == 3:
+                # `context.x` / `context has x`: read the one value, don't convert the whole context.
+                n = self.u32(pos[0] + 2)
+                pos[0] += 6
+                key = self.string_at(n)
+                if op == OP_HAS:
+                    return key in r.raw_context
+                value = r.raw_context.get(key, _MISSING)
+                if value is _MISSING:
+                    raise EvalError(f"record does not have the attribute `{key}`")
+                return to_value(self, value, 1)
             left = self.ev(pos, r)
             n = self.u32(pos[0])
             pos[0] += 4
@@ -1365,6 +1380,33 @@ cdef object to_value(Generation g, object v, int depth):
     raise RequestError(f"context: unsupported value of type {t.__name__}")
 
 
+cdef object validate_value(Generation g, object v, int depth):
+    """Raises RequestError where `to_value` would, without building anything (cedarpy checks the whole context)."""
+    cdef type t = type(v)
+    if t is str or t is bool:
+        return None
+    if t is int:
+        if not (I64_MIN <= v <= I64_MAX):
+            raise RequestError("context: integer does not fit in a 64-bit Long")
+        return None
+    if depth > MAX_CONTEXT_DEPTH:
+        raise RequestError("context: nested too deeply")
+    if t is list or t is tuple:
+        for item in v:
+            validate_value(g, item, depth + 1)
+        return None
+    if t is dict and len(<dict>v) == 1 and ("__entity" in <dict>v or "__extn" in <dict>v):
+        to_value(g, v, depth)
+        return None
+    if t is dict:
+        for key, item in (<dict>v).items():
+            if type(key) is not str:
+                raise RequestError("context: record keys must be strings")
+            validate_value(g, item, depth + 1)
+        return None
+    raise RequestError(f"context: unsupported value of type {t.__name__}")
+
+
 cdef inline bint is_flat(dict context) except -1:
     """True when every value is already a Cedar value (str, bool, in-range int): no copy needed."""
     cdef type t
@@ -1419,9 +1461,14 @@ cdef class EngineCore:
         r.action = to_uid(g, action, "action")
         r.resource = to_uid(g, resource, "resource")
         if context is None:
-            r.context = {}
+            r.raw_context = r.context = {}
         elif type(context) is dict:
-            r.context = <dict>context if is_flat(<dict>context) else to_value(g, context, 0)
+            if is_flat(<dict>context):
+                r.raw_context = r.context = <dict>context
+            else:
+                validate_value(g, context, 0)
+                r.raw_context = <dict>context
+                r.context = None
         else:
             raise RequestError("`context`: expected a record (JSON object)")
         return r

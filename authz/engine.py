@@ -36,8 +36,10 @@ class Engine(_evaluator.EngineCore):
                 raise IndexUnavailableError(f"`{self.db}` holds no compiled generation")
             number = struct.unpack("<Q", bytes(raw))[0]
             if number == self.generation:
+                # Remember what this snapshot saw, not what info() said: a commit between the two is
+                # then noticed on the next poll instead of being skipped.
+                self._last_txnid = txn.id()
                 txn.abort()
-                self._last_txnid = txnid
                 self._reschedule()
                 return number
             blob = txn.get(generation_key(number))
@@ -56,7 +58,7 @@ class Engine(_evaluator.EngineCore):
             raise
         # The generation holds `txn` (and so its snapshot) until no decision uses it any more.
         self._install(generation, self.poll_interval_s)
-        self._last_txnid = txnid
+        self._last_txnid = txn.id()
         return number
 
     def _poll(self):

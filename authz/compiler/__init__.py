@@ -36,8 +36,11 @@ def find_sources(srcs):
         src = os.fspath(src)
         if os.path.isdir(src):
             for root, dirs, files in os.walk(src):
-                dirs.sort()
+                # Hidden folders are skipped: a Kubernetes ConfigMap mount keeps a `..<timestamp>` copy of every file.
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
+                    if name.startswith("."):
+                        continue
                     path = os.path.join(root, name)
                     shown = os.path.relpath(path, src)
                     if name.endswith(".cedar"):

@@ -81,22 +81,14 @@ async def _watch_index(decider, health_servicer, metrics) -> None:
     await set_health(health_servicer, True)
     log.info("index open: generation %d", decider.generation)
     while True:
-        _force_refresh(decider.engine)
+        _refresh(decider.engine)
         metrics.worker_generation(decider.generation)
         await asyncio.sleep(0.5)
 
 
-def _force_refresh(engine) -> None:
-    """Re-read the current generation even if the engine believes nothing changed.
-
-    Engine.refresh() remembers the newest meta txnid but may have read an older snapshot in
-    the same call, and then skips the generation published in between until the next write
-    (reproduced with 300 back-to-back compiles; reported on the engine issue). Forcing a
-    re-read twice a second bounds that staleness; harmless once the engine is fixed.
-    """
+def _refresh(engine) -> None:
+    """Follow the index's current generation even when no request arrives (for the generation metric)."""
     try:
-        if hasattr(engine, "_last_txnid"):
-            engine._last_txnid = None
         engine.refresh()
     except Exception as e:  # the engine keeps serving its loaded generation
         log.debug("refresh failed: %s", e)
