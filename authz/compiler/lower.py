@@ -4,7 +4,6 @@ A policy shape (its EST with string literals replaced by placeholders, see sourc
 into a Template; each policy of that shape is the template with its literals' interned ids patched in.
 """
 
-import struct
 
 from ..errors import CompileError
 from . import layout as L

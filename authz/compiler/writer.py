@@ -3,7 +3,6 @@
 import os
 import struct
 import zlib
-from collections import Counter
 
 import lmdb
 

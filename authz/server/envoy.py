@@ -240,6 +240,11 @@ class _AllowTemplate:
         return self.head + decision_id.encode("ascii") + self.tail
 
 
+# The answer when deciding itself failed: a deny (status 7, 403), never an RPC error that
+# `failure_mode_allow` could turn into an allow. Built once, so the failure path allocates nothing.
+_LAST_RESORT = deny_response("", "internal_error").SerializeToString()
+
+
 def serialize_response(resp) -> bytes:
     """gRPC response serializer accepting pre-serialized bytes."""
     return resp if type(resp) is bytes else resp.SerializeToString()
