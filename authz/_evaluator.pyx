@@ -26,6 +26,10 @@ DEF FORMAT_VERSION_C = 1
 FORMAT_VERSION = FORMAT_VERSION_C
 DEF N_HEADER = 16
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
+DEF TYPE_KEY = 0x80000000     # index keys: a uid index, TYPE_KEY | a type index, or ANY_KEY
+DEF ANY_KEY = 0xFFFFFFFF
+DEF KEY_IS_PRINCIPAL = 2      # flags: the key is used as a principal / resource key in the index
+DEF KEY_IS_RESOURCE = 4
 
 cdef enum:
     V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT
@@ -40,6 +44,7 @@ cdef enum:
 
 LAYOUT = {
     "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "UID_IS_ENTITY": 1,
+    "KEY_IS_PRINCIPAL": KEY_IS_PRINCIPAL, "KEY_IS_RESOURCE": KEY_IS_RESOURCE, "TYPE_KEY": TYPE_KEY, "ANY_KEY": ANY_KEY,
     "OP_LIT": OP_LIT, "OP_VAR": OP_VAR, "OP_GETATTR": OP_GETATTR, "OP_HAS": OP_HAS, "OP_EQ": OP_EQ, "OP_NE": OP_NE, "OP_LT": OP_LT, "OP_LE": OP_LE, "OP_GT": OP_GT, "OP_GE": OP_GE, "OP_ADD": OP_ADD, "OP_SUB": OP_SUB, "OP_MUL": OP_MUL, "OP_IN": OP_IN, "OP_CONTAINS": OP_CONTAINS, "OP_CONTAINS_ALL": OP_CONTAINS_ALL, "OP_CONTAINS_ANY": OP_CONTAINS_ANY, "OP_HAS_TAG": OP_HAS_TAG, "OP_GET_TAG": OP_GET_TAG, "OP_AND": OP_AND, "OP_OR": OP_OR, "OP_NOT": OP_NOT, "OP_NEG": OP_NEG, "OP_IS_EMPTY": OP_IS_EMPTY, "OP_IF": OP_IF, "OP_LIKE": OP_LIKE, "OP_IS": OP_IS, "OP_SET": OP_SET, "OP_RECORD": OP_RECORD, "OP_CALL": OP_CALL, "OP_STR": OP_STR,
     "V_FALSE": V_FALSE, "V_TRUE": V_TRUE, "V_LONG": V_LONG, "V_STR": V_STR, "V_UID": V_UID, "V_SET": V_SET, "V_RECORD": V_RECORD, "V_EXT": V_EXT,
     "S_ALL": S_ALL, "S_EQ": S_EQ, "S_IN": S_IN, "S_IS": S_IS, "S_IS_IN": S_IS_IN, "S_IN_LIST": S_IN_LIST,
@@ -523,8 +528,6 @@ DEF UID_ATTRS = 9
 DEF UID_TAGS = 13
 DEF UID_ALIST = 17
 DEF UID_FIXED = 21
-DEF TYPE_KEY = 0x80000000
-DEF ANY_KEY = 0xFFFFFFFF
 DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 64
 DEF STACK_CANDIDATES = 256
@@ -1077,25 +1080,32 @@ cdef class Generation:
                 n += 1
         return n
 
-    cdef int keys_of(self, Uid u, uint32_t* keys, int cap) except -1:
-        """The index keys a request uid matches: itself, its ancestors, its type and ANY (ANY first)."""
+    cdef int keys_of(self, Uid u, uint8_t role, uint32_t* keys, int cap) except -1:
+        """The index keys a request uid matches in `role` (principal or resource): ANY first, then
+        its type, itself and its ancestors, each only if some index pair uses it in that role."""
         cdef int n = 1
-        cdef Py_ssize_t anc
-        cdef uint32_t count, i
+        cdef Py_ssize_t anc, rec, sn
+        cdef uint32_t count, i, a
         keys[0] = ANY_KEY
         if u.type_idx >= 0:
-            keys[n] = TYPE_KEY | <uint32_t>u.type_idx
-            n += 1
+            rec = self.u32(self.types_off + 4 * <Py_ssize_t>u.type_idx)
+            if self.u8(self.str_span(rec, &sn) + sn) & role:
+                keys[n] = TYPE_KEY | <uint32_t>u.type_idx
+                n += 1
         if u.idx >= 0:
-            keys[n] = u.idx
-            n += 1
-            anc = self.u32(self.uid_record(u.idx) + UID_ANC)
+            rec = self.uid_record(u.idx)
+            if self.u8(rec + 4) & role:
+                keys[n] = u.idx
+                n += 1
+            anc = self.u32(rec + UID_ANC)
             if anc:
                 count = self.u32(anc)
                 for i in range(count):
-                    if n < cap:
-                        keys[n] = self.u32(anc + 4 + 4 * <Py_ssize_t>i)
-                    n += 1
+                    a = self.u32(anc + 4 + 4 * <Py_ssize_t>i)
+                    if self.u8(self.uid_record(a) + 4) & role:
+                        if n < cap:
+                            keys[n] = a
+                        n += 1
         return n
 
     cdef Py_ssize_t pair_list(self, uint32_t pk, uint32_t rk) except -1:
@@ -1130,18 +1140,18 @@ cdef class Generation:
                 self.seen[i] = 0
             self.stamp = 1
         try:
-            np = self.keys_of(r.principal, pkeys, STACK_KEYS)
+            np = self.keys_of(r.principal, KEY_IS_PRINCIPAL, pkeys, STACK_KEYS)
             if np > STACK_KEYS:
                 pkeys = <uint32_t*>malloc(np * sizeof(uint32_t))
                 if pkeys == NULL:
                     raise MemoryError()
-                self.keys_of(r.principal, pkeys, np)
-            nr = self.keys_of(r.resource, rkeys, STACK_KEYS)
+                self.keys_of(r.principal, KEY_IS_PRINCIPAL, pkeys, np)
+            nr = self.keys_of(r.resource, KEY_IS_RESOURCE, rkeys, STACK_KEYS)
             if nr > STACK_KEYS:
                 rkeys = <uint32_t*>malloc(nr * sizeof(uint32_t))
                 if rkeys == NULL:
                     raise MemoryError()
-                self.keys_of(r.resource, rkeys, nr)
+                self.keys_of(r.resource, KEY_IS_RESOURCE, rkeys, nr)
             n = self.add_list(self.all_list_off, out, 0, cap)
             # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)).
             for i in range(np):

@@ -6,7 +6,7 @@ checks that both sides agree.
 A generation is one blob (one LMDB value), read in place through a memoryview:
 
     header      MAGIC(8) VERSION(u32) then the u32 fields of HEADER_FIELDS
-    types       per type: name (str); `type_hash` maps name -> type index
+    types       per type: name (str), then a u8 of KEY_IS_* flags; `type_hash` maps name -> type index
     uids        per uid: type index (u32), flags (u8), then u32 offsets (0 = none) of its ancestors
                 (u32 list), attrs, tags and the policies filed under it as an action; then its id (str)
     pair index  (principal key, resource key) -> policies, open addressing, 12-byte entries
@@ -68,8 +68,10 @@ EXTENSION_FUNCTIONS = {
 # The deepest expression nesting the compiler accepts (the evaluator recurses once per level).
 MAX_EXPR_DEPTH = 200
 
-# uid flags
+# uid flags (a uid's flags byte; a type record's byte after its name holds the KEY_IS_* bits)
 UID_IS_ENTITY = 1
+KEY_IS_PRINCIPAL = 2   # the key is the principal key of some (principal, resource) index pair
+KEY_IS_RESOURCE = 4    # the key is the resource key of some pair
 
 # Index keys of a principal/resource scope: a uid index, TYPE_KEY | a type index, or ANY_KEY.
 TYPE_KEY = 0x80000000

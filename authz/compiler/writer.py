@@ -143,6 +143,11 @@ def build_generation(records, ids, entities, symbols):
     if len(symbols.uids) >= L.TYPE_KEY or len(symbols.types) >= L.TYPE_KEY:
         raise CompileError(["too many entity uids or types for one generation"])
     pairs, by_action, all_list = file_policies([keys for _, keys in records])
+    # Which keys appear in the pair index as a principal or resource key: a request skips the others.
+    key_roles = {}
+    for pk, rk in pairs:
+        key_roles[pk] = key_roles.get(pk, 0) | L.KEY_IS_PRINCIPAL
+        key_roles[rk] = key_roles.get(rk, 0) | L.KEY_IS_RESOURCE
 
     policy_offsets = [blob.add(record) for record, _ in records]
     id_offsets = []
@@ -162,6 +167,7 @@ def build_generation(records, ids, entities, symbols):
     for t, name in enumerate(type_names):
         out = bytearray()
         pack_str(out, name)
+        out.append(key_roles.get(L.TYPE_KEY | t, 0))
         type_offsets.append(blob.add(out))
 
     uid_keys = list(symbols.uids)
@@ -171,7 +177,7 @@ def build_generation(records, ids, entities, symbols):
         attrs, tags = blocks.get(idx, (0, 0))
         out = bytearray(_UID_FIXED.pack(
             symbols.types[type_name],
-            L.UID_IS_ENTITY if entity is not None else 0,
+            (L.UID_IS_ENTITY if entity is not None else 0) | key_roles.get(idx, 0),
             blob.add_list(ancestors.get(idx)),
             attrs, tags,
             blob.add_list(by_action.get(idx)),
