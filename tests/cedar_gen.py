@@ -642,6 +642,11 @@ class ValueGen(_Draw):
                 "dt": ("datetime", DT_LITS),
                 "dur": ("duration", DUR_LITS),
             }[kind]
+            if self.chance(4):  # the list form; also how multi-argument functions are written
+                if kind == "dt" and self.chance(50):
+                    return {"__extn": {"fn": "offset", "args": [{"__extn": {"fn": "datetime", "arg": self.pick(DT_LITS)}},
+                                                                {"__extn": {"fn": "duration", "arg": self.pick(DUR_LITS[:12])}}]}}
+                return {"__extn": {"fn": fn, "args": [self.pick(good)]}}
             return {"__extn": {"fn": fn, "arg": self.pick(good)}}
         raise AssertionError(kind)
 

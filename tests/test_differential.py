@@ -23,7 +23,8 @@ import cedar_gen as cg
 
 SCALE = float(os.environ.get("AUTHZ_DIFF_SCALE", "1"))
 COUNTS = {"core": 1500, "ext": 1300, "graph": 1300, "all": 1300, "scopes": 500, "invalid_entities": 250, "invalid_requests": 250}
-RAN = {}  # family -> cases run this session
+RAN = {}  # test name -> cases run this session
+DONE = set()  # tests that ran all their cases and passed
 
 
 def _settings(n):
@@ -93,6 +94,7 @@ def _family_test(h, family, name=None, **kw):
 
     run()
     assert RAN[name] >= int(COUNTS[name] * SCALE)
+    DONE.add(name)
 
 
 def test_core(authz_harness):
@@ -132,6 +134,7 @@ def test_invalid_entities(authz_harness):
 
     run()
     assert RAN["invalid_entities"] >= int(COUNTS["invalid_entities"] * SCALE)
+    DONE.add("invalid_entities")
 
 
 INVALID_REQ_POLICIES = 'permit(principal, action, resource) when { context has n };\nforbid(principal == User::"b", action, resource);\n'
@@ -163,6 +166,7 @@ def test_invalid_requests(authz_harness):
 
     run()
     assert RAN["invalid_requests"] >= int(COUNTS["invalid_requests"] * SCALE)
+    DONE.add("invalid_requests")
 
 
 def test_compile_with_open_engine(tmp_path):
@@ -185,7 +189,7 @@ def test_compile_with_open_engine(tmp_path):
 
 
 def test_zz_case_count():
-    """When the whole module ran, at least 5,000 generated cases were compared."""
-    if set(RAN) != set(COUNTS):
-        pytest.skip("only part of the module ran")
+    """When the whole module ran and passed, at least 5,000 generated cases were compared."""
+    if DONE != set(COUNTS):
+        pytest.skip("only part of the module ran (or passed)")
     assert sum(RAN.values()) >= 5000 * SCALE
