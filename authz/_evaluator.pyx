@@ -228,7 +228,7 @@ _DURATION_RE = _re.compile(r"-?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(
 _DATE_RE = _re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _HMS_RE = _re.compile(r"T([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _MS_OFFSET_RE = _re.compile(r"(\.([0-9]{3}))?(Z|((\+|-)([0-9]{2})([0-9]{2})))")
-_SUBNET_RE = _re.compile(r"\+?[0-9]+")
+_SUBNET_RE = _re.compile(r"0|[1-9][0-9]{0,2}")  # Cedar 4.12: plain decimal, no sign, no leading zeros
 _ASCII_DIGITS = _re.compile(r"-?[0-9]+")
 _MISSING = object()
 _POW10 = (1, 10, 100, 1000, 10000)
@@ -799,8 +799,9 @@ cdef class Generation:
             return rec
         if tag == V_EXT:
             fn = self.u8(pos[0])
-            pos[0] += 1
-            return construct_ext(fn, self.read_str(pos))
+            count = self.u8(pos[0] + 1)
+            pos[0] += 2
+            return call_ext(fn, [self.decode(pos) for i in range(count)])
         raise IndexFormatError(f"unknown value tag {tag}")
 
     cdef object entity_value(self, Uid u, Py_ssize_t field, Py_ssize_t pos_key, bint is_attr):
@@ -1356,65 +1357,58 @@ cdef Uid to_uid(Generation g, object v, str field):
 
 cdef object to_value(Generation g, object v, int depth):
     """A JSON-shaped context value -> a Cedar value (`__entity` and `__extn` escapes as cedarpy reads them)."""
-    cdef type t = type(v)
-    if t is str or t is bool:
-        return v
-    if t is int:
-        if not (I64_MIN <= v <= I64_MAX):
-            raise RequestError("context: integer does not fit in a 64-bit Long")
-        return v
-    if depth > MAX_CONTEXT_DEPTH:
-        raise RequestError("context: nested too deeply")
-    if t is list or t is tuple:
-        return make_set([to_value(g, item, depth + 1) for item in v])
-    if t is dict:
-        if len(<dict>v) == 1:
-            inner = (<dict>v).get("__entity")
-            if isinstance(inner, dict) and type(inner.get("type")) is str and type(inner.get("id")) is str:
-                return to_uid(g, inner, "context")
-            extn = (<dict>v).get("__extn")
-            if isinstance(extn, dict) and "fn" in extn and "arg" in extn:
-                if isinstance(extn, dict) and type(extn.get("arg")) is str and extn.get("fn") in ("ip", "decimal", "datetime", "duration"):
-                    fn = {"ip": F_IP, "decimal": F_DECIMAL, "datetime": F_DATETIME, "duration": F_DURATION}[extn["fn"]]
-                    try:
-                        return construct_ext(fn, extn["arg"])
-                    except EvalError as err:
-                        raise RequestError(f"context: {err}") from None
-                raise RequestError("context: unsupported `__extn` value")
-        out = {}
-        for key, item in (<dict>v).items():
-            if type(key) is not str:
-                raise RequestError("context: record keys must be strings")
-            out[key] = to_value(g, item, depth + 1)
-        return out
-    raise RequestError(f"context: unsupported value of type {t.__name__}")
+    return convert_value(g, v, depth, True)
 
 
 cdef object validate_value(Generation g, object v, int depth):
-    """Raises RequestError where `to_value` would, without building anything (cedarpy checks the whole context)."""
+    """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context)."""
+    convert_value(g, v, depth, False)
+
+
+_EXTENSION_FUNCTIONS = LAYOUT["FN_IDS"]
+
+
+cdef object convert_value(Generation g, object v, int depth, bint build):
     cdef type t = type(v)
     if t is str or t is bool:
-        return None
+        return v
     if t is int:
         if not (I64_MIN <= v <= I64_MAX):
             raise RequestError("context: integer does not fit in a 64-bit Long")
-        return None
+        return v
     if depth > MAX_CONTEXT_DEPTH:
         raise RequestError("context: nested too deeply")
     if t is list or t is tuple:
+        if build:
+            return make_set([convert_value(g, item, depth + 1, True) for item in v])
         for item in v:
-            validate_value(g, item, depth + 1)
+            convert_value(g, item, depth + 1, False)
         return None
-    if t is dict and len(<dict>v) == 1 and ("__entity" in <dict>v or "__extn" in <dict>v):
-        to_value(g, v, depth)
-        return None
-    if t is dict:
-        for key, item in (<dict>v).items():
-            if type(key) is not str:
-                raise RequestError("context: record keys must be strings")
-            validate_value(g, item, depth + 1)
-        return None
-    raise RequestError(f"context: unsupported value of type {t.__name__}")
+    if t is not dict:
+        raise RequestError(f"context: unsupported value of type {t.__name__}")
+    if len(<dict>v) == 1:
+        inner = (<dict>v).get("__entity")
+        if isinstance(inner, dict) and type(inner.get("type")) is str and type(inner.get("id")) is str:
+            return to_uid(g, inner, "context")
+        extn = (<dict>v).get("__extn")
+        if isinstance(extn, dict) and "fn" in extn and ("arg" in extn or "args" in extn):
+            # An extension call: `arg` for one argument, `args` for several (values, possibly calls).
+            fn = _EXTENSION_FUNCTIONS.get(extn["fn"])
+            args = [extn["arg"]] if "arg" in extn else extn["args"]
+            if fn is None or type(args) is not list:
+                raise RequestError("context: unsupported `__extn` value")
+            try:
+                return call_ext(fn, [convert_value(g, a, depth + 1, True) for a in args])
+            except EvalError as err:
+                raise RequestError(f"context: {err}") from None
+    out = {} if build else None
+    for key, item in (<dict>v).items():
+        if type(key) is not str:
+            raise RequestError("context: record keys must be strings")
+        item = convert_value(g, item, depth + 1, build)
+        if build:
+            out[key] = item
+    return out
 
 
 cdef inline bint is_flat(dict context) except -1:

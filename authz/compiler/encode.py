@@ -62,9 +62,10 @@ def is_entity_escape(value):
 
 
 def is_extension_escape(value):
-    """`{"__extn": {"fn": .., "arg": ..}}`; an incomplete escape is an ordinary record."""
+    """`{"__extn": {"fn": .., "arg": ..}}` or `{"__extn": {"fn": .., "args": [..]}}`; an incomplete
+    escape is an ordinary record."""
     inner = value.get("__extn") if len(value) == 1 else None
-    return isinstance(inner, dict) and "fn" in inner and "arg" in inner
+    return isinstance(inner, dict) and "fn" in inner and ("arg" in inner or "args" in inner)
 
 
 def encode_value(out, value, symbols):
@@ -92,12 +93,15 @@ def encode_value(out, value, symbols):
             out += U32.pack(symbols.uid_of(value))
         elif is_extension_escape(value):
             extn = value["__extn"]
-            fn = L.EXTENSION_FUNCTIONS.get(extn.get("fn")) if isinstance(extn, dict) else None
-            if fn is None or not isinstance(extn.get("arg"), str):
+            fn = L.EXTENSION_FUNCTIONS.get(extn["fn"])
+            args = [extn["arg"]] if "arg" in extn else extn["args"]
+            if fn is None or not isinstance(args, list) or len(args) != fn[1]:
                 raise CompileError([f"unsupported extension value `{extn!r}`"])
             out.append(L.V_EXT)
             out.append(fn[0])
-            pack_str(out, extn["arg"])
+            out.append(len(args))
+            for arg in args:
+                encode_value(out, arg, symbols)
         else:
             out.append(L.V_RECORD)
             out += U32.pack(len(value))

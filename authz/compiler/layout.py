@@ -31,7 +31,8 @@ HEADER_FIELDS = (
 HEADER_SIZE = 8 + 4 + 4 * len(HEADER_FIELDS)
 
 # Value tags (values in bytecode literals, entity attributes and tags).
-# An extension value is stored as its constructor's function id and string argument, parsed on read.
+# An extension value is stored as the call that makes it: function id (u8), argument count (u8),
+# then the arguments as values; the evaluator makes the call when it reads the value.
 V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT = range(8)
 
 # Scope operators.
