@@ -9,7 +9,7 @@ Policies, scopes, the index and entities are never turned into Python objects: t
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import re as _re
@@ -383,14 +383,6 @@ cdef Ext construct_ext(int fn, object arg):
     if fn == F_DURATION:
         return parse_duration(<str>arg)
     raise EvalError("not an extension constructor")
-
-
-def parse_extension(int fn, str arg):
-    """Parses an extension literal as the evaluator does; raises ValueError if Cedar would reject it."""
-    try:
-        return construct_ext(fn, arg)
-    except EvalError as err:
-        raise ValueError(str(err)) from None
 
 
 cdef Ext as_ext(object v, int kind, str name):
