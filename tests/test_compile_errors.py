@@ -139,3 +139,10 @@ def test_corrupted_generation_is_refused(tmp_path):
         authz.Engine(db)
     result = run_cli("check", "--db", db, "--request", "{}")
     assert result.returncode == 2 and "corrupted" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_string_escape_points_at_the_escape(tmp_path):
+    path = write(tmp_path / "e.cedar", GOOD + 'permit(principal == User::"a\\qb", action, resource);\n')
+    with pytest.raises(CompileError) as err:
+        authz.compile([path], db=str(tmp_path / "db"))
+    assert err.value.diagnostics == ["e.cedar:2:29: the input `\\q` is not a valid escape"]

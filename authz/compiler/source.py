@@ -1,7 +1,8 @@
 """Cedar policy text -> Cedar's JSON policy form (EST), parsed by cedarpy, with file:line:col for every policy and error.
 
 cedarpy is the only parser: this module only finds where statements start (to name policies
-`FILE:N` and to place messages) and, when cedarpy rejects a file, which token it stumbled on.
+`FILE:N` and to place messages), replaces string literals by placeholders so that cedarpy parses
+each distinct policy shape once, and, when cedarpy rejects a file, finds the token it stumbled on.
 """
 
 import json
@@ -19,11 +20,11 @@ _TOKEN_RE = re.compile(
     r'"(?:[^"\\\n]|\\.)*"?|//[^\n]*|[A-Za-z_][A-Za-z0-9_]*|\d+|::|==|!=|<=|>=|&&|\|\||\S'
 )
 _EOF_MESSAGE = "unexpected end of input"
+_BAD_ESCAPE_RE = re.compile(r"the input `(.+?)` is not a valid escape")
 
 
 # A string literal becomes a numbered placeholder, so that policies differing only in their literals
 # (the common case: one policy per agent or tool) share one shape, parsed by cedarpy once.
-_SHAPE_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*')
 _LIKE_BEFORE_RE = re.compile(r'(?:^|[^A-Za-z0-9_])like\s*$')
 _SLOT_PREFIX, _SLOT_SUFFIX = "@@authz:", "@@"
 
@@ -125,6 +126,10 @@ def _policy_order(est):
 
 def _locate_error(statement, message):
     """Offset inside `statement` of the token at which cedarpy's `message` first appears."""
+    escape = _BAD_ESCAPE_RE.search(message)
+    if escape and escape.group(1) in statement:
+        # cedarpy reports a bad string escape at the end of the statement: point at the escape itself.
+        return statement.index(escape.group(1))
     for m in _TOKEN_RE.finditer(statement):
         try:
             cedarpy.policies_to_json_str(statement[: m.end()])
