@@ -13,7 +13,9 @@ from .encode import U32, encode_value, pack_str
 
 _UID_FIXED = struct.Struct("<IBIIII")
 CURRENT_KEY = b"current"
-DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
+# Address space reserved for the map (the file grows only as needed). A generation of 100,000
+# policies is ~15 MB and two live at a time; 4 GiB stays within tight virtual-memory limits.
+DEFAULT_MAP_SIZE = 1 << 32
 
 
 def generation_key(number):
@@ -279,6 +281,9 @@ def publish(db, blob):
                 txn.delete(generation_key(previous))
                 txn.delete(crc_key(previous))
         return number
+    except lmdb.MapFullError:
+        raise IndexUnavailableError(f"cannot write index `{db}`: the generation does not fit in the "
+                                    f"{DEFAULT_MAP_SIZE >> 30} GiB map") from None
     except lmdb.Error as err:
         raise IndexUnavailableError(f"cannot write index `{db}`: {err}") from None
     finally:
