@@ -27,3 +27,17 @@ class RequestError(AuthzError):
     """A decision request is malformed (bad uid, bad context value, wrong shape)."""
 
     code = "request_parse_error"
+
+
+class IdentityError(AuthzError):
+    """A caller's identity could not be established (bad token, bad peer certificate, untrusted trust domain).
+
+    `code` is the stable reason (`token_expired`, `peer_cert_invalid`, ...): it is the deny
+    reason servers answer with and the decision log records.
+    """
+
+    code = "identity_invalid"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
