@@ -9,6 +9,7 @@ from authz._pb import authz_pb2, authz_pb2_grpc
 from authz.errors import RequestError
 from authz.server.decider import Invalid
 from authz.server.records import from_struct
+from authz.server.tokens_api import TOKEN_REASONS
 
 log = logging.getLogger("authz.server")
 
@@ -25,14 +26,16 @@ def _uid(msg, field: str) -> dict:
     return {"type": msg.type, "id": msg.id}
 
 
-def to_request(principal, action, resource, context, field: str, max_depth: int, cache=None) -> dict:
+def to_request(principal, action, resource, context, field: str, max_depth: int, cache=None,
+               principal_optional: bool = False) -> dict:
     """Proto parts (None when unset) -> an engine request dict; RequestError names the bad field.
 
     `cache` (one per BatchCheck) maps a context's encoding to its converted record, so a
-    context repeated across items is converted once.
+    context repeated across items is converted once. With `principal_optional` (a task token
+    names the principal) a missing principal is None in the dict.
     """
     for name, part in (("principal", principal), ("action", action), ("resource", resource)):
-        if part is None:
+        if part is None and not (principal_optional and name == "principal"):
             raise RequestError(f"`{field}{name}` is missing")
     if context is None:
         ctx = {}
@@ -44,7 +47,8 @@ def to_request(principal, action, resource, context, field: str, max_depth: int,
         if ctx is None:
             ctx = cache[key] = from_struct(context, max_depth, field + "context")
     # INVARIANT: the engine only reads the context, so items may share one converted record.
-    return {"principal": _uid(principal, field + "principal"), "action": _uid(action, field + "action"),
+    return {"principal": None if principal is None else _uid(principal, field + "principal"),
+            "action": _uid(action, field + "action"),
             "resource": _uid(resource, field + "resource"), "context": ctx}
 
 
@@ -63,7 +67,9 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
         resp.policies.extend(o.policies)
     for e in o.errors:
         resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
-    if o.code:
+    if not o.allowed:
+        resp.reason = o.reason
+    if o.code and o.code not in TOKEN_REASONS:
         resp.request_error.code = o.code
         resp.request_error.field = o.field
         resp.request_error.message = o.message
@@ -73,21 +79,26 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
 class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
     """authz.v1.Authorizer over a Decider."""
 
-    def __init__(self, decider, max_batch_size: int = 1000, max_context_depth: int = 32):
+    def __init__(self, decider, max_batch_size: int = 1000, max_context_depth: int = 32, tokens=None):
         self.decider = decider
         self.max_batch_size = max_batch_size
         self.max_context_depth = max_context_depth
+        self.tokens = tokens  # a TokenService: requests made with a task token (tokens_api.py)
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        token = self.tokens.v1_token(context) if self.tokens is not None else None
         try:
             req = to_request(_get(request, "principal"), _get(request, "action"), _get(request, "resource"),
-                             _get(request, "context"), "", self.max_context_depth)
+                             _get(request, "context"), "", self.max_context_depth,
+                             principal_optional=token is not None)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if self.tokens is not None:
+            req = self.tokens.bind(token, [req])[0]
         o = self.decider.decide([req], API)[0]
         if o.code == "request_parse_error":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, o.message)
-        if o.code in ("index_unavailable", "internal_error"):
+        if o.code in ("index_unavailable", "internal_error", "revocation_unavailable", "keys_unavailable"):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{o.code}: {o.message} (decision {o.decision_id})")
         return to_response(o)
 
@@ -98,6 +109,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                                 f"`items`: {n} items, more than the maximum batch size {self.max_batch_size}")
         if request.semantic not in _SEMANTICS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {request.semantic}")
+        token = self.tokens.v1_token(context) if self.tokens is not None else None
         defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
         items = request.items or [None]
         requests = []
@@ -111,9 +123,12 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                     if item.HasField(name):
                         parts[k] = getattr(item, name)
             try:
-                requests.append(to_request(*parts, field, self.max_context_depth, cache))
+                requests.append(to_request(*parts, field, self.max_context_depth, cache,
+                                           principal_optional=token is not None))
             except RequestError as e:
                 requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
+        if self.tokens is not None:
+            requests = self.tokens.bind(token, requests)
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)
         outcomes = self.decider.decide(requests, API, stop_on)
         out = authz_pb2.BatchCheckResponse()

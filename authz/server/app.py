@@ -15,6 +15,7 @@ log = logging.getLogger("authz.server")
 
 ENVOY_SERVICE = "envoy.service.auth.v3.Authorization"
 V1_SERVICE = "authz.v1.Authorizer"
+TOKENS_SERVICE = "authz.v1.Tokens"
 
 
 def server_options(cfg) -> list:
@@ -43,20 +44,24 @@ def build_server(cfg, decider):
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    from authz._pb import authz_pb2, authz_pb2_grpc
+    from authz._pb import authz_pb2, authz_pb2_grpc, tokens_pb2, tokens_pb2_grpc
     from authz.server.api import AuthorizerServicer
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
+    from authz.server.tokens_api import TokensServicer, build_token_service
 
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
-    EnvoyAuthorizationServicer(decider, limits).add_to_server(server)
+    tokens = build_token_service(cfg, decider)
+    EnvoyAuthorizationServicer(decider, limits, tokens).add_to_server(server)
     authz_pb2_grpc.add_AuthorizerServicer_to_server(
-        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth), server)
+        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens), server)
+    tokens_pb2_grpc.add_TokensServicer_to_server(TokensServicer(tokens), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((
         external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
         authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
+        tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
         health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health_servicer
 
@@ -66,7 +71,7 @@ async def set_health(health_servicer, serving: bool) -> None:
     from grpc_health.v1 import health_pb2
 
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", ENVOY_SERVICE, V1_SERVICE):
+    for name in ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE):
         await health_servicer.set(name, status)
 
 
@@ -105,6 +110,9 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     if cfg.decision_log_path:
         dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped)
     decider = Decider(cfg.db_path, dlog, metrics)
+    from authz.tokens import caller
+
+    caller.configure(cfg.development_mode)
     server, health_servicer = build_server(cfg, decider)
     await set_health(health_servicer, False)
     try:

@@ -85,7 +85,21 @@ class ServeConfig:
             raise ConfigError(f"`workers` must be at most 256, not `{self.workers}`")
         if self.policies and not pathlib.Path(self.policies).exists():
             raise ConfigError(f"policies folder `{self.policies}` does not exist")
+        self._validate_tokens()
         return self
+
+    def _validate_tokens(self) -> None:
+        from authz.tokens.config import TokenConfig, TokenConfigError
+
+        try:
+            tokens = TokenConfig.from_dict(self.tokens)
+        except TokenConfigError as e:
+            raise ConfigError(str(e)) from None
+        jwt_tables = self.identity.get("jwt") if isinstance(self.identity, dict) else None
+        for table in jwt_tables if isinstance(jwt_tables, list) else ():
+            if isinstance(table, dict) and table.get("issuer") == tokens.issuer:
+                raise ConfigError(f"`tokens.issuer` `{tokens.issuer}` is also a trusted `identity.jwt` issuer; "
+                                  "task tokens need an issuer of their own")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}

@@ -16,11 +16,13 @@ ALLOW, DENY = "allow", "deny"
 class Invalid:
     """A request the server could not even build; it is answered with a deny carrying `code`."""
 
-    __slots__ = ("code", "message", "field", "principal", "action", "resource")
+    __slots__ = ("code", "message", "field", "principal", "action", "resource", "token")
 
-    def __init__(self, code: str, message: str, field: str = "", principal=None, action=None, resource=None):
+    def __init__(self, code: str, message: str, field: str = "", principal=None, action=None, resource=None,
+                 token=None):
         self.code, self.message, self.field = code, message, field
         self.principal, self.action, self.resource = principal, action, resource
+        self.token = token  # (jti, task, chain) of the task token it was made with, for the log
 
 
 class Outcome:
@@ -39,6 +41,27 @@ class Outcome:
     @property
     def decision(self) -> str:
         return ALLOW if self.allowed else DENY
+
+    @property
+    def reason(self) -> str:
+        """The stable reason code of a deny ("" for an allow)."""
+        if self.allowed:
+            return ""
+        if self.code:
+            return self.code
+        return "forbidden_by_policy" if self.policies else "no_permitting_policy"
+
+
+def token_of(request) -> tuple | None:
+    """(jti, task, chain) of the task token a request dict was made with, for the decision log."""
+    ctx = request.get("context")
+    if not ctx or "delegation" not in ctx:
+        return None
+    tok, dlg = ctx.get("token"), ctx.get("delegation")
+    if type(tok) is not dict or type(dlg) is not dict:
+        return None
+    chain = [e["__entity"]["id"] if isinstance(e, dict) and "__entity" in e else str(e) for e in dlg.get("chain", ())]
+    return tok.get("jti"), tok.get("task"), chain
 
 
 class Decider:
@@ -112,7 +135,8 @@ class Decider:
         self.metrics.decision(api, decision, latency_ns / 1e9)
         if self.decision_log is not None:
             self.decision_log.record(did, api, request["principal"], request["action"], request["resource"],
-                                     decision, d.policies, d.errors, latency_ns, generation, None)
+                                     decision, d.policies, d.errors, latency_ns, generation, None,
+                                     token_of(request))
         return o
 
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:
@@ -161,10 +185,10 @@ class Decider:
             if record is not None:
                 r = requests[i]
                 if isinstance(r, Invalid):
-                    p, a, res = r.principal, r.action, r.resource
+                    p, a, res, tok = r.principal, r.action, r.resource, r.token
                 else:
-                    p, a, res = r.get("principal"), r.get("action"), r.get("resource")
-                record(did, api, p, a, res, o.decision, o.policies, o.errors, latency_ns, generation, code)
+                    p, a, res, tok = r.get("principal"), r.get("action"), r.get("resource"), token_of(r)
+                record(did, api, p, a, res, o.decision, o.policies, o.errors, latency_ns, generation, code, tok)
         return outcomes
 
     def _evaluate(self, engine, requests, valid, results):

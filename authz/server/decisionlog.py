@@ -69,15 +69,15 @@ class DecisionLog:
         self._thread.start()
 
     def record(self, decision_id, api, principal, action, resource, decision, policies, errors,
-               latency_ns, generation, reason):
-        """Queue one event; never blocks, never raises."""
+               latency_ns, generation, reason, token=None):
+        """Queue one event; never blocks, never raises. `token`: (jti, task, chain) of a task token."""
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop()
             return
         self._queue.append((decision_id, time.time(), api, principal, action, resource, decision,
-                            policies, errors, latency_ns, generation, reason))
+                            policies, errors, latency_ns, generation, reason, token))
 
     def _run(self):
         while not self._stop.wait(self._interval):
@@ -104,7 +104,7 @@ class DecisionLog:
 
     def _format(self, ev) -> str:
         (decision_id, t, api, principal, action, resource, decision, policies, errors,
-         latency_ns, generation, reason) = ev
+         latency_ns, generation, reason, token) = ev
         # Hand-assembled JSON: this runs once per decision, json.dumps of a dict costs twice as much.
         line = (f'{{"decision_id":{_q(decision_id)},"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z",'
                 f'"api":{_q(api)},"principal":{_quid(principal)},"action":{_quid(action)},'
@@ -114,6 +114,9 @@ class DecisionLog:
                 f'"latency_us":{round(latency_ns / 1000, 1)},"generation":{int(generation or 0)}')
         if reason:
             line += f',"reason":{_q(reason)}'
+        if token is not None:  # the token's id, task and delegation chain; never the token itself
+            jti, task, chain = token
+            line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
         return line + "}\n"
 
     def _time_text(self, t: float) -> str:

@@ -260,9 +260,10 @@ def deny_reason(outcome) -> str:
 class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization over a Decider."""
 
-    def __init__(self, decider, limits: Limits):
+    def __init__(self, decider, limits: Limits, tokens=None):
         self.decider = decider
         self.limits = limits
+        self.tokens = tokens  # a TokenService: requests bearing a task token (tokens_api.py)
         self._allow = _AllowTemplate(len(decider.next_id()))
 
     def check(self, request) -> bytes:
@@ -279,7 +280,9 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                     log.exception("cannot map a CheckRequest; denying")
                 outcome = self.decider.decide([Invalid(code, str(e))], API)[0]
                 return deny_response(outcome.decision_id, code).SerializeToString()
-            if len(requests) == 1:
+            if self.tokens is not None:
+                requests = self.tokens.bind_envoy(requests)
+            if len(requests) == 1 and not isinstance(requests[0], Invalid):
                 o = self.decider.decide_one(requests[0], API)
                 if o.allowed:
                     return self._allow.render(o.decision_id)
