@@ -85,8 +85,15 @@ def _register_optional_commands():
     try:
         from .server.cli_serve import serve
     except ImportError:  # the gRPC server's dependencies are not installed
-        return
-    main.add_command(serve)
+        pass
+    else:
+        main.add_command(serve)
+    try:
+        from .tokens.cli_keys import keys
+    except ImportError:  # pyjwt / cryptography are not installed
+        pass
+    else:
+        main.add_command(keys)
 
 
 _register_optional_commands()

@@ -1,0 +1,72 @@
+"""The `authz keys` click group: export the task-token JWKS, rotate the signing key."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _settings(config_path, data_dir):
+    """(data_dir, TokenConfig) from the serve config file (if any) and the flag."""
+    from authz.server.config import DEFAULT_DATA_DIR, ConfigError, load_config
+    from authz.tokens.config import TokenConfig
+
+    if config_path:
+        try:
+            cfg = load_config(config_path, {"data_dir": data_dir})
+        except ConfigError as e:
+            click.echo(f"authz keys: error: {e}", err=True)
+            sys.exit(2)
+        return cfg.data_dir, TokenConfig.from_dict(cfg.tokens)
+    return data_dir or DEFAULT_DATA_DIR, TokenConfig()
+
+
+_config = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                       help="The `authz serve` TOML config (data_dir, [tokens]).")
+_data_dir = click.option("--data-dir", "data_dir", help="The server's data folder (default authz-data).")
+
+
+@click.group("keys")
+def keys():
+    """Task-token signing keys (in DATA_DIR/keys)."""
+
+
+@keys.command("export")
+@_config
+@_data_dir
+def export_command(config_path, data_dir):
+    """Print the public keys that verify task tokens, as a JWKS (JSON)."""
+    from authz.tokens.keys import KeyStore, KeyStoreError
+
+    folder, _ = _settings(config_path, data_dir)
+    try:
+        jwks = KeyStore(folder).jwks()
+    except KeyStoreError as e:
+        click.echo(f"authz keys: error: {e}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(jwks, indent=2))
+
+
+@keys.command("rotate")
+@_config
+@_data_dir
+def rotate_command(config_path, data_dir):
+    """Make a new signing key; the old one stops signing and stays trusted until its last token expires.
+
+    Running servers pick the new key up within a second.
+    """
+    import os
+
+    from authz.tokens.keys import KEYSET, KeyStoreError, ensure_keys, keys_dir, rotate_keys
+
+    folder, cfg = _settings(config_path, data_dir)
+    try:
+        if not os.path.exists(os.path.join(keys_dir(folder), KEYSET)):
+            click.echo(f"created key {ensure_keys(folder, cfg.max_ttl_s)}")
+            return
+        new, old, dropped = rotate_keys(folder, cfg.max_ttl_s, cfg.leeway_s)
+    except (KeyStoreError, OSError) as e:
+        click.echo(f"authz keys: error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"active key {new} (was {old}); dropped {len(dropped)} expired key(s)")
