@@ -92,8 +92,9 @@ class TokensServicer:
         """Revoke revokes a token (and the tokens exchanged from it), a task or an
         agent; every worker honours it on its next decision. It is a policy
         decision: action Action::"authz::Revoke", resource Token::"<token id>",
-        Task::"<task>" or Agent::"<agent>", context {kind, ttl_s, task?} plus
-        `token` and `delegation` of a presented token.
+        Task::"<task>" or Agent::"<agent>", context {kind ("token", "task" or
+        "agent"), target (the id), ttl_s} plus `token` and `delegation` of a
+        presented token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

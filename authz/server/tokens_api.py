@@ -258,9 +258,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
                 resource = {"type": "Task" if kind == "task" else "Agent", "id": value}
             if not value or len(value) > cfg.max_task_chars or not value.isprintable():
                 raise TokenError("invalid_argument", f"`{target or 'token'}` is missing or malformed")
-            ctx = {"kind": kind, "ttl_s": int(request.ttl_s)}
-            if kind == "task":
-                ctx["task"] = value
+            ctx = {"kind": kind, "target": value, "ttl_s": int(request.ttl_s)}
             if presented is not None:
                 ctx = presented.context(ctx)
             auth = svc.authorize({"principal": agent_uid(caller), "action": REVOKE_ACTION, "resource": resource,
