@@ -22,6 +22,11 @@ from authz.server.config import ConfigError, load_config
 @click.option("--max-message-bytes", "max_message_bytes", type=int, help="Maximum gRPC message size (default 4 MiB).")
 @click.option("--reload-interval", "reload_interval_s", type=float, help="Policies folder poll interval in seconds.")
 @click.option("--drain", "drain_s", type=float, help="Seconds in-flight RPCs get to finish on SIGTERM (default 5).")
+@click.option("--tls-cert", "tls_cert", help="Server certificate chain (PEM): serve over mTLS ([identity.mtls] cert).")
+@click.option("--tls-key", "tls_key", help="Server private key (PEM) ([identity.mtls] key).")
+@click.option("--client-ca", "client_ca", help="CA bundle (PEM) client certificates must chain to ([identity.mtls] client_ca).")
+@click.option("--trust-domain", "trust_domains", multiple=True,
+              help="SPIFFE trust domain allowed for client certificates; repeatable ([identity.mtls] trust_domains).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path, log_level, **flags):
     """Serve Envoy ext_authz v3 and authz.v1 Check/BatchCheck over gRPC.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sys
 
@@ -44,7 +45,7 @@ class ServeConfig:
     max_context_depth: int = 32       # nesting of context records and sets
     max_concurrent_streams: int = 0   # per connection; 0 = grpc default
     max_connection_age_s: float = 0   # 0 = unlimited; a limit rebalances long-lived Envoy connections
-    identity: dict = dataclasses.field(default_factory=dict)   # [identity]; verified by the identity issue
+    identity: dict = dataclasses.field(default_factory=dict)   # [identity]: raw table, see parse_identity
     tokens: dict = dataclasses.field(default_factory=dict)     # [tokens]
 
     @property
@@ -86,7 +87,16 @@ class ServeConfig:
         if self.policies and not pathlib.Path(self.policies).exists():
             raise ConfigError(f"policies folder `{self.policies}` does not exist")
         self._validate_tokens()
+        self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return self
+
+    @property
+    def identity_settings(self) -> "IdentitySettings":
+        """The validated `[identity]` table (parsed once)."""
+        cached = self.__dict__.get("_identity_settings")
+        if cached is None:
+            cached = self.__dict__["_identity_settings"] = parse_identity(self.identity)
+        return cached
 
     def _validate_tokens(self) -> None:
         from authz.tokens.config import TokenConfig, TokenConfigError
@@ -103,6 +113,8 @@ class ServeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
+# `authz serve` flags that fill [identity.mtls] (flag dest -> key).
+_MTLS_FLAGS = {"tls_cert": "cert", "tls_key": "key", "client_ca": "client_ca", "trust_domains": "trust_domains"}
 _TABLES = {"server", "identity", "tokens"}
 
 
@@ -134,8 +146,19 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
             # Relative paths in a config file are relative to the file.
             if isinstance(values.get(key), str) and values[key] and not pathlib.Path(values[key]).is_absolute():
                 values[key] = str(base / values[key])
-        values["identity"] = doc.get("identity", {})
+        values["identity"] = _resolve_identity_paths(doc.get("identity", {}), base)
         values["tokens"] = doc.get("tokens", {})
+    overrides = dict(overrides)
+    mtls_flags = {k: overrides.pop(k, None) for k in _MTLS_FLAGS}
+    if any(v for v in mtls_flags.values()):
+        identity = dict(values.get("identity") or {})
+        mtls = identity.get("mtls")
+        mtls = dict(mtls) if isinstance(mtls, dict) else {}
+        for key, value in mtls_flags.items():
+            if value:
+                mtls[_MTLS_FLAGS[key]] = list(value) if key == "trust_domains" else value
+        identity["mtls"] = mtls
+        values["identity"] = identity
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
@@ -177,3 +200,164 @@ def parse_hostport(text: str, name: str = "listen") -> tuple[str, int]:
 def format_hostport(host: str, port: int) -> str:
     """Inverse of parse_hostport."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- [identity] ----------------------------------------------------------------------------------
+
+_IDENTITY_KEYS = {"jwt", "mtls", "trusted_peps", "max_token_bytes", "token_cache_size"}
+_JWT_KEYS = {"issuer", "trust_domain", "audiences", "jwks_file", "algorithms", "leeway_s", "types"}
+_MTLS_KEYS = {"cert", "key", "client_ca", "trust_domains"}
+
+
+@dataclasses.dataclass(frozen=True)
+class JwtIssuerSettings:
+    """One `[[identity.jwt]]` table: a trusted OIDC issuer or JWT-SVID trust domain."""
+
+    jwks_file: str
+    audiences: tuple
+    issuer: str = ""
+    trust_domain: str = ""
+    algorithms: tuple = ()
+    leeway_s: float = 30.0
+    types: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class MtlsSettings:
+    """`[identity.mtls]`: the server's certificate and key, the client CA bundle, the allowed trust domains."""
+
+    cert: str
+    key: str
+    client_ca: str
+    trust_domains: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentitySettings:
+    """The validated `[identity]` table."""
+
+    jwt: tuple = ()
+    mtls: MtlsSettings | None = None
+    trusted_peps: tuple = ()
+    max_token_bytes: int = 8192
+    token_cache_size: int = 10000
+
+    @property
+    def development_mode(self) -> bool:
+        return not self.jwt and self.mtls is None
+
+
+def _resolve_identity_paths(identity, base: pathlib.Path):
+    """Relative file names in [identity] are relative to the config file."""
+    if not isinstance(identity, dict):
+        return identity
+
+    def fix(value):
+        if isinstance(value, str) and value and not pathlib.Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    out = dict(identity)
+    if isinstance(out.get("jwt"), list):
+        out["jwt"] = [dict(t, jwks_file=fix(t.get("jwks_file"))) if isinstance(t, dict) and "jwks_file" in t else t
+                      for t in out["jwt"]]
+    if isinstance(out.get("mtls"), dict):
+        out["mtls"] = {k: fix(v) if k in ("cert", "key", "client_ca") else v for k, v in out["mtls"].items()}
+    return out
+
+
+def _strings(value, name: str, allow_empty: bool = False) -> tuple:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and v for v in value) or (not value and not allow_empty):
+        raise ConfigError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}list of strings")
+    return tuple(value)
+
+
+def _readable(path, name: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"`{name}` is required (a file name)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"`{name}`: `{path}` is not a readable file")
+    return path
+
+
+def parse_identity(doc) -> IdentitySettings:
+    """Validate the raw `[identity]` table; every key set is read once, so a bad one stops the server at start."""
+    from authz.identity import ALGORITHMS, FileKeySet, IdentityError, Issuer
+    from authz.identity.jwt import DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_S
+    from authz.identity.spiffe import is_trust_domain_name, parse_spiffe_id
+
+    if not isinstance(doc, dict):
+        raise ConfigError("`identity` must be a table")
+    unknown = set(doc) - _IDENTITY_KEYS
+    if unknown:
+        raise ConfigError(f"unknown option `identity.{sorted(unknown)[0]}`")
+    max_token_bytes = doc.get("max_token_bytes", DEFAULT_MAX_TOKEN_BYTES)
+    cache_size = doc.get("token_cache_size", 10000)
+    for name, value, low, high in (("max_token_bytes", max_token_bytes, 256, 1024 * 1024),
+                                   ("token_cache_size", cache_size, 0, 10_000_000)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"`identity.{name}` must be an integer from {low} to {high}")
+    tables = doc.get("jwt", [])
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("`identity.jwt` must be an array of tables (`[[identity.jwt]]`)")
+    issuers = []
+    for n, t in enumerate(tables):
+        where = f"identity.jwt[{n}]"
+        unknown = set(t) - _JWT_KEYS
+        if unknown:
+            raise ConfigError(f"unknown option `{where}.{sorted(unknown)[0]}`")
+        issuer, trust_domain = t.get("issuer", ""), t.get("trust_domain", "")
+        if not isinstance(issuer, str) or not isinstance(trust_domain, str) or not (issuer or trust_domain):
+            raise ConfigError(f"`{where}` needs `issuer` (a string) or `trust_domain`")
+        if trust_domain and not is_trust_domain_name(trust_domain):
+            raise ConfigError(f"`{where}.trust_domain`: `{trust_domain}` is not a trust domain name")
+        algorithms = _strings(t.get("algorithms", list(ALGORITHMS)), f"{where}.algorithms")
+        for alg in algorithms:
+            if alg not in ALGORITHMS:
+                raise ConfigError(f"`{where}.algorithms`: `{alg}` is not allowed (choose from {', '.join(ALGORITHMS)}; "
+                                  "never `none` or HMAC)")
+        leeway = t.get("leeway_s", 30)
+        if isinstance(leeway, bool) or not isinstance(leeway, (int, float)) or not 0 <= leeway <= MAX_LEEWAY_S:
+            raise ConfigError(f"`{where}.leeway_s` must be a number from 0 to {MAX_LEEWAY_S:g}")
+        settings = JwtIssuerSettings(
+            jwks_file=_readable(t.get("jwks_file"), f"{where}.jwks_file"),
+            audiences=_strings(t.get("audiences"), f"{where}.audiences"), issuer=issuer, trust_domain=trust_domain,
+            algorithms=algorithms, leeway_s=float(leeway), types=_strings(t.get("types", []), f"{where}.types", True))
+        try:
+            Issuer(FileKeySet(settings.jwks_file, trust_domain=trust_domain), settings.audiences, issuer,
+                   trust_domain, algorithms, settings.leeway_s, settings.types)
+        except IdentityError as e:
+            raise ConfigError(f"`{where}.jwks_file`: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"`{where}`: {e}") from None
+        issuers.append(settings)
+    for attr in ("issuer", "trust_domain"):
+        seen = [getattr(s, attr) for s in issuers if getattr(s, attr)]
+        if len(seen) != len(set(seen)):
+            raise ConfigError(f"`identity.jwt`: two tables have the same `{attr}`")
+    mtls = None
+    if "mtls" in doc:
+        t = doc["mtls"]
+        if not isinstance(t, dict):
+            raise ConfigError("`identity.mtls` must be a table")
+        unknown = set(t) - _MTLS_KEYS
+        if unknown:
+            raise ConfigError(f"unknown option `identity.mtls.{sorted(unknown)[0]}`")
+        trust_domains = _strings(t.get("trust_domains"), "identity.mtls.trust_domains (or --trust-domain)")
+        for td in trust_domains:
+            if not is_trust_domain_name(td):
+                raise ConfigError(f"`identity.mtls.trust_domains`: `{td}` is not a trust domain name")
+        mtls = MtlsSettings(_readable(t.get("cert"), "identity.mtls.cert (or --tls-cert)"),
+                            _readable(t.get("key"), "identity.mtls.key (or --tls-key)"),
+                            _readable(t.get("client_ca"), "identity.mtls.client_ca (or --client-ca)"),
+                            trust_domains)
+    peps = _strings(doc.get("trusted_peps", []), "identity.trusted_peps", allow_empty=True)
+    for pep in peps:
+        try:
+            parse_spiffe_id(pep, require_path=True)
+        except IdentityError as e:
+            raise ConfigError(f"`identity.trusted_peps`: {e}") from None
+    return IdentitySettings(tuple(issuers), mtls, peps, max_token_bytes, cache_size)

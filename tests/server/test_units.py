@@ -29,8 +29,9 @@ def test_config_defaults_serve_the_bundled_examples():
 
 def test_config_file_then_flags(tmp_path):
     f = tmp_path / "a.toml"
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
     f.write_text('[server]\nlisten = "0.0.0.0:9000"\nworkers = 3\ndb = "x.lmdb"\nreload_interval_s = 1\n'
-                 '[[identity.jwt]]\nissuer = "https://idp"\n')
+                 '[[identity.jwt]]\nissuer = "https://idp"\naudiences = ["authz"]\njwks_file = "jwks.json"\n')
     cfg = load_config(str(f), {"workers": 2, "listen": None})
     assert (cfg.listen, cfg.workers, cfg.reload_interval_s) == ("0.0.0.0:9000", 2, 1.0)
     assert cfg.db == str(tmp_path / "x.lmdb") and cfg.policies == ""
