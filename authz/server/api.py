@@ -6,7 +6,8 @@ import logging
 import grpc
 
 from authz._pb import authz_pb2, authz_pb2_grpc
-from authz.errors import RequestError
+from authz.errors import IdentityError, RequestError
+from authz.server.callers import IDENTITY_REASONS
 from authz.server.decider import Invalid
 from authz.server.records import from_struct
 from authz.server.tokens_api import TOKEN_REASONS
@@ -69,7 +70,7 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
         resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
     if not o.allowed:
         resp.reason = o.reason
-    if o.code and o.code not in TOKEN_REASONS:
+    if o.code and o.code not in TOKEN_REASONS and o.code not in IDENTITY_REASONS:
         resp.request_error.code = o.code
         resp.request_error.field = o.field
         resp.request_error.message = o.message
@@ -79,20 +80,34 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
 class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
     """authz.v1.Authorizer over a Decider."""
 
-    def __init__(self, decider, max_batch_size: int = 1000, max_context_depth: int = 32, tokens=None):
+    def __init__(self, decider, max_batch_size: int = 1000, max_context_depth: int = 32, tokens=None, callers=None):
         self.decider = decider
         self.max_batch_size = max_batch_size
         self.max_context_depth = max_context_depth
         self.tokens = tokens  # a TokenService: requests made with a task token (tokens_api.py)
+        self.callers = callers  # a Callers: who is asking, who may name a principal (callers.py)
+
+    def _caller(self, context, token):
+        """The verified caller (a Caller, or the IdentityError that denies the call); None when requests
+        are taken as given (development mode) or a task token decides the principal."""
+        if self.callers is None or self.callers.development_mode or token is not None:
+            return None
+        try:
+            return self.callers.v1_caller(context)
+        except IdentityError as e:
+            return e
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
         token = self.tokens.v1_token(context) if self.tokens is not None else None
+        caller = self._caller(context, token)
         try:
             req = to_request(_get(request, "principal"), _get(request, "action"), _get(request, "resource"),
                              _get(request, "context"), "", self.max_context_depth,
-                             principal_optional=token is not None)
+                             principal_optional=token is not None or caller is not None)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if caller is not None:
+            req = self.callers.bind_v1([req], caller, self.decider, API)[0]
         if self.tokens is not None:
             req = self.tokens.bind(token, [req])[0]
         o = self.decider.decide([req], API)[0]
@@ -110,6 +125,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         if request.semantic not in _SEMANTICS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {request.semantic}")
         token = self.tokens.v1_token(context) if self.tokens is not None else None
+        caller = self._caller(context, token)
         defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
         items = request.items or [None]
         requests = []
@@ -124,9 +140,11 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                         parts[k] = getattr(item, name)
             try:
                 requests.append(to_request(*parts, field, self.max_context_depth, cache,
-                                           principal_optional=token is not None))
+                                           principal_optional=token is not None or caller is not None))
             except RequestError as e:
                 requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
+        if caller is not None:
+            requests = self.callers.bind_v1(requests, caller, self.decider, API)
         if self.tokens is not None:
             requests = self.tokens.bind(token, requests)
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)

@@ -52,9 +52,10 @@ def build_server(cfg, decider):
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
     tokens = build_token_service(cfg, decider)
-    EnvoyAuthorizationServicer(decider, limits, tokens).add_to_server(server)
+    callers = build_callers(cfg, tokens)
+    EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     authz_pb2_grpc.add_AuthorizerServicer_to_server(
-        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens), server)
+        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers), server)
     tokens_pb2_grpc.add_TokensServicer_to_server(TokensServicer(tokens), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -64,6 +65,71 @@ def build_server(cfg, decider):
         tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
         health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health_servicer
+
+
+def build_callers(cfg, tokens=None):
+    """The worker's Callers (who is asking); the task tokens' bearer tokens are left to `tokens`.
+
+    Also installs the caller resolver that authz.v1.Tokens uses (verified tokens and peers).
+    """
+    from authz.server.callers import Callers
+    from authz.tokens import caller
+
+    callers = Callers(cfg.identity_settings, cfg.max_context_depth,
+                      defer_bearer=tokens.bearer if tokens is not None else None)
+    caller.configure(cfg.development_mode, None if callers.development_mode else callers.resolve_identity)
+    s = cfg.identity_settings
+    if not s.development_mode:
+        log.info("identity: %d JWT issuer(s) [%s]; mTLS %s; trusted PEPs [%s]", len(s.jwt),
+                 ", ".join(j.issuer or f"spiffe://{j.trust_domain}" for j in s.jwt),
+                 f"required, trust domains [{', '.join(s.mtls.trust_domains)}]" if s.mtls else "off",
+                 ", ".join(s.trusted_peps))
+    return callers
+
+
+def server_credentials(mtls):
+    """grpc server credentials requiring a client certificate that chains to `client_ca`.
+
+    The certificate, key and CA files are re-read (on the next handshake) when any of them
+    changes, checked at most once a second: SVIDs are short-lived and rotated on disk.
+    """
+    import time
+
+    import grpc
+
+    paths = (mtls.cert, mtls.key, mtls.client_ca)
+
+    def stamp():
+        try:
+            return tuple(os.stat(p).st_mtime_ns for p in paths)
+        except OSError:
+            return None
+
+    def read():
+        with open(mtls.cert, "rb") as c, open(mtls.key, "rb") as k, open(mtls.client_ca, "rb") as ca:
+            return grpc.ssl_server_certificate_configuration([(k.read(), c.read())], root_certificates=ca.read())
+
+    state = {"stamp": stamp(), "checked": time.monotonic()}
+    initial = read()
+
+    def fetch():
+        now = time.monotonic()
+        if now - state["checked"] < 1.0:
+            return None
+        state["checked"] = now
+        current = stamp()
+        if current is None or current == state["stamp"]:
+            return None
+        try:
+            config = read()
+        except OSError as e:
+            log.error("cannot re-read the TLS files: %s; keeping the current ones", e)
+            return None
+        state["stamp"] = current
+        log.info("TLS certificate, key or client CA changed: new handshakes use the new files")
+        return config
+
+    return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
 
 
 async def set_health(health_servicer, serving: bool) -> None:
@@ -110,14 +176,15 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     if cfg.decision_log_path:
         dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped)
     decider = Decider(cfg.db_path, dlog, metrics)
-    from authz.tokens import caller
-
-    caller.configure(cfg.development_mode)
     server, health_servicer = build_server(cfg, decider)
     await set_health(health_servicer, False)
+    mtls = cfg.identity_settings.mtls
     try:
-        port = server.add_insecure_port(cfg.listen)
-    except RuntimeError as e:
+        if mtls is not None:
+            port = server.add_secure_port(cfg.listen, server_credentials(mtls))
+        else:
+            port = server.add_insecure_port(cfg.listen)
+    except (RuntimeError, OSError) as e:
         port, error = 0, str(e)
     else:
         error = ""

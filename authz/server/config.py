@@ -217,7 +217,7 @@ class JwtIssuerSettings:
     audiences: tuple
     issuer: str = ""
     trust_domain: str = ""
-    algorithms: tuple = ()
+    algorithms: tuple = ()          # () = every allowed algorithm
     leeway_s: float = 30.0
     types: tuple = ()
 

@@ -18,6 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
+from authz.errors import IdentityError
 from authz.server.decider import Invalid
 from authz.server.records import from_json
 
@@ -260,14 +261,18 @@ def deny_reason(outcome) -> str:
 class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization over a Decider."""
 
-    def __init__(self, decider, limits: Limits, tokens=None):
+    def __init__(self, decider, limits: Limits, tokens=None, callers=None):
         self.decider = decider
         self.limits = limits
         self.tokens = tokens  # a TokenService: requests bearing a task token (tokens_api.py)
+        self.callers = callers  # a Callers: bearer JWTs, trusted source.principal (callers.py)
         self._allow = _AllowTemplate(len(decider.next_id()))
 
-    def check(self, request) -> bytes:
-        """Decide one CheckRequest; returns the serialized CheckResponse (never raises)."""
+    def check(self, request, grpc_context=None) -> bytes:
+        """Decide one CheckRequest; returns the serialized CheckResponse (never raises).
+
+        `grpc_context` (the RPC's) tells whether the caller is a trusted enforcement point.
+        """
         try:
             try:
                 requests, _ = map_check_request(request, self.limits)
@@ -280,6 +285,14 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                     log.exception("cannot map a CheckRequest; denying")
                 outcome = self.decider.decide([Invalid(code, str(e))], API)[0]
                 return deny_response(outcome.decision_id, code).SerializeToString()
+            if self.callers is not None:
+                try:
+                    requests = self.callers.bind_envoy(requests, request, grpc_context)
+                except IdentityError as e:
+                    first = requests[0]
+                    invalid = Invalid(e.code, str(e), "authorization", None, first["action"], first["resource"])
+                    outcome = self.decider.decide([invalid], API)[0]
+                    return deny_response(outcome.decision_id, e.code).SerializeToString()
             if self.tokens is not None:
                 requests = self.tokens.bind_envoy(requests)
             if len(requests) == 1 and not isinstance(requests[0], Invalid):
@@ -297,7 +310,7 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             return _LAST_RESORT
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
-        return self.check(request)
+        return self.check(request, context)
 
     def add_to_server(self, server) -> None:
         """Register on `server` with a serializer that passes the pre-serialized answers through."""
