@@ -95,8 +95,12 @@ class TokenService:
         try:
             vt = self.verifier.verify(token)
         except TokenError as e:
+            vt = e.verified  # authentic but refused (expired, revoked): the log says whose it was
+            principal = vt.principal if vt is not None else None
+            log_token = (vt.jti, vt.task, list(vt.chain)) if vt is not None else None
             return [r if isinstance(r, Invalid) else
-                    Invalid(e.code, str(e), "authorization", r.get("principal"), r.get("action"), r.get("resource"))
+                    Invalid(e.code, str(e), "authorization", principal or r.get("principal"), r.get("action"),
+                            r.get("resource"), log_token)
                     for r in requests]
         except Exception:
             log.exception("token verification failed; denying")

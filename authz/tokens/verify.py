@@ -33,9 +33,10 @@ class TokenError(AuthzError):
 
     code = "token_invalid"
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, verified=None):
         super().__init__(message)
         self.code = code
+        self.verified = verified  # the VerifiedToken when the signature held (expired, revoked, ...)
 
 
 def agent_uid(agent_id: str) -> dict:
@@ -172,11 +173,15 @@ class Verifier:
         leeway = self.cfg.leeway_s
         if now > vt.exp + leeway:
             self._cache.pop(key, None)
-            raise TokenError("token_expired", "the token has expired")
+            raise TokenError("token_expired", "the token has expired", vt)
         if vt.nbf > now + leeway or vt.iat > now + leeway:
-            raise TokenError("token_not_yet_valid", "the token is not valid yet")
+            raise TokenError("token_not_yet_valid", "the token is not valid yet", vt)
         if check_revocation:
-            self.check_revoked(vt, now)
+            try:
+                self.check_revoked(vt, now)
+            except TokenError as e:
+                e.verified = vt
+                raise
         return vt
 
     def check_revoked(self, vt: VerifiedToken, now: float | None = None) -> None:

@@ -295,14 +295,20 @@ def test_decision_log_records_reason_and_chain(server, tokens, authorizer):
     assert r.reason == "out_of_scope"
     log_path = server.tmp / "data" / "decisions.jsonl"
 
-    def find():
+    def find(decision_id):
         for line in log_path.read_text().splitlines():
             ev = json.loads(line)
-            if ev["decision_id"] == r.decision_id:
+            if ev["decision_id"] == decision_id:
                 return ev
         return None
 
-    ev = wait_until(find, 10, "the decision in the log")
+    ev = wait_until(lambda: find(r.decision_id), 10, "the decision in the log")
     assert ev["reason"] == "out_of_scope" and ev["principal"] == 'Agent::"logged-helper"'
     assert ev["token"]["task"] == "task-log" and ev["token"]["chain"] == ["a1", "logged-helper"]
+    # A refused but authentic token (here: revoked) is logged with whose it was.
+    tokens.Revoke(tpb.RevokeRequest(task="task-log"), metadata=caller_metadata("admin"), timeout=10)
+    r = check(authorizer, child, "search")
+    ev = wait_until(lambda: find(r.decision_id), 10, "the decision in the log")
+    assert ev["reason"] == "task_revoked" and ev["principal"] == 'Agent::"logged-helper"'
+    assert ev["token"]["chain"] == ["a1", "logged-helper"]
     assert root not in log_path.read_text() and child not in log_path.read_text()  # never the tokens
