@@ -20,7 +20,7 @@ import jwt
 from authz.errors import AuthzError
 from authz.tokens.config import MAX_TTL_CEILING_S, TokenConfig
 from authz.tokens.revocation import RevocationError
-from authz.tokens.scope import Scope, ScopeError, scope_from_claim
+from authz.tokens.scope import ScopeError, scope_from_claim
 
 TOKEN_TYPE = "authz-task+jwt"
 ALGORITHM = "EdDSA"

@@ -2,7 +2,7 @@
 import itertools
 
 import pytest
-from conftest import Clock, Kit, make_index
+from tokenkit import Clock, Kit, make_index
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

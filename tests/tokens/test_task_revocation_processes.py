@@ -2,7 +2,7 @@
 import multiprocessing
 
 import pytest
-from conftest import Kit, make_index
+from tokenkit import Kit, make_index
 
 
 def _verifier_process(data_dir, db, conn):

@@ -5,7 +5,7 @@ import stat
 
 import jwt
 import pytest
-from conftest import Kit, allow, claims_for, forge, make_index
+from tokenkit import Kit, claims_for, forge, make_index
 
 from authz.tokens.issuer import Authorization
 from authz.tokens.keys import KEYSET, KeyStore, KeyStoreError, keys_dir, rotate_keys, thumbprint

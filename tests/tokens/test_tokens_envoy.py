@@ -4,7 +4,7 @@ import time
 
 import grpc
 import pytest
-from conftest import claims_for, forge
+from tokenkit import claims_for, forge
 from harness import POLICIES, AuthzServer, EchoUpstream, Envoy, caller_metadata, issue_token
 
 from authz._pb import tokens_pb2 as tpb

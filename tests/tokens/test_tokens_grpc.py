@@ -7,7 +7,7 @@ import time
 import grpc
 import jwt
 import pytest
-from conftest import claims_for, forge
+from tokenkit import claims_for, forge
 from harness import POLICIES, AuthzServer, caller_metadata, env_with_repo, wait_until
 
 from authz._pb import authz_pb2 as pb
