@@ -191,10 +191,14 @@ def _reject_constant(name):
     raise ValueError(f"`{name}` is not JSON")
 
 
+# Built once: json.loads with hooks would build a decoder per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def _decode_json(part: bytes, what: str) -> dict:
     raw = _b64decode(part, what)
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        doc = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise IdentityError(TOKEN_MALFORMED, f"the token's {what} is not a JSON object without duplicate members") from None
     if not isinstance(doc, dict):
