@@ -768,11 +768,14 @@ def _requests(src: ByteSource, family: str, ents, n_min=2, n_max=5):
 
 
 @st.composite
-def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, ids: bool = False):
-    """A differential case: {"policies": [text...], "ids": [id per policy], "entities": [...], "requests": [...]}.
+def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, ids: bool = False, split: bool = False):
+    """A differential case: {"policies": [text...], "ids": [id per policy], "entities": [...], "requests": [...],
+    "layout": [(policy file, number of policies)], "entity_split": N}.
 
     `ids` is the id authz must report for each policy: `@id` when the policy carries one
-    (drawn only when `ids=True`), else `policies.cedar:N`.
+    (drawn only when `ids=True`), else `FILE:N`. With `split`, half of the cases spread the
+    policies over policies.cedar + more.cedar and the entities over entities.json +
+    more.entities.json (the first `entity_split` entities in entities.json).
     """
     size = ByteSource.SIZE if max_policies <= 6 else ByteSource.SIZE + 150 * (max_policies - 6)
     src = ByteSource(draw(BYTES if size == ByteSource.SIZE else st.binary(min_size=size, max_size=size)))
@@ -781,15 +784,45 @@ def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, 
     pool = [u for u in uids if u[0] != ACTION_TYPE] + list(ALL_UIDS)
     g = ExprGen(src, family, uids=pool, existing=[u for u in uids if u[0] != ACTION_TYPE])
     n = g.num(0, max_policies) if g.chance(5) else g.num(1, max_policies)
-    pols, pids = [], []
+    pols, anns = [], []
     for k in range(n):
         ann = None
         if ids and g.chance(30):
             ann = "pol-%d" % k if g.chance(80) else "custom id %d" % k
         pols.append(g.policy(max_depth, annotation=ann))
-        pids.append(ann if ann is not None else "policies.cedar:%d" % k)
+        anns.append(ann)
     reqs = _requests(src, family, ents)
-    return {"policies": pols, "ids": pids, "entities": ents, "requests": reqs}
+    layout, entity_split = [(POLICY_FILE, n)], len(ents)
+    if split and g.chance(50):  # two policy files and two entity files
+        k = g.num(0, n)
+        layout = [(POLICY_FILE, k), (SECOND_POLICY_FILE, n - k)]
+        entity_split = g.num(0, len(ents))
+    pids = [ann if ann is not None else "%s:%d" % pos for ann, pos in zip(anns, _positions(layout))]
+    return {"policies": pols, "ids": pids, "entities": ents, "requests": reqs, "layout": layout, "entity_split": entity_split}
+
+
+def _positions(layout):
+    """(file, index in file) for each policy position of a layout [(file, count), ...]."""
+    return [(f, i) for f, count in layout for i in range(count)]
+
+
+def policy_files(case) -> list:
+    """[(file name, text)] as authz compiles them."""
+    out, pos = [], 0
+    for name, count in case.get("layout", [(POLICY_FILE, len(case["policies"]))]):
+        chunk = case["policies"][pos:pos + count]
+        pos += count
+        out.append((name, "\n\n".join(chunk) + ("\n" if chunk else "")))
+    return out
+
+
+def entity_files(case) -> list:
+    """[(file name, entities)] as authz compiles them."""
+    s = case.get("entity_split", len(case["entities"]))
+    files = [(ENTITY_FILE, case["entities"][:s])]
+    if s < len(case["entities"]) or len(case.get("layout", ())) > 1:
+        files.append((SECOND_ENTITY_FILE, case["entities"][s:]))
+    return files
 
 
 # --------------------------------------------------------------------------- invalid inputs
@@ -845,9 +878,10 @@ def invalid_entity_cases(draw):
         ents.append({"uid": {"type": "Action", "id": "zz"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]})
     elif m == "bad_uid":
         user["uid"] = {"type": "", "id": "a"}
-    pol = 'permit(principal, action, resource) when { principal has n };\nforbid(principal == User::"b", action, resource);'
+    pols = ['permit(principal, action, resource) when { principal has n };', 'forbid(principal == User::"b", action, resource);']
     reqs = [{"principal": 'User::"a"', "action": 'Action::"read"', "resource": 'Doc::"a"', "context": {}}]
-    return {"policies": [pol], "ids": ["policies.cedar:0", "policies.cedar:1"], "entities": ents, "requests": reqs, "mutation": m}
+    return {"policies": pols, "ids": ["policies.cedar:0", "policies.cedar:1"], "entities": ents, "requests": reqs, "mutation": m,
+            "layout": [(POLICY_FILE, 2)], "entity_split": len(ents)}
 
 
 # Uids in request form; cedarpy accepts some (escapes, odd but valid names) and rejects others.
@@ -901,6 +935,8 @@ _POLICY_REF = re.compile(r"^error while evaluating policy `([^`]*)`")
 
 POLICY_FILE = "policies.cedar"
 ENTITY_FILE = "entities.json"
+SECOND_POLICY_FILE = "more.cedar"
+SECOND_ENTITY_FILE = "more.entities.json"
 
 
 class NoDecision(Exception):
@@ -912,24 +948,48 @@ class NoDecision(Exception):
         super().__init__("%s: %s" % (kind, "; ".join(m[:300] for m in self.messages)))
 
 
-def policy_ids(text: str, file_name: str = POLICY_FILE) -> dict:
-    """cedarpy's positional ids (`policyK`) -> authz ids (`@id` or `FILE:K`)."""
+def policy_ids(text: str, layout=None) -> dict:
+    """cedarpy's positional ids (`policyK`) -> authz ids (`@id` or `FILE:N`).
+
+    `text` is all policy files concatenated in `layout` order ([(file name, policy count)];
+    default: everything in policies.cedar).
+    """
     est = json.loads(cedarpy.policies_to_json_str(text)) if text.strip() else {"staticPolicies": {}}
+    pols = est.get("staticPolicies", {})
+    positions = _positions(layout) if layout else [(POLICY_FILE, k) for k in range(len(pols))]
+    assert len(positions) == len(pols), "layout does not match the policy count"
     out = {}
-    for pid, pol in est.get("staticPolicies", {}).items():
+    for pid, pol in pols.items():
         k = int(pid[len("policy"):])
         ann = (pol.get("annotations") or {}).get("id")
-        out[pid] = ann if ann is not None else "%s:%d" % (file_name, k)
+        out[pid] = ann if ann is not None else "%s:%d" % positions[k]
     return out
+
+
+def combine(policy_files, entity_files):
+    """(all policy text, all entities, layout) for cedarpy, from authz's files [(name, text)], [(name, entities)]."""
+    text, layout = "", []
+    for name, t in policy_files:
+        try:
+            count = len(json.loads(cedarpy.policies_to_json_str(t))["staticPolicies"]) if t.strip() else 0
+        except ValueError:  # a parse error: cedarpy_outcomes reports NoDecision("policies")
+            count = 0
+        layout.append((name, count))
+        text += t if (not t or t.endswith("\n")) else t + "\n"
+    entities = [e for _, ents in entity_files for e in ents]
+    return text, entities, layout
 
 
 def outcome(decision: str, reasons, errors) -> dict:
     return {"decision": decision, "reasons": sorted(set(reasons)), "errors": sorted(set(errors))}
 
 
-def cedarpy_outcomes(text: str, entities, requests) -> list:
+def cedarpy_outcomes(text: str, entities, requests, layout=None) -> list:
     """One outcome dict per request, or a NoDecision instance where cedarpy gave no decision."""
-    ids = policy_ids(text)
+    try:
+        ids = policy_ids(text, layout)
+    except ValueError as exc:
+        return [NoDecision("policies", [str(exc)]) for _ in requests]
     ents = entities if isinstance(entities, str) else json.dumps(entities)
     try:
         results = cedarpy.is_authorized_batch(requests, text, ents)
@@ -973,7 +1033,7 @@ def decision_outcome(d) -> dict:
     return outcome(d.decision, list(d.policies), [e["policy"] for e in d.errors])
 
 
-def scenario_json(text: str, entities, requests, outcomes) -> str:
+def scenario_json(policy_files, entities, requests, outcomes) -> str:
     """A corpus scenario (tests/corpus format) for a case, with cedarpy's outcomes frozen in."""
     reqs = []
     for rq, oc in zip(requests, outcomes):
@@ -983,4 +1043,9 @@ def scenario_json(text: str, entities, requests, outcomes) -> str:
         else:
             item.update(oc)
         reqs.append(item)
-    return json.dumps({"policies": text, "entities": entities, "requests": reqs}, indent=1, ensure_ascii=False)
+    sc = {"policies": policy_files[0][1] if len(policy_files) == 1 and policy_files[0][0] == POLICY_FILE else None,
+          "entities": entities, "requests": reqs}
+    if sc["policies"] is None:
+        sc["policy_files"] = [list(pf) for pf in policy_files]
+        del sc["policies"]
+    return json.dumps(sc, indent=1, ensure_ascii=False)

@@ -20,13 +20,25 @@ class AuthzHarness:
         # semantic tests close the engine around each compile so they can still run.
         self.reopen = False
 
-    def load(self, policy_text: str, entities) -> None:
-        """Compile policies + entities; raises authz's CompileError when authz refuses them."""
+    def load(self, policies, entities) -> None:
+        """Compile a case; raises authz's CompileError when authz refuses it.
+
+        `policies`: Cedar text (written to policies.cedar) or [(file name, text)];
+        `entities`: a list / JSON text (written to entities.json) or [(file name, list)].
+        """
         from cedar_gen import ENTITY_FILE, POLICY_FILE
 
-        (self.src / POLICY_FILE).write_text(policy_text, encoding="utf-8")
-        ents = entities if isinstance(entities, str) else json.dumps(entities, ensure_ascii=False)
-        (self.src / ENTITY_FILE).write_text(ents, encoding="utf-8")
+        if isinstance(policies, str):
+            policies = [(POLICY_FILE, policies)]
+        if isinstance(entities, str) or not (entities and isinstance(entities[0], tuple)):
+            entities = [(ENTITY_FILE, entities)]
+        for old in self.src.iterdir():
+            old.unlink()
+        for name, text in policies:
+            (self.src / name).write_text(text, encoding="utf-8")
+        for name, ents in entities:
+            body = ents if isinstance(ents, str) else json.dumps(ents, ensure_ascii=False)
+            (self.src / name).write_text(body, encoding="utf-8")
         if self.engine is not None and self.reopen:
             self.engine.close()
             self.engine = None

@@ -4,6 +4,7 @@ Scenario format (after Cedar's own integration tests), one scenario per file:
 
     {"description": "...",
      "policies": "<cedar text, written to policies.cedar>",
+     (or "policy_files": [["policies.cedar", "<text>"], ["more.cedar", "<text>"]] for several files)
      "entities": [<Cedar JSON entities>],
      "compile_error": true,            # optional: cedarpy rejects the entities/policies, authz.compile must refuse
      "requests": [{"description": "...", "principal": ..., "action": ..., "resource": ..., "context": {...},
@@ -45,9 +46,16 @@ def _expected(req):
     return cg.outcome(req["decision"], req.get("reasons", []), req.get("errors", []))
 
 
+def _policy_files(sc):
+    if "policy_files" in sc:
+        return [tuple(pf) for pf in sc["policy_files"]]
+    return [(cg.POLICY_FILE, sc["policies"])]
+
+
 def _cedarpy(sc):
-    """cedarpy's answers: ("compile_error", kinds) or a list of outcome dicts / "error"."""
-    outs = cg.cedarpy_outcomes(sc["policies"], sc["entities"], _requests(sc))
+    """cedarpy's answers: "compile_error" or a list of outcome dicts / "error"."""
+    text, entities, layout = cg.combine(_policy_files(sc), [(cg.ENTITY_FILE, sc["entities"])])
+    outs = cg.cedarpy_outcomes(text, entities, _requests(sc), layout)
     refused = [o.kind for o in outs if isinstance(o, cg.NoDecision) and o.kind != "request"]
     if refused:
         return "compile_error"
@@ -73,9 +81,9 @@ def test_authz_agrees_with_corpus(path, authz_harness):
     sc = _load(path)
     if sc.get("compile_error"):
         with pytest.raises(CompileError):
-            authz_harness.load(sc["policies"], sc["entities"])
+            authz_harness.load(_policy_files(sc), sc["entities"])
         return
-    authz_harness.load(sc["policies"], sc["entities"])
+    authz_harness.load(_policy_files(sc), sc["entities"])
     failures = []
     for req in sc["requests"]:
         rq = {k: req[k] for k in REQ_KEYS if k in req}

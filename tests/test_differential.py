@@ -38,39 +38,46 @@ def _settings(n):
     )
 
 
-def _fail(why, text, entities, requests, expected, got=None):
-    msg = [why, "--- policies.cedar", text, "--- scenario (cedarpy's answers frozen; paste into tests/corpus/)"]
-    msg.append(cg.scenario_json(text, entities, requests, expected))
+def _fail(why, policy_files, entities, requests, expected, got=None):
+    msg = [why]
+    for name, text in policy_files:
+        msg += ["--- " + name, text]
+    msg.append("--- scenario (cedarpy's answers frozen; paste into tests/corpus/)")
+    msg.append(cg.scenario_json(policy_files, entities, requests, expected))
     if got is not None:
         msg.append("--- authz said")
         msg.append(repr(got))
     pytest.fail("\n".join(msg), pytrace=False)
 
 
-def check_case(h, text, entities, requests):
-    """Decide `requests` with cedarpy and authz; fail on any difference."""
+def check_case(h, policy_files, entity_files, requests):
+    """Decide `requests` with cedarpy and authz; fail on any difference.
+
+    policy_files: [(file name, Cedar text)]; entity_files: [(file name, entities)].
+    """
     from authz.errors import CompileError, RequestError
 
-    expected = cg.cedarpy_outcomes(text, entities, requests)
+    text, entities, layout = cg.combine(policy_files, entity_files)
+    expected = cg.cedarpy_outcomes(text, entities, requests, layout)
     refused = [e for e in expected if isinstance(e, cg.NoDecision) and e.kind != "request"]
     if refused:
         try:
-            h.load(text, entities)
+            h.load(policy_files, entity_files)
         except CompileError:
             return
         _fail("cedarpy rejects the %s (%s) but authz.compile accepted them" % (refused[0].kind, refused[0].messages[0][:400]),
-              text, entities, requests, expected)
+              policy_files, entities, requests, expected)
     try:
-        h.load(text, entities)
+        h.load(policy_files, entity_files)
     except CompileError as e:
-        _fail("authz.compile raised CompileError on input cedarpy accepts: %s" % e, text, entities, requests, expected)
+        _fail("authz.compile raised CompileError on input cedarpy accepts: %s" % e, policy_files, entities, requests, expected)
 
     good = [(r, e) for r, e in zip(requests, expected) if not isinstance(e, cg.NoDecision)]
     got = h.outcomes([r for r, _ in good])
     for (req, exp), out in zip(good, got):
         if exp != out:
             _fail("decision mismatch for request %r\n cedarpy: %r\n authz:   %r" % (req, exp, out),
-                  text, entities, requests, expected, got)
+                  policy_files, entities, requests, expected, got)
     for req, exp in zip(requests, expected):
         if isinstance(exp, cg.NoDecision):
             try:
@@ -78,7 +85,7 @@ def check_case(h, text, entities, requests):
             except RequestError:
                 continue
             _fail("cedarpy rejects request %r (%s) but authz decided %r" % (req, exp.messages[0][:300], d.decision),
-                  text, entities, requests, expected)
+                  policy_files, entities, requests, expected)
 
 
 def _family_test(h, family, name=None, **kw):
@@ -89,8 +96,7 @@ def _family_test(h, family, name=None, **kw):
     @given(case=cg.cases(family=family, **kw))
     def run(case):
         RAN[name] += 1
-        text = cg.policy_text(case)
-        check_case(h, text, case["entities"], case["requests"])
+        check_case(h, cg.policy_files(case), cg.entity_files(case), case["requests"])
 
     run()
     assert RAN[name] >= int(COUNTS[name] * SCALE)
@@ -113,8 +119,8 @@ def test_graph(authz_harness):
 
 
 def test_all(authz_harness):
-    """Everything mixed, with some `@id` annotations."""
-    _family_test(authz_harness, "all", ids=True)
+    """Everything mixed, with some `@id` annotations; half the cases spread over two policy and two entity files."""
+    _family_test(authz_harness, "all", ids=True, split=True)
 
 
 def test_scopes(authz_harness):
@@ -130,7 +136,7 @@ def test_invalid_entities(authz_harness):
     @given(case=cg.invalid_entity_cases())
     def run(case):
         RAN["invalid_entities"] += 1
-        check_case(authz_harness, cg.policy_text(case), case["entities"], case["requests"])
+        check_case(authz_harness, cg.policy_files(case), cg.entity_files(case), case["requests"])
 
     run()
     assert RAN["invalid_entities"] >= int(COUNTS["invalid_entities"] * SCALE)
@@ -159,10 +165,11 @@ def test_invalid_requests(authz_harness):
             except RequestError:
                 return
             _fail("cedarpy rejects request (%s) but authz decided %r" % (exp.messages[0][:300], d.decision),
-                  INVALID_REQ_POLICIES, INVALID_REQ_ENTITIES, [req], [exp])
+                  [(cg.POLICY_FILE, INVALID_REQ_POLICIES)], INVALID_REQ_ENTITIES, [req], [exp])
         out = cg.decision_outcome(authz_harness.check(req))
         if out != exp:
-            _fail("decision mismatch\n cedarpy: %r\n authz:   %r" % (exp, out), INVALID_REQ_POLICIES, INVALID_REQ_ENTITIES, [req], [exp], out)
+            _fail("decision mismatch\n cedarpy: %r\n authz:   %r" % (exp, out),
+                  [(cg.POLICY_FILE, INVALID_REQ_POLICIES)], INVALID_REQ_ENTITIES, [req], [exp], out)
 
     run()
     assert RAN["invalid_requests"] >= int(COUNTS["invalid_requests"] * SCALE)
