@@ -148,17 +148,31 @@ class Verifier:
         self.revocations = revocations
         self.clock = clock
         self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._last = ("", b"")  # (token, its cache key): routing then verifying hashes a token once
         self.hits = self.misses = 0
 
+    def _key(self, token: str) -> bytes:
+        last_token, last_key = self._last
+        if token is last_token:  # identity, not equality: no comparison with another caller's token
+            return last_key
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        self._last = (token, key)
+        return key
+
     def is_ours(self, token: str) -> bool:
-        """Whether the (unverified) token claims to be one of ours: `iss` is our issuer."""
+        """Whether the (unverified) token claims to be one of ours: `iss` is our issuer (a token in the
+        cache of verified tokens is ours without parsing it again)."""
+        if not isinstance(token, str) or len(token) > self.cfg.max_token_bytes:
+            return False
+        if self._key(token) in self._cache:
+            return True
         return peek_issuer(token, self.cfg.max_token_bytes) == self.cfg.issuer
 
     def verify(self, token: str, check_revocation: bool = True) -> VerifiedToken:
         """The VerifiedToken of `token`, or TokenError with the deny reason."""
         if not isinstance(token, str) or len(token) > self.cfg.max_token_bytes:
             raise TokenError("token_too_large", f"the token is longer than {self.cfg.max_token_bytes} bytes")
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        key = self._key(token)
         vt = self._cache.get(key)
         if vt is None:
             self.misses += 1

@@ -10,7 +10,7 @@ from authz.tokens.verify import TokenError
 
 MAX_DEPTH = 3
 ACTIONS = ["read", "write", "call"]
-IDS = ["".join(p) for n in range(5) for p in itertools.product("ab", repeat=n)]  # witnesses for short patterns
+IDS = ["".join(p) for n in range(5) for p in itertools.product("abc", repeat=n)]  # c: in no pattern
 pattern = st.text(alphabet="ab*", max_size=4)
 side = st.lists(pattern, max_size=3)
 step = st.fixed_dictionaries({
