@@ -84,6 +84,9 @@ def build_callers(cfg, tokens=None):
                  ", ".join(j.issuer or f"spiffe://{j.trust_domain}" for j in s.jwt),
                  f"required, trust domains [{', '.join(s.mtls.trust_domains)}]" if s.mtls else "off",
                  ", ".join(s.trusted_peps))
+        if s.trusted_peps and s.mtls is None:
+            log.warning("trusted_peps without [identity.mtls]: no caller can prove a PEP identity by certificate, "
+                        "so Envoy's source.principal is never trusted (authz.v1 PEPs may still use bearer tokens)")
     return callers
 
 
