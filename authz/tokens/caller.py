@@ -1,8 +1,9 @@
 """caller_identity: who is calling an authz.v1 RPC (the agent asking for, exchanging or revoking a token).
 
-Order: a resolver installed by the identity layer (verified bearer JWTs, trusted PEPs), then
-the mTLS peer's SPIFFE id, then, in development mode only (no identity configuration at
-all), an explicit `x-authz-caller` metadata value. None means unauthenticated.
+With the identity layer configured, its resolver decides alone (verified bearer JWTs, mTLS
+peers checked against the allowed trust domains). Without it: the mTLS peer's SPIFFE id,
+then, in development mode only (no identity configuration at all), an explicit
+`x-authz-caller` metadata value. None means unauthenticated.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def _valid(text) -> bool:
 def caller_identity(context) -> str | None:
     """The caller's verified identity, or (development mode) its declared one; None if unknown."""
     resolver = _state["resolver"]
-    if resolver is not None:
-        identity = resolver(context)
-        if identity is not None:
-            return identity if _valid(identity) else None
+    if resolver is not None:  # INVARIANT: no fallback, or a peer it refused would get in below
+        try:
+            identity = resolver(context)
+        except Exception:
+            return None
+        return identity if _valid(identity) else None
     try:
         auth = context.auth_context() or {}
     except Exception:
