@@ -206,7 +206,10 @@ class FileKeySet(KeySet):
         self._keys = parse_jwks(data, self.path, self.spiffe, self.trust_domain)
         self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         self.version += 1
-        log.info("key set `%s`: %d keys (%s)", self.path, len(self._keys), ", ".join(sorted(self._keys)[:20]))
+        if self._keys:
+            log.info("key set `%s`: %d keys (%s)", self.path, len(self._keys), ", ".join(sorted(self._keys)[:20]))
+        else:
+            log.warning("key set `%s` has no usable key: every token of its issuer is refused", self.path)
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the file if it changed and the check interval has passed (or `force`)."""
