@@ -176,6 +176,35 @@ def test_invalid_requests(authz_harness):
     DONE.add("invalid_requests")
 
 
+def test_generator_health():
+    """The generators make valid Cedar and a useful mix of outcomes (cedarpy only; no authz needed)."""
+    import collections
+    import json
+
+    import cedarpy
+
+    seen = collections.Counter()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=cg.cases(family="all", ids=True, split=True))
+    def run(case):
+        for _, text in cg.policy_files(case):
+            if text.strip():
+                cedarpy.policies_to_json_str(text)  # raises on invalid Cedar
+        text, entities, layout = cg.combine(cg.policy_files(case), cg.entity_files(case))
+        for out in cg.cedarpy_outcomes(text, entities, case["requests"], layout):
+            assert not isinstance(out, cg.NoDecision), out  # valid cases never get NoDecision
+            seen[out["decision"]] += 1
+            seen["with reasons"] += bool(out["reasons"])
+            seen["with errors"] += bool(out["errors"])
+        json.dumps(case)  # plain JSON data
+
+    run()
+    total = seen["allow"] + seen["deny"]
+    for key in ("allow", "deny", "with reasons", "with errors"):
+        assert seen[key] >= total // 20, (key, dict(seen))
+
+
 def test_compile_with_open_engine(tmp_path):
     """The API contract the harness relies on: compile a new generation while an Engine is open, refresh, see it."""
     authz = pytest.importorskip("authz")
