@@ -61,6 +61,9 @@ class Issuer:
     matched by the trust domain of their `sub` when no issuer matches their `iss`.
     `algorithms`: the allow-list, a subset of RS256/RS384/RS512/PS256/ES256/ES384/EdDSA.
     `types`: accepted `typ` values besides JWT and JOSE (compared case-insensitively).
+    `subject_trust_domains`: trust domains whose SPIFFE ids an OIDC issuer may assert as `sub`
+    (e.g. this service's own tokens for mTLS-proven agents); by default a `sub` that looks like
+    a SPIFFE id is refused unless the entry is that trust domain's (no workload impersonation).
     """
 
     keys: KeySet
@@ -70,6 +73,7 @@ class Issuer:
     algorithms: tuple = ALGORITHMS
     leeway_s: float = DEFAULT_LEEWAY_S
     types: tuple = ()
+    subject_trust_domains: tuple = ()
 
     def __post_init__(self):
         if not self.issuer and not self.trust_domain:
@@ -86,6 +90,7 @@ class Issuer:
         object.__setattr__(self, "audiences", tuple(self.audiences))
         object.__setattr__(self, "algorithms", frozenset(self.algorithms))
         object.__setattr__(self, "types", frozenset(DEFAULT_TYPES) | {t.lower() for t in self.types})
+        object.__setattr__(self, "subject_trust_domains", frozenset(self.subject_trust_domains))
 
     @property
     def name(self) -> str:
@@ -366,6 +371,14 @@ class JwtVerifier:
                 raise IdentityError(TOKEN_BAD_SUBJECT, f"`sub` of a JWT-SVID: {e}") from None
             check_trust_domain(sid, (entry.trust_domain,))
             trust_domain = sid.trust_domain
+        elif sub[:len(SCHEME_PREFIX)].lower() == SCHEME_PREFIX:
+            try:
+                sid = parse_spiffe_id(sub, require_path=True)
+            except IdentityError as e:
+                raise IdentityError(TOKEN_BAD_SUBJECT, f"`sub`: {e}") from None
+            if sid.trust_domain not in entry.subject_trust_domains:
+                raise IdentityError(TOKEN_BAD_SUBJECT, f"`{entry.name}` may not assert SPIFFE ids of "
+                                    f"`{sid.trust_domain}` (workload identities come from their trust domain)")
         vt = VerifiedToken(sub, iss if isinstance(iss, str) else entry.name, kid, alg, claims, exp,
                            trust_domain, entry, version)
         log.debug("token verified: sub=%s iss=%s kid=%s", _show(sub, 256), _show(vt.issuer, 256), _show(kid))

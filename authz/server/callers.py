@@ -55,7 +55,7 @@ def build_verifier(settings) -> JwtVerifier | None:
     if not settings.jwt:
         return None
     issuers = [Issuer(FileKeySet(j.jwks_file, trust_domain=j.trust_domain), j.audiences, j.issuer, j.trust_domain,
-                      j.algorithms or ALGORITHMS, j.leeway_s, j.types) for j in settings.jwt]
+                      j.algorithms or ALGORITHMS, j.leeway_s, j.types, j.subject_trust_domains) for j in settings.jwt]
     return JwtVerifier(issuers, settings.max_token_bytes, settings.token_cache_size)
 
 
@@ -202,7 +202,9 @@ class Callers:
             vt = self.verifier.verify(token)
         if vt is not None:
             identity = vt.subject
-            is_pep = identity in self.trusted_peps or self.is_trusted_pep(grpc_context)
+            # A token makes its subject a PEP only as a JWT-SVID (its SPIFFE id vouched for by the trust
+            # domain's bundle): an OIDC issuer's `sub` is whatever that issuer says.
+            is_pep = (bool(vt.trust_domain) and identity in self.trusted_peps) or self.is_trusted_pep(grpc_context)
             return Caller(identity, vt, is_pep)
         peer = self.peer_id(grpc_context)
         return Caller(peer, None, peer is not None and peer in self.trusted_peps)

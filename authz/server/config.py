@@ -205,7 +205,8 @@ def format_hostport(host: str, port: int) -> str:
 # -- [identity] ----------------------------------------------------------------------------------
 
 _IDENTITY_KEYS = {"jwt", "mtls", "trusted_peps", "max_token_bytes", "token_cache_size"}
-_JWT_KEYS = {"issuer", "trust_domain", "audiences", "jwks_file", "algorithms", "leeway_s", "types"}
+_JWT_KEYS = {"issuer", "trust_domain", "audiences", "jwks_file", "algorithms", "leeway_s", "types",
+             "subject_trust_domains"}
 _MTLS_KEYS = {"cert", "key", "client_ca", "trust_domains"}
 
 
@@ -220,6 +221,7 @@ class JwtIssuerSettings:
     algorithms: tuple = ()          # () = every allowed algorithm
     leeway_s: float = 30.0
     types: tuple = ()
+    subject_trust_domains: tuple = ()  # SPIFFE ids an issuer without `trust_domain` may assert as `sub`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,10 +327,14 @@ def parse_identity(doc) -> IdentitySettings:
         settings = JwtIssuerSettings(
             jwks_file=_readable(t.get("jwks_file"), f"{where}.jwks_file"),
             audiences=_strings(t.get("audiences"), f"{where}.audiences"), issuer=issuer, trust_domain=trust_domain,
-            algorithms=algorithms, leeway_s=float(leeway), types=_strings(t.get("types", []), f"{where}.types", True))
+            algorithms=algorithms, leeway_s=float(leeway), types=_strings(t.get("types", []), f"{where}.types", True),
+            subject_trust_domains=_strings(t.get("subject_trust_domains", []), f"{where}.subject_trust_domains", True))
+        for td in settings.subject_trust_domains:
+            if not is_trust_domain_name(td):
+                raise ConfigError(f"`{where}.subject_trust_domains`: `{td}` is not a trust domain name")
         try:
             Issuer(FileKeySet(settings.jwks_file, trust_domain=trust_domain), settings.audiences, issuer,
-                   trust_domain, algorithms, settings.leeway_s, settings.types)
+                   trust_domain, algorithms, settings.leeway_s, settings.types, settings.subject_trust_domains)
         except IdentityError as e:
             raise ConfigError(f"`{where}.jwks_file`: {e}") from None
         except ValueError as e:

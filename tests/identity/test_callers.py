@@ -220,3 +220,21 @@ def test_deferred_bearer_tokens_are_left_alone(tmp_path, keys):
     (r,) = c.bind_envoy(requests, req, FakeContext())
     assert r["context"]["http"]["headers"]["authorization"] == "Bearer task-token" and "jwt" not in r["context"]
     assert c.v1_caller(FakeContext(metadata=[("authorization", "Bearer task-token")])).principal is None
+
+
+def test_v1_pep_by_token_only_as_a_jwt_svid(tmp_path, keys):
+    oidc_path, bundle_path = tmp_path / "jwks.json", tmp_path / "bundle.json"
+    oidc_path.write_text(json.dumps(m.jwks(keys["ES256"])))
+    svid_key = m.SigningKey("ES256", "svid-1")
+    bundle_path.write_text(json.dumps(m.spiffe_bundle(svid_key)))
+    # Even an OIDC issuer allowed to assert SPIFFE ids does not make its subject a PEP.
+    settings = IdentitySettings(jwt=(JwtIssuerSettings(str(oidc_path), (m.AUDIENCE,), issuer=m.ISSUER,
+                                                       subject_trust_domains=(m.TRUST_DOMAIN,)),
+                                     JwtIssuerSettings(str(bundle_path), (m.AUDIENCE,), trust_domain=m.TRUST_DOMAIN)),
+                                trusted_peps=(PEP,))
+    c = Callers(settings)
+    oidc = keys["ES256"].sign(m.claims(sub=PEP))
+    svid = svid_key.sign(m.claims(sub=PEP, iss=None))
+    caller = c.v1_caller(FakeContext(metadata=[("authorization", f"Bearer {oidc}")]))
+    assert caller.identity == PEP and not caller.is_pep
+    assert c.v1_caller(FakeContext(metadata=[("authorization", f"Bearer {svid}")])).is_pep

@@ -169,6 +169,17 @@ def test_token_type(keys, clock):
     assert refused(v, keys["ES256"].sign(now_claims(clock), header={"typ": "id+jwt"})).code == "token_wrong_type"
 
 
+def test_oidc_issuer_cannot_assert_a_spiffe_id(verifier, keys, clock):
+    token = keys["ES256"].sign(now_claims(clock, sub=f"spiffe://{m.TRUST_DOMAIN}/ns/agents/sa/a1"))
+    e = refused(verifier, token)
+    assert e.code == "token_bad_subject" and "may not assert" in str(e)
+    allowed = JwtVerifier([Issuer(StaticKeySet(m.jwks(keys["ES256"])), (m.AUDIENCE,), issuer=m.ISSUER,
+                                  subject_trust_domains=(m.TRUST_DOMAIN,))], clock=clock)
+    assert allowed.verify(token).subject.startswith("spiffe://")
+    assert refused(allowed, keys["ES256"].sign(now_claims(clock, sub="spiffe://other.org/a"))).code \
+        == "token_bad_subject"
+
+
 def test_missing_exp(verifier, keys, clock):
     assert refused(verifier, keys["ES256"].sign(now_claims(clock, exp=None))).code == "token_missing_claim"
 
