@@ -237,8 +237,14 @@ class Callers:
                     out.append(Invalid(UNAUTHENTICATED, "no verified identity: present a bearer token or a client "
                                        "certificate", "principal", None, r.get("action"), r.get("resource")))
                     continue
+                try:
+                    ctx = self._own_context(r.get("context") or {}, caller)
+                except IdentityError as e:  # claims that cannot be a Cedar record
+                    out.append(Invalid(e.code, str(e), "authorization", caller.principal, r.get("action"),
+                                       r.get("resource")))
+                    continue
                 out.append({"principal": caller.principal, "action": r["action"], "resource": r["resource"],
-                            "context": self._own_context(r.get("context") or {}, caller)})
+                            "context": ctx})
                 continue
             if caller.is_pep or self._may_check_as(caller, p, decider, api, allowed_as):
                 out.append(r)  # INVARIANT: a PEP's (or CheckAs-permitted caller's) request is taken as given

@@ -238,3 +238,19 @@ def test_v1_pep_by_token_only_as_a_jwt_svid(tmp_path, keys):
     caller = c.v1_caller(FakeContext(metadata=[("authorization", f"Bearer {oidc}")]))
     assert caller.identity == PEP and not caller.is_pep
     assert c.v1_caller(FakeContext(metadata=[("authorization", f"Bearer {svid}")])).is_pep
+
+
+def test_claims_too_deep_for_a_cedar_record(callers, keys):
+    deep = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    token = keys["EdDSA"].sign(m.claims(sub="agent-9", deep=deep))
+    c = callers.v1_caller(FakeContext(metadata=[("authorization", f"Bearer {token}")]))
+    (r,) = callers.bind_v1([v1()], c, FakeDecider())
+    assert isinstance(r, Invalid) and r.code == "token_malformed"
+    requests, req = envoy_requests({"authorization": f"Bearer {token}"})
+    with pytest.raises(IdentityError) as info:
+        callers.bind_envoy(requests, req, FakeContext())
+    assert info.value.code == "token_malformed"
