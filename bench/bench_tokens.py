@@ -17,6 +17,8 @@ Rows, each timed call on its own with time.perf_counter_ns (p50 / p99 µs), GC o
   3. over gRPC (loopback, `authz serve --workers 1`, decision log off, one sync client):
        authz.v1 Check plain vs with a cached token vs a first-use token
 Ratios are against the plain row of the same group. Every loop is bounded in count and time.
+With the bundled policies a token decision also evaluates `delegated-research-reads`, which
+reads context.delegation: part of the difference is that policy's work, not the token's.
 """
 from __future__ import annotations
 
