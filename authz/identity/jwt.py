@@ -28,6 +28,8 @@ log = logging.getLogger("authz.identity")
 TOKEN_TOO_LARGE = "token_too_large"
 TOKEN_MALFORMED = "token_malformed"
 TOKEN_ALG_NOT_ALLOWED = "token_alg_not_allowed"
+TOKEN_ALG_NONE = "token_alg_none"        # an unsigned token (`alg: none`)
+TOKEN_ALG_HMAC = "token_alg_hmac"        # a symmetric algorithm: the HS256-with-a-public-key confusion attack
 TOKEN_HEADER_NOT_ALLOWED = "token_header_not_allowed"
 TOKEN_WRONG_TYPE = "token_wrong_type"
 TOKEN_UNKNOWN_KID = "token_unknown_kid"
@@ -309,6 +311,10 @@ class JwtVerifier:
         if not isinstance(alg, str):
             raise IdentityError(TOKEN_MALFORMED, "the token header has no `alg`")
         if alg not in ALGORITHM_KEYS:
+            if alg.lower() == "none":
+                raise IdentityError(TOKEN_ALG_NONE, "unsigned tokens (`none`) are never accepted")
+            if alg.upper().startswith("HS"):
+                raise IdentityError(TOKEN_ALG_HMAC, f"symmetric algorithm `{_show(alg)}` is never accepted")
             raise IdentityError(TOKEN_ALG_NOT_ALLOWED, f"algorithm `{_show(alg)}` is not allowed")
         for name in header:
             if name not in ALLOWED_HEADERS:

@@ -28,7 +28,8 @@ PRINCIPAL_NOT_ALLOWED = "principal_not_allowed"
 UNAUTHENTICATED = "unauthenticated"
 # Every deny reason this layer (and authz.identity) produces: decisions about identity, not malformed requests.
 IDENTITY_REASONS = frozenset({
-    "token_too_large", "token_malformed", "token_alg_not_allowed", "token_header_not_allowed", "token_wrong_type",
+    "token_too_large", "token_malformed", "token_alg_not_allowed", "token_alg_none", "token_alg_hmac",
+    "token_header_not_allowed", "token_wrong_type",
     "token_unknown_kid", "token_key_mismatch", "token_bad_signature", "token_missing_claim", "token_expired",
     "token_not_yet_valid", "token_wrong_issuer", "token_wrong_audience", "token_bad_subject",
     "spiffe_id_invalid", "untrusted_trust_domain", "peer_cert_invalid", "peer_cert_multiple_uris",
