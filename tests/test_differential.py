@@ -74,6 +74,11 @@ def check_case(h, policy_files, entity_files, requests):
 
     good = [(r, e) for r, e in zip(requests, expected) if not isinstance(e, cg.NoDecision)]
     got = h.outcomes([r for r, _ in good])
+    if good:  # Engine.check must agree with check_batch
+        single = cg.decision_outcome(h.check(good[-1][0]))
+        if single != got[-1]:
+            _fail("check and check_batch disagree on %r: %r vs %r" % (good[-1][0], single, got[-1]),
+                  policy_files, entities, requests, expected, got)
     for (req, exp), out in zip(good, got):
         if exp != out:
             _fail("decision mismatch for request %r\n cedarpy: %r\n authz:   %r" % (req, exp, out),
