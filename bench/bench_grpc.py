@@ -152,18 +152,21 @@ class Floor:
 
 
 class Authz:
-    """`authz serve` (python -m authz.server) with the bench policies."""
+    """`authz serve` (python -m authz.server) with the bench policies, or the bundled examples."""
 
-    def __init__(self, tmp, workers, decision_log=True):
+    def __init__(self, tmp, workers, decision_log=True, bench_policies=True):
         self.tmp, self.workers, self.decision_log = tmp, workers, decision_log
+        self.bench_policies = bench_policies
 
     def __enter__(self):
-        pol = self.tmp / "policies"
-        pol.mkdir(exist_ok=True)
-        (pol / "bench.cedar").write_text(POLICIES)
-        (pol / "entities.json").write_text(ENTITIES)
         args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", str(self.workers),
-                "--policies", str(pol), "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
+                "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
+        if self.bench_policies:
+            pol = self.tmp / "policies"
+            pol.mkdir(exist_ok=True)
+            (pol / "bench.cedar").write_text(POLICIES)
+            (pol / "entities.json").write_text(ENTITIES)
+            args += ["--policies", str(pol)]
         if not self.decision_log:
             args += ["--decision-log", ""]
         env = dict(os.environ, PYTHONPATH=str(ROOT))

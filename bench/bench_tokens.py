@@ -27,16 +27,15 @@ import gc
 import json
 import os
 import pathlib
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.bench_grpc import Authz  # noqa: E402  (`authz serve` as a subprocess, shared with bench_grpc)
 
 pc = time.perf_counter_ns
 EXAMPLES = ROOT / "authz" / "examples" / "policies"
@@ -166,57 +165,21 @@ def in_process(tmp, budget):
     return rows
 
 
-class Server:
-    """`authz serve` on the bundled examples, one worker, decision log off."""
-
-    def __init__(self, tmp):
-        self.tmp = tmp
-
-    def __enter__(self):
-        args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", "1",
-                "--data-dir", str(self.tmp / "srv"), "--decision-log", "", "--log-level", "warning"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        line = self.proc.stdout.readline().decode()
-        m = re.match(r"authz: serving on (\S+)", line)
-        if not m:
-            raise SystemExit(f"authz did not start: {line!r}")
-        self.address = m.group(1)
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(self.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True).status != 1:
-                if time.monotonic() > deadline:
-                    raise SystemExit("authz not serving")
-                time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def over_grpc(tmp, budget):
     import grpc
 
     from authz._pb import authz_pb2 as pb
     from authz._pb import authz_pb2_grpc as pbg
 
-    with Server(tmp) as srv, grpc.insecure_channel(srv.address) as ch:
+    with Authz(tmp, 1, decision_log=False, bench_policies=False) as srv, grpc.insecure_channel(srv.address) as ch:
         stub = pbg.AuthorizerStub(ch)
         action, resource = pb.EntityUid(type="Action", id="tools/call"), pb.EntityUid(type="Tool", id="docs.read")
         plain = pb.CheckRequest(principal=pb.EntityUid(type="Agent", id="researcher"), action=action,
                                 resource=resource)
         unbound = pb.CheckRequest(action=action, resource=resource)
-        [token] = forge_tokens(str(tmp / "srv"), 1)
+        [token] = forge_tokens(str(tmp / "data"), 1)
         md = (("authorization", f"Bearer {token}"),)
-        first_md = [((("authorization", f"Bearer {t}"),),) for t in forge_tokens(str(tmp / "srv"), budget["rpc_first_n"])]
+        first_md = [((("authorization", f"Bearer {t}"),),) for t in forge_tokens(str(tmp / "data"), budget["rpc_first_n"])]
         assert stub.Check(plain).decision == pb.DECISION_ALLOW
         assert stub.Check(unbound, metadata=md).decision == pb.DECISION_ALLOW
         for _ in range(budget["warm"] // 4):
