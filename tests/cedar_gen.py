@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import cedarpy
 from hypothesis import strategies as st
@@ -954,7 +955,7 @@ def policy_ids(text: str, layout=None) -> dict:
     `text` is all policy files concatenated in `layout` order ([(file name, policy count)];
     default: everything in policies.cedar).
     """
-    est = json.loads(cedarpy.policies_to_json_str(text)) if text.strip() else {"staticPolicies": {}}
+    est = _loads_deep(cedarpy.policies_to_json_str(text)) if text.strip() else {"staticPolicies": {}}
     pols = est.get("staticPolicies", {})
     positions = _positions(layout) if layout else [(POLICY_FILE, k) for k in range(len(pols))]
     assert len(positions) == len(pols), "layout does not match the policy count"
@@ -966,12 +967,22 @@ def policy_ids(text: str, layout=None) -> dict:
     return out
 
 
+def _loads_deep(s: str):
+    """json.loads that copes with deeply nested policy ESTs (e.g. `1 + 1 + ... + 1`)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20000))
+    try:
+        return json.loads(s)
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def combine(policy_files, entity_files):
     """(all policy text, all entities, layout) for cedarpy, from authz's files [(name, text)], [(name, entities)]."""
     text, layout = "", []
     for name, t in policy_files:
         try:
-            count = len(json.loads(cedarpy.policies_to_json_str(t))["staticPolicies"]) if t.strip() else 0
+            count = len(_loads_deep(cedarpy.policies_to_json_str(t))["staticPolicies"]) if t.strip() else 0
         except ValueError:  # a parse error: cedarpy_outcomes reports NoDecision("policies")
             count = 0
         layout.append((name, count))
