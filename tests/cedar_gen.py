@@ -956,14 +956,18 @@ def policy_ids(text: str, layout=None) -> dict:
     default: everything in policies.cedar).
     """
     est = _loads_deep(cedarpy.policies_to_json_str(text)) if text.strip() else {"staticPolicies": {}}
-    pols = est.get("staticPolicies", {})
+    pols = dict(est.get("staticPolicies", {}))
+    pols.update(est.get("templates", {}))  # templates take positions too (policyK counts every policy)
     positions = _positions(layout) if layout else [(POLICY_FILE, k) for k in range(len(pols))]
     assert len(positions) == len(pols), "layout does not match the policy count"
     out = {}
     for pid, pol in pols.items():
         k = int(pid[len("policy"):])
-        ann = (pol.get("annotations") or {}).get("id")
-        out[pid] = ann if ann is not None else "%s:%d" % positions[k]
+        anns = pol.get("annotations") or {}
+        if "id" in anns:  # a bare `@id` is `@id("")` (cedarpy's id_annotations_by_reason says so too)
+            out[pid] = anns["id"] if anns["id"] is not None else ""
+        else:
+            out[pid] = "%s:%d" % positions[k]
     return out
 
 
@@ -982,7 +986,8 @@ def combine(policy_files, entity_files):
     text, layout = "", []
     for name, t in policy_files:
         try:
-            count = len(_loads_deep(cedarpy.policies_to_json_str(t))["staticPolicies"]) if t.strip() else 0
+            est = _loads_deep(cedarpy.policies_to_json_str(t)) if t.strip() else {}
+            count = len(est.get("staticPolicies", {})) + len(est.get("templates", {}))
         except ValueError:  # a parse error: cedarpy_outcomes reports NoDecision("policies")
             count = 0
         layout.append((name, count))
