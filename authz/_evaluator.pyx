@@ -521,7 +521,7 @@ DEF UID_TAGS = 13
 DEF UID_ALIST = 17
 DEF UID_FIXED = 21
 DEF STACK_KEYS = 64
-DEF MAX_CONTEXT_DEPTH = 64
+DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
 

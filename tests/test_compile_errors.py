@@ -146,3 +146,22 @@ def test_bad_string_escape_points_at_the_escape(tmp_path):
     with pytest.raises(CompileError) as err:
         authz.compile([path], db=str(tmp_path / "db"))
     assert err.value.diagnostics == ["e.cedar:2:29: the input `\\q` is not a valid escape"]
+
+
+def test_brackets_nested_past_cedarpys_parser_are_refused_not_crashed(tmp_path):
+    # cedarpy's parser takes the whole process down near 680 levels; authz refuses before calling it.
+    deep = "[" * 600 + "]" * 600
+    path = write(tmp_path / "d.cedar", GOOD + f"permit(principal, action, resource) when {{ {deep} == [] }};\n")
+    with pytest.raises(CompileError) as err:
+        authz.compile([path], db=str(tmp_path / "db"))
+    (message,) = err.value.diagnostics
+    assert message.startswith("d.cedar:2:") and "nested too deeply" in message
+
+
+def test_long_expression_chains_compile_and_evaluate(tmp_path):
+    terms = 1500
+    path = write(tmp_path / "c.cedar", "permit(principal, action, resource) when { "
+                 + " + ".join(["1"] * terms) + f" == {terms} }};\n")
+    authz.compile([path], db=str(tmp_path / "db"))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        assert engine.check('A::"a"', 'A::"a"', 'A::"a"').policies == ["c.cedar:0"]

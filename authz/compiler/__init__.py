@@ -1,9 +1,11 @@
 """The compiler: Cedar sources and entity files -> one new generation of the LMDB policy index."""
 
 import os
+import sys
 
 from ..errors import CompileError
 from .encode import Symbols
+from .layout import MAX_EXPR_DEPTH
 from .entities import load_entities
 from .lower import PolicyLowering
 from .source import parse_alone, parse_policy_text
@@ -108,9 +110,21 @@ def compile_generation(srcs):
     return build_generation(records, ids, entities, symbols)
 
 
+# Deeply nested policies (long `+` chains, nested sets) become deeply nested JSON and recursion in
+# the lowering; the limit is raised while compiling so that what cedarpy parses, authz compiles.
+_COMPILE_RECURSION_LIMIT = 4 * MAX_EXPR_DEPTH + 1000
+
+
 def compile_sources(srcs, db):
     """Compiles `srcs` and publishes the result as the index's new current generation; returns its number."""
     if isinstance(srcs, (str, os.PathLike)):
         srcs = [srcs]
-    blob = compile_generation(srcs)
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, _COMPILE_RECURSION_LIMIT))
+    try:
+        blob = compile_generation(srcs)
+    except RecursionError:
+        raise CompileError(["policies nested too deeply to compile"]) from None
+    finally:
+        sys.setrecursionlimit(previous)
     return publish(os.fspath(db), blob)

@@ -66,8 +66,11 @@ EXTENSION_FUNCTIONS = {
     "toMinutes": (19, 1), "toHours": (20, 1), "toDays": (21, 1),
 }
 
-# The deepest expression nesting the compiler accepts (the evaluator recurses once per level).
-MAX_EXPR_DEPTH = 200
+# The deepest expression nesting the compiler accepts (the evaluator recurses once per level);
+# cedarpy's own evaluator gives up near 1,700.
+MAX_EXPR_DEPTH = 4000
+# Deepest nesting of ( [ { in policy text handed to cedarpy: its parser crashes the process near 680.
+MAX_TEXT_NESTING = 512
 
 # uid flags (a uid's flags byte; a type record's byte after its name holds the KEY_IS_* bits)
 UID_IS_ENTITY = 1

@@ -102,7 +102,9 @@ class PolicyLowering:
         if combined is not None:
             self._expr(out, combined, 0)
         U32.pack_into(out, at, len(out) - at - 4)
-        annotated = (est.get("annotations") or {}).get("id")
+        annotations = est.get("annotations") or {}
+        # A bare `@id` names the policy "", as cedarpy does.
+        annotated = (annotations["id"] or "") if "id" in annotations else None
         policy_id = None
         if isinstance(annotated, str):
             slot = literal_slot(annotated)

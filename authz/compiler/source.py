@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cedarpy
 
 from ..errors import CompileError
+from .layout import MAX_TEXT_NESTING
 
 # Strings, line comments and statement ends are all a statement splitter needs to know.
 _SPLIT_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|;')
@@ -176,9 +177,31 @@ def _parse_by_shape(statements):
     return [(order[k], tuple(values[at:at + n])) for k, at, n in per_statement]
 
 
+_NESTING_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|[\[({]|[\])}]')
+
+
+def _check_nesting(text, statements, file):
+    """Refuses text nested deeper than cedarpy's parser survives (it would take the process down)."""
+    for start, end, line, col, *_ in statements:
+        if end - start < 2 * MAX_TEXT_NESTING:  # too short to nest that deep
+            continue
+        depth = 0
+        for m in _NESTING_RE.finditer(text, start, end):
+            token = m.group()
+            if token in "([{":
+                depth += 1
+                if depth > MAX_TEXT_NESTING:
+                    line, col = _LineMap(text).locate(m.start())
+                    raise CompileError([f"{file}:{line}:{col}: expression nested too deeply "
+                                        f"(more than {MAX_TEXT_NESTING} levels of brackets)"])
+            elif token in ")]}":
+                depth -= 1
+
+
 def parse_policy_text(text, file):
     """Parses one file's Cedar text into PolicySources; raises CompileError naming every bad statement."""
     statements = scan_statements(text, placeholders=_SLOT_PREFIX not in text)
+    _check_nesting(text, statements, file)
     parsed = _parse_by_shape(statements)
     if parsed is not None:
         return _to_sources(parsed, statements, file, text)
