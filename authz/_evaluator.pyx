@@ -656,7 +656,7 @@ cdef class Generation:
         return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
 
     # -- symbols --
-    cdef Py_ssize_t uid_record(self, uint32_t idx) except -1:
+    cdef inline Py_ssize_t uid_record(self, uint32_t idx) except -1:
         if idx >= self.n_uids:
             raise IndexFormatError("uid index out of range")
         return self.u32(self.uids_off + 4 * <Py_ssize_t>idx)
@@ -825,7 +825,8 @@ cdef class Generation:
     # -- expressions --
     cdef object ev(self, Py_ssize_t* pos, Request r):
         cdef uint8_t op = self.u8(pos[0])
-        cdef uint32_t n, i
+        cdef uint8_t var, kind, fn
+        cdef uint32_t n, i, t
         cdef Py_ssize_t skip, kn, koff
         pos[0] += 1
         if op == OP_STR:
@@ -834,11 +835,11 @@ cdef class Generation:
         if op == OP_LIT:
             return self.decode(pos)
         if op == OP_VAR:
-            v = self.u8(pos[0])
+            var = self.u8(pos[0])
             pos[0] += 1
-            if v == 0: return r.principal
-            if v == 1: return r.action
-            if v == 2: return r.resource
+            if var == 0: return r.principal
+            if var == 1: return r.action
+            if var == 2: return r.resource
             if r.context is None:
                 r.context = to_value(self, r.raw_context, 0)
             return r.context
