@@ -1102,6 +1102,16 @@ cdef class Generation:
                         n += 1
         return n
 
+    cdef int all_keys_of(self, Uid u, uint8_t role, uint32_t** keys) except -1:
+        """keys_of into keys[0] (a STACK_KEYS buffer), or into a malloc'd one when there are more keys."""
+        cdef int n = self.keys_of(u, role, keys[0], STACK_KEYS)
+        if n > STACK_KEYS:
+            keys[0] = <uint32_t*>malloc(n * sizeof(uint32_t))
+            if keys[0] == NULL:
+                raise MemoryError()
+            self.keys_of(u, role, keys[0], n)
+        return n
+
     cdef Py_ssize_t pair_list(self, uint32_t pk, uint32_t rk) except -1:
         """Offset of the policy list filed under (pk, rk), or 0."""
         if self.pair_hash_size == 0:
@@ -1134,18 +1144,8 @@ cdef class Generation:
                 self.seen[i] = 0
             self.stamp = 1
         try:
-            np = self.keys_of(r.principal, KEY_IS_PRINCIPAL, pkeys, STACK_KEYS)
-            if np > STACK_KEYS:
-                pkeys = <uint32_t*>malloc(np * sizeof(uint32_t))
-                if pkeys == NULL:
-                    raise MemoryError()
-                self.keys_of(r.principal, KEY_IS_PRINCIPAL, pkeys, np)
-            nr = self.keys_of(r.resource, KEY_IS_RESOURCE, rkeys, STACK_KEYS)
-            if nr > STACK_KEYS:
-                rkeys = <uint32_t*>malloc(nr * sizeof(uint32_t))
-                if rkeys == NULL:
-                    raise MemoryError()
-                self.keys_of(r.resource, KEY_IS_RESOURCE, rkeys, nr)
+            np = self.all_keys_of(r.principal, KEY_IS_PRINCIPAL, &pkeys)
+            nr = self.all_keys_of(r.resource, KEY_IS_RESOURCE, &rkeys)
             n = self.add_list(self.all_list_off, out, 0, cap)
             # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)).
             for i in range(np):
