@@ -188,26 +188,8 @@ def _source(lines, reuse):
     return lambda i: loads(lines[i])
 
 
-def lat_authz(engine, lines, reuse, n_max, s_max, out):
-    check = engine.check
-    get = _source(lines, reuse)
-    m = len(lines)
-    deadline = pc() + int(s_max * 1e9)
-    i = 0
-    while i < n_max:
-        q = get(i % m)
-        p, a, r, c = q["principal"], q["action"], q["resource"], q["context"]
-        t0 = pc()
-        check(principal=p, action=a, resource=r, context=c)
-        t1 = pc()
-        out.append(t1 - t0)
-        i += 1
-        if t1 > deadline:
-            break
-
-
-def lat_floor(floor, lines, reuse, n_max, s_max, out):
-    check = floor.check
+def lat_check(check, lines, reuse, n_max, s_max, out):
+    """Times check(principal, action, resource, context) once per request (authz's and the floor's)."""
     get = _source(lines, reuse)
     m = len(lines)
     deadline = pc() + int(s_max * 1e9)
@@ -369,9 +351,9 @@ def run_size(n, budget: Budget, seed: int, workdir: str, log):
         i += 1
 
     # --- authz / floor latency, interleaved in rounds -------------------------------
-    lat_floor(floor, lines, reuse, budget.warm_n, 1.0, [])
+    lat_check(floor.check, lines, reuse, budget.warm_n, 1.0, [])
     if engine is not None:
-        lat_authz(engine, lines, reuse, budget.warm_n, 1.0, [])
+        lat_check(engine.check, lines, reuse, budget.warm_n, 1.0, [])
     a_lat, f_lat = [], []
     per_round_n = budget.lat_n // budget.rounds
     per_round_s = budget.lat_s / budget.rounds
@@ -383,8 +365,8 @@ def run_size(n, budget: Budget, seed: int, workdir: str, log):
         gc.disable()
         try:
             if engine is not None:
-                lat_authz(engine, tr, reuse, per_round_n, per_round_s, a_lat)
-            lat_floor(floor, tr, reuse, per_round_n, per_round_s, f_lat)
+                lat_check(engine.check, tr, reuse, per_round_n, per_round_s, a_lat)
+            lat_check(floor.check, tr, reuse, per_round_n, per_round_s, f_lat)
         finally:
             gc.enable()
     R["floor_n"] = len(f_lat)
