@@ -5,26 +5,24 @@ import sys
 
 from ..errors import CompileError
 from .encode import Symbols
-from .layout import MAX_EXPR_DEPTH
 from .entities import load_entities
+from .layout import MAX_EXPR_DEPTH
 from .lower import PolicyLowering
 from .source import parse_alone, parse_policy_text
+from .writer import build_generation, publish
 
 # A shape some of whose literals are not patchable holes: each such policy is lowered on its own.
 _SHAPE_FALLBACK = object()
 
 
 def _template_of(lowering, source):
+    """The shape's Template, or _SHAPE_FALLBACK if some literal of the shape has no hole to go into."""
     template = lowering.lower(source.est, source.where)
+    # Scope uids are holes too, so the holes and the annotated id account for every patched literal.
     used = {arg if kind else arg[1] for _, kind, arg in template.holes}
     if type(template.policy_id) is int:
         used.add(template.policy_id)
-    for key in template.keys.values():
-        for spec in (key[1] if key and key[0] == "uids" else (key[1],) if key and key[0] == "uid" else ()):
-            if type(spec) is tuple:
-                used.add(spec[1])
     return template if used == set(range(len(source.literals))) else _SHAPE_FALLBACK
-from .writer import build_generation, publish
 
 
 def is_entity_file(name):
