@@ -603,6 +603,9 @@ cdef class Generation:
         if self.pair_hash_size & (self.pair_hash_size - 1) or self.type_hash_size & (self.type_hash_size - 1) \
                 or self.uid_hash_size & (self.uid_hash_size - 1):
             raise IndexFormatError("hash table sizes must be powers of two")
+        # Every policy, uid, type and string has a u32 offset in the map, so none can outnumber its words.
+        if max(self.n_policies, self.n_uids, self.n_types, self.n_strings) > self.size // 4:
+            raise IndexFormatError("generation header counts exceed its size")
         self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
         if self.seen == NULL:
             raise MemoryError()
@@ -656,6 +659,12 @@ cdef class Generation:
         return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
 
     # -- symbols --
+    cdef inline str type_name(self, uint32_t t):
+        # INVARIANT: lists indexed with numbers read from the map are checked first (boundscheck is off).
+        if t >= self.n_types:
+            raise IndexFormatError("type index out of range")
+        return <str>self.type_names[t]
+
     cdef inline Py_ssize_t uid_record(self, uint32_t idx) except -1:
         if idx >= self.n_uids:
             raise IndexFormatError("uid index out of range")
@@ -668,7 +677,7 @@ cdef class Generation:
         cdef Py_ssize_t rec = self.uid_record(idx)
         cdef Uid u = Uid.__new__(Uid)
         u.type_idx = self.u32(rec)
-        u.type = self.type_names[u.type_idx]
+        u.type = self.type_name(u.type_idx)
         u.id = self.read_str_at(rec + UID_FIXED)
         u.idx = idx
         self.uid_objects[idx] = u
@@ -680,9 +689,12 @@ cdef class Generation:
         cdef uint64_t h = fnv1a(<const unsigned char*>p, n, FNV_OFFSET)
         cdef uint32_t mask = self.type_hash_size - 1, slot = h & mask, entry
         cdef Py_ssize_t soff, sn
+        cdef uint32_t probe
         if self.type_hash_size == 0:
             return -1
-        while True:
+        # INVARIANT: the compiler leaves at least half of every hash table empty, so a probe sequence
+        # ends; a damaged table that has no empty slot is refused instead of looping.
+        for probe in range(self.type_hash_size):
             entry = self.u32(self.type_hash_off + 4 * <Py_ssize_t>slot)
             if entry == 0:
                 return -1
@@ -690,6 +702,7 @@ cdef class Generation:
             if sn == n and memcmp(self.base + soff, p, n) == 0:
                 return entry - 1
             slot = (slot + 1) & mask
+        raise IndexFormatError("type hash table has no empty slot")
 
     cdef Uid resolve(self, str type_name, str uid_id):
         """The Uid for (type, id), interned if this generation knows it, else with idx -1."""
@@ -697,20 +710,22 @@ cdef class Generation:
         cdef const char* tp = PyUnicode_AsUTF8AndSize(type_name, &tn)
         cdef const char* ip = PyUnicode_AsUTF8AndSize(uid_id, &idn)
         cdef uint64_t h = uid_hash(<const unsigned char*>tp, tn, <const unsigned char*>ip, idn)
-        cdef uint32_t mask, slot, entry
+        cdef uint32_t mask, slot, entry, probe
         cdef Py_ssize_t rec
         cdef Uid u
         if self.uid_hash_size:
             mask = self.uid_hash_size - 1
             slot = h & mask
-            while True:
+            for probe in range(self.uid_hash_size + 1):
+                if probe == self.uid_hash_size:
+                    raise IndexFormatError("uid hash table has no empty slot")
                 entry = self.u32(self.uid_hash_off + 4 * <Py_ssize_t>slot)
                 if entry == 0:
                     break
                 rec = self.uid_record(entry - 1)
                 soff = self.str_span(rec + UID_FIXED, &sn)
                 if sn == idn and memcmp(self.base + soff, ip, idn) == 0:
-                    if <str>self.type_names[self.u32(rec)] == type_name:
+                    if self.type_name(self.u32(rec)) == type_name:
                         return self.uid_at(entry - 1)
                 slot = (slot + 1) & mask
         u = Uid.__new__(Uid)
@@ -922,7 +937,7 @@ cdef class Generation:
             pos[0] += 4
             if type(v) is not Uid:
                 type_error("entity", v)
-            return (<Uid>v).type == self.type_names[t]
+            return (<Uid>v).type == self.type_name(t)
         if op == OP_LIKE:
             v = self.ev(pos, r)
             n = self.u32(pos[0])
@@ -1119,8 +1134,8 @@ cdef class Generation:
         cdef uint32_t mask = self.pair_hash_size - 1
         cdef uint32_t slot = pair_hash_c(pk, rk) & mask
         cdef Py_ssize_t entry
-        cdef uint32_t lst
-        while True:
+        cdef uint32_t lst, probe
+        for probe in range(self.pair_hash_size):
             entry = self.pair_hash_off + 12 * <Py_ssize_t>slot
             lst = self.u32(entry + 8)
             if lst == 0:
@@ -1128,6 +1143,7 @@ cdef class Generation:
             if self.u32(entry) == pk and self.u32(entry + 4) == rk:
                 return lst
             slot = (slot + 1) & mask
+        raise IndexFormatError("pair hash table has no empty slot")
 
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
         """Candidate policies of a request (each once); returns how many there are, even past `cap`."""
