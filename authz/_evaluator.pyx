@@ -524,6 +524,7 @@ DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
+DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per generation
 
 
 @cython.final
@@ -578,6 +579,8 @@ cdef class Generation:
     cdef list policy_ids
     cdef list strings
     cdef dict uid_cache
+    cdef dict uid_by_type
+    cdef Py_ssize_t uid_by_type_n
 
     def __cinit__(self, buffer, number, owner=None):
         self.owner = owner
@@ -616,6 +619,7 @@ cdef class Generation:
         self.uid_objects = [None] * self.n_uids
         self.policy_ids = [None] * self.n_policies
         self.uid_cache = {}
+        self.uid_by_type = {}
         self.strings = [None] * self.n_strings
 
     def __dealloc__(self):
@@ -1338,6 +1342,30 @@ cdef tuple parse_uid_text(str s, str field):
     return type_part, value
 
 
+cdef Uid resolve_cached(Generation g, str t, str i, str field):
+    """g.resolve(t, i) through the per-generation cache of {type, id} uids (type -> id -> Uid);
+    a type name is validated once, when its first uid is cached."""
+    cdef dict by_id = g.uid_by_type.get(t)
+    if by_id is None:
+        if not valid_type_name(t):
+            raise RequestError(f"`{field}`: invalid entity type `{t[:100]}`")
+        if len(g.uid_by_type) >= UID_CACHE_TYPES:
+            g.uid_by_type.clear()
+            g.uid_by_type_n = 0
+        by_id = g.uid_by_type[t] = {}
+    cached = by_id.get(i)
+    if cached is not None:
+        return <Uid>cached
+    cdef Uid u = g.resolve(t, i)
+    if g.uid_by_type_n >= UID_CACHE_SIZE:
+        for d in g.uid_by_type.values():
+            (<dict>d).clear()
+        g.uid_by_type_n = 0
+    by_id[i] = u
+    g.uid_by_type_n += 1
+    return u
+
+
 cdef Uid to_uid(Generation g, object v, str field):
     if type(v) is str:
         cached = g.uid_cache.get(v)
@@ -1356,9 +1384,7 @@ cdef Uid to_uid(Generation g, object v, str field):
             t = v.get("type")
             i = v.get("id")
             if type(t) is str and type(i) is str:
-                if not valid_type_name(t):
-                    raise RequestError(f"`{field}`: invalid entity type `{t[:100]}`")
-                return g.resolve(t, i)
+                return resolve_cached(g, <str>t, <str>i, field)
     if isinstance(v, Uid):
         return g.resolve((<Uid>v).type, (<Uid>v).id)
     raise RequestError(f"`{field}`: expected an entity uid, got {type(v).__name__}")
