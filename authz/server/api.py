@@ -57,6 +57,13 @@ def _get(msg, name):
     return getattr(msg, name) if msg.HasField(name) else None
 
 
+_BAD = object()  # a part that cannot be converted: to_request says why
+
+
+def _uid_or_bad(msg):
+    return {"type": msg.type, "id": msg.id} if msg.type else _BAD
+
+
 def to_response(o, resp=None) -> authz_pb2.CheckResponse:
     """An Outcome as a CheckResponse (filled into `resp` when given, e.g. a repeated field's new element)."""
     if resp is None:
@@ -117,6 +124,56 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{o.code}: {o.message} (decision {o.decision_id})")
         return to_response(o)
 
+    def _batch_requests(self, request, principal_optional: bool) -> list:
+        """The engine request dicts of a BatchCheck, in item order; an item that cannot be built
+        is an Invalid naming its field. The batch's defaults are converted once, and a context
+        repeated across items once."""
+        defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
+        depth = self.max_context_depth
+        if not request.items:
+            try:
+                return [to_request(*defaults, "", depth, principal_optional=principal_optional)]
+            except RequestError as e:
+                return [Invalid("request_parse_error", str(e), "request")]
+        d_principal, d_action, d_resource = (_BAD if m is None else _uid_or_bad(m) for m in defaults[:3])
+        if defaults[0] is None and principal_optional:
+            d_principal = None
+        try:
+            d_context = {} if defaults[3] is None else from_struct(defaults[3], depth, "context")
+        except RequestError:
+            d_context = _BAD
+        cache: dict = {}
+        requests = []
+        add = requests.append
+        for i, item in enumerate(request.items):
+            has = item.HasField
+            principal = _uid_or_bad(item.principal) if has("principal") else d_principal
+            action = _uid_or_bad(item.action) if has("action") else d_action
+            resource = _uid_or_bad(item.resource) if has("resource") else d_resource
+            if has("context"):
+                key = item.context.SerializeToString()
+                context = cache.get(key)
+                if context is None:
+                    try:
+                        context = cache[key] = from_struct(item.context, depth, "context")
+                    except RequestError:
+                        context = _BAD
+            else:
+                context = d_context
+            if principal is _BAD or action is _BAD or resource is _BAD or context is _BAD:
+                # The slow path names the offending field exactly as a single Check would.
+                parts = [getattr(item, k) if has(k) else defaults[n]
+                         for n, k in enumerate(("principal", "action", "resource", "context"))]
+                field = f"items[{i}]."
+                try:
+                    add(to_request(*parts, field, depth, principal_optional=principal_optional))
+                except RequestError as e:
+                    add(Invalid("request_parse_error", str(e), field.rstrip(".")))
+                continue
+            # INVARIANT: the engine only reads requests, so items may share one converted part.
+            add({"principal": principal, "action": action, "resource": resource, "context": context})
+        return requests
+
     async def BatchCheck(self, request, context):  # noqa: N802 - gRPC method name
         n = len(request.items)
         if n > self.max_batch_size:
@@ -126,23 +183,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {request.semantic}")
         token = self.tokens.v1_token(context) if self.tokens is not None else None
         caller = self._caller(context, token)
-        defaults = [_get(request, k) for k in ("principal", "action", "resource", "context")]
-        items = request.items or [None]
-        requests = []
-        cache: dict = {}
-        for i, item in enumerate(items):
-            parts = list(defaults)
-            field = ""
-            if item is not None:
-                field = f"items[{i}]."
-                for k, name in enumerate(("principal", "action", "resource", "context")):
-                    if item.HasField(name):
-                        parts[k] = getattr(item, name)
-            try:
-                requests.append(to_request(*parts, field, self.max_context_depth, cache,
-                                           principal_optional=token is not None or caller is not None))
-            except RequestError as e:
-                requests.append(Invalid("request_parse_error", str(e), field.rstrip(".") or "request"))
+        requests = self._batch_requests(request, principal_optional=token is not None or caller is not None)
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)
         if self.tokens is not None:

@@ -1,7 +1,6 @@
 """Decider: the one place servers ask the engine; adds decision ids, fail-closed outcomes, the log and metrics."""
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -80,7 +79,7 @@ class Decider:
         self.last_error = ""
         self._engine_factory = engine_factory
         self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
+        self._seq = 0  # the last decision id's sequence number
 
     def open_engine(self) -> bool:
         """Try to open the index; True once it is open."""
@@ -114,7 +113,8 @@ class Decider:
 
     def next_id(self) -> str:
         """A decision id unique across workers and restarts."""
-        return f"{self._prefix}{next(self._counter):010x}"
+        self._seq += 1
+        return f"{self._prefix}{self._seq:010x}"
 
     def decide_one(self, request: dict, api: str) -> Outcome:
         """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path)."""
@@ -129,7 +129,8 @@ class Decider:
             return self.decide([request], api)[0]  # the general path classifies and logs the failure
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
         latency_ns = time.perf_counter_ns() - t0
-        did = f"{self._prefix}{next(self._counter):010x}"
+        self._seq += 1
+        did = f"{self._prefix}{self._seq:010x}"
         o = Outcome(did, d.allowed, d.policies, d.errors, generation)
         decision = ALLOW if o.allowed else DENY
         self.metrics.decision(api, decision, latency_ns / 1e9)
@@ -148,84 +149,100 @@ class Decider:
         """
         t0 = time.perf_counter_ns()
         n = len(requests)
+        # results[i]: the engine's Decision, or (code, message, field) when there is none
         results: list = [None] * n
-        valid = [i for i, r in enumerate(requests) if not isinstance(r, Invalid)]
+        valid = []
         for i, r in enumerate(requests):
-            if isinstance(r, Invalid):
-                results[i] = (None, r.code, r.message, r.field)
+            if type(r) is Invalid:
+                results[i] = (r.code, r.message, r.field)
+            else:
+                valid.append(i)
         if valid:
             engine = self.engine  # INVARIANT: opened by the worker's background task, never on the request path
             if engine is None:
                 for i in valid:
-                    results[i] = (None, "index_unavailable", "no policy index is loaded", "")
+                    results[i] = ("index_unavailable", "no policy index is loaded", "")
             else:
                 self._evaluate(engine, requests, valid, results)
         # INVARIANT: single-threaded per worker, so the engine cannot switch generations between
         # the evaluation above and this read.
         generation = self.generation
         if stop_on is not None:
-            for k, (d, _, _, _) in enumerate(results):
-                allowed = d is not None and bool(d.allowed)
-                if allowed == (stop_on == ALLOW):
+            want = stop_on == ALLOW
+            for k, d in enumerate(results):
+                if (type(d) is not tuple and d.allowed) == want:
                     del results[k + 1:]
                     break
         latency_ns = time.perf_counter_ns() - t0
-        per_item_s = latency_ns / n / 1e9 if n else 0.0
+        first = self._seq + 1
+        self._seq += len(results)
+        prefix = self._prefix
         outcomes = []
-        record = self.decision_log.record if self.decision_log is not None else None
-        for i, (d, code, message, field) in enumerate(results):
-            did = self.next_id()
-            if d is not None:
-                o = Outcome(did, bool(d.allowed), d.policies, d.errors, generation)
+        add = outcomes.append
+        metrics = self.metrics if self.metrics.enabled else None
+        events = [] if self.decision_log is not None else None
+        for i, d in enumerate(results):
+            did = f"{prefix}{first + i:010x}"
+            if type(d) is not tuple:
+                o = Outcome(did, d.allowed, d.policies, d.errors, generation)
+                code = None
             else:
-                o = Outcome(did, False, (), (), generation, code, message, field)
-                self.metrics.request_error(api, code)
-            outcomes.append(o)
-            self.metrics.decision(api, o.decision, per_item_s)
-            if record is not None:
+                code = d[0]
+                o = Outcome(did, False, (), (), generation, code, d[1], d[2])
+                if metrics is not None:
+                    metrics.request_error(api, code)
+            add(o)
+            if events is not None:
                 r = requests[i]
-                if isinstance(r, Invalid):
-                    p, a, res, tok = r.principal, r.action, r.resource, r.token
+                if type(r) is Invalid:
+                    events.append((did, r.principal, r.action, r.resource, o.decision, o.policies, o.errors,
+                                   code, r.token))
                 else:
-                    p, a, res, tok = r.get("principal"), r.get("action"), r.get("resource"), token_of(r)
-                record(did, api, p, a, res, o.decision, o.policies, o.errors, latency_ns, generation, code, tok)
+                    ctx = r.get("context")
+                    events.append((did, r.get("principal"), r.get("action"), r.get("resource"),
+                                   ALLOW if o.allowed else DENY, o.policies, o.errors, code,
+                                   token_of(r) if ctx and "delegation" in ctx else None))
+        if metrics is not None:
+            per_item_s = latency_ns / n / 1e9 if n else 0.0
+            for o in outcomes:
+                metrics.decision(api, o.decision, per_item_s)
+        if events:
+            self.decision_log.record_batch(api, latency_ns, generation, events)
         return outcomes
 
     def _evaluate(self, engine, requests, valid, results):
-        """Fill results[i] = (decision, None, "", "") or an error tuple for each valid index."""
+        """Fill results[i] with the Decision, or (code, message, field) when there is none, for each valid index."""
         try:
             if len(valid) == 1:
                 r = requests[valid[0]]
-                results[valid[0]] = (engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
-                             context=r.get("context") or {}),
-                                     None, "", "")
+                results[valid[0]] = engine.check(principal=r["principal"], action=r["action"],
+                                                 resource=r["resource"], context=r.get("context") or {})
                 return
             decisions = engine.check_batch([requests[i] for i in valid])
             for i, d in zip(valid, decisions):
-                results[i] = (d, None, "", "")
+                results[i] = d
             return
         except RequestError as e:
             if len(valid) == 1:
-                results[valid[0]] = (None, "request_parse_error", str(e), "")
+                results[valid[0]] = ("request_parse_error", str(e), "")
                 return
         except IndexUnavailableError as e:
             for i in valid:
-                results[i] = (None, "index_unavailable", str(e), "")
+                results[i] = ("index_unavailable", str(e), "")
             return
         except Exception:
             log.exception("engine failure; denying")
             for i in valid:
-                results[i] = (None, "internal_error", "internal error", "")
+                results[i] = ("internal_error", "internal error", "")
             return
         # A malformed item made the batch fail: decide item by item to pin it down.
         for i in valid:
             r = requests[i]
             try:
-                results[i] = (engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
-                             context=r.get("context") or {}),
-                              None, "", "")
+                results[i] = engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
+                                          context=r.get("context") or {})
             except RequestError as e:
-                results[i] = (None, "request_parse_error", str(e), "")
+                results[i] = ("request_parse_error", str(e), "")
             except Exception:
                 log.exception("engine failure; denying")
-                results[i] = (None, "internal_error", "internal error", "")
+                results[i] = ("internal_error", "internal error", "")

@@ -45,24 +45,33 @@ def _quid(uid) -> str:
 class DecisionLog:
     """Appends decision events to a JSONL file off the request path.
 
-    `record()` only appends a tuple to a bounded deque (no I/O, no formatting); a daemon
-    thread formats and writes them in batches with one O_APPEND write each, so several
-    worker processes can share one file without interleaving lines. When the queue is
-    full new events are dropped and counted (`dropped`) rather than growing memory.
+    `record()` and `record_batch()` only append to a bounded deque (no I/O, no formatting);
+    a daemon thread formats and writes them in chunks with one O_APPEND write each, so
+    several worker processes can share one file without interleaving lines. When the queue
+    holds `max_queue` events new ones are dropped and counted (`dropped`) rather than
+    growing memory.
     """
 
     FIELDS = ("decision_id", "time", "api", "principal", "action", "resource", "decision",
               "policies", "errors", "latency_us", "generation", "reason")
+    _MEMO_MAX = 4096  # quoted uids / policy ids remembered by the writer thread
 
     def __init__(self, path: str, max_queue: int = 10000, flush_interval_s: float = 0.05, on_drop=None):
         self.path = path
         self.max_queue = max_queue
         self.dropped = 0
         self.written = 0
+        # Each queued item is one batch: (time, api, latency_ns, generation, events); an event is
+        # (decision_id, principal, action, resource, decision, policies, errors, reason, token).
         self._queue: collections.deque = collections.deque()
+        # Events queued minus events taken: each counter has one writer thread, so no lock is needed.
+        self._queued_in = 0
+        self._queued_out = 0
         self._interval = flush_interval_s
         self._on_drop = on_drop
         self._stop = threading.Event()
+        self._uid_memo: dict = {}
+        self._str_memo: dict = {}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -71,13 +80,27 @@ class DecisionLog:
     def record(self, decision_id, api, principal, action, resource, decision, policies, errors,
                latency_ns, generation, reason, token=None):
         """Queue one event; never blocks, never raises. `token`: (jti, task, chain) of a task token."""
-        if len(self._queue) >= self.max_queue:
-            self.dropped += 1
+        self.record_batch(api, latency_ns, generation,
+                          [(decision_id, principal, action, resource, decision, policies, errors, reason, token)])
+
+    def record_batch(self, api, latency_ns, generation, events):
+        """Queue the events of one batch, which share the time, `api`, latency and generation.
+
+        Each event is (decision_id, principal, action, resource, decision, policies, errors,
+        reason, token). Events beyond the queue's room are dropped and counted.
+        """
+        room = self.max_queue - (self._queued_in - self._queued_out)
+        if room < len(events):
+            lost = len(events) - max(room, 0)
+            self.dropped += lost
             if self._on_drop is not None:
-                self._on_drop()
-            return
-        self._queue.append((decision_id, time.time(), api, principal, action, resource, decision,
-                            policies, errors, latency_ns, generation, reason, token))
+                for _ in range(lost):
+                    self._on_drop()
+            if room <= 0:
+                return
+            events = events[:room]
+        self._queued_in += len(events)
+        self._queue.append((time.time(), api, latency_ns, generation, events))
 
     def _run(self):
         while not self._stop.wait(self._interval):
@@ -88,10 +111,12 @@ class DecisionLog:
         lines = []
         queue = self._queue
         while queue:
+            batch = queue.popleft()
+            self._queued_out += len(batch[4])
             try:
-                lines.append(self._format(queue.popleft()))
-            except Exception:  # one bad event must not stop the log
-                log.exception("cannot format a decision event")
+                self._format_batch(batch, lines)
+            except Exception:  # one bad batch must not stop the log
+                log.exception("cannot format decision events")
             if len(lines) >= 200:
                 self._write(lines)
                 lines = []
@@ -102,22 +127,55 @@ class DecisionLog:
     _second = -1
     _second_text = ""
 
-    def _format(self, ev) -> str:
-        (decision_id, t, api, principal, action, resource, decision, policies, errors,
-         latency_ns, generation, reason, token) = ev
-        # Hand-assembled JSON: this runs once per decision, json.dumps of a dict costs twice as much.
-        line = (f'{{"decision_id":{_q(decision_id)},"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z",'
-                f'"api":{_q(api)},"principal":{_quid(principal)},"action":{_quid(action)},'
-                f'"resource":{_quid(resource)},"decision":{_q(decision)},'
-                f'"policies":[{",".join(map(_q, policies))}],'
-                f'"errors":{json.dumps(list(errors), ensure_ascii=False, default=str) if errors else "[]"},'
-                f'"latency_us":{round(latency_ns / 1000, 1)},"generation":{int(generation or 0)}')
-        if reason:
-            line += f',"reason":{_q(reason)}'
-        if token is not None:  # the token's id, task and delegation chain; never the token itself
-            jti, task, chain = token
-            line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
-        return line + "}\n"
+    def _format_batch(self, batch, lines):
+        """Append one JSON line per event of `batch` to `lines`.
+
+        Hand-assembled JSON: this runs once per decision and json.dumps of a dict costs several
+        times as much. What the events of a batch share is formatted once.
+        """
+        t, api, latency_ns, generation, events = batch
+        tenths = (int(latency_ns) + 50) // 100
+        shared = (f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},')
+        tail = f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{int(generation or 0)}'
+        quid, qstr = self._quid, self._qstr
+        append = lines.append
+        for decision_id, principal, action, resource, decision, policies, errors, reason, token in events:
+            line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
+                    f'"action":{quid(action)},"resource":{quid(resource)},"decision":{qstr(decision)},'
+                    f'"policies":[{",".join(map(qstr, policies))}],'
+                    f'"errors":{json.dumps(list(errors), ensure_ascii=False, default=str) if errors else "[]"},'
+                    f'{tail}')
+            if reason:
+                line += f',"reason":{qstr(reason)}'
+            if token is not None:  # the token's id, task and delegation chain; never the token itself
+                jti, task, chain = token
+                line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
+            append(line + "}\n")
+
+    def _quid(self, uid) -> str:
+        """_quid(uid), remembered for {type, id} dicts of strings."""
+        if type(uid) is not dict:
+            return _quid(uid)
+        key = (uid.get("type"), uid.get("id"))
+        if type(key[0]) is not str or type(key[1]) is not str:
+            return _quid(uid)
+        text = self._uid_memo.get(key)
+        if text is None:
+            if len(self._uid_memo) >= self._MEMO_MAX:
+                self._uid_memo.clear()
+            text = self._uid_memo[key] = _quid(uid)
+        return text
+
+    def _qstr(self, value) -> str:
+        """_q(value), remembered for strings (decision ids are not: each is new)."""
+        text = self._str_memo.get(value) if type(value) is str else None
+        if text is None:
+            text = _q(value)
+            if type(value) is str and len(value) < 128:
+                if len(self._str_memo) >= self._MEMO_MAX:
+                    self._str_memo.clear()
+                self._str_memo[value] = text
+        return text
 
     def _time_text(self, t: float) -> str:
         second = int(t)

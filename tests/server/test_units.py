@@ -188,6 +188,26 @@ def test_decision_log_writes_and_drops(tmp_path):
     assert lines[0]["errors"] == [{"policy": "q", "message": "m"}] and lines[0]["generation"] == 7
 
 
+def test_decision_log_batch_shares_fields_and_drops_past_the_bound(tmp_path):
+    path = tmp_path / "log.jsonl"
+    drops = []
+    log = DecisionLog(str(path), max_queue=4, flush_interval_s=3600, on_drop=lambda: drops.append(1))
+    agent, act = {"type": "Agent", "id": "a"}, {"type": "Action", "id": "call"}
+    events = [(f"d{i}", agent, act, {"type": "Tool", "id": f"t{i}"}, "allow", [f"p{i}"], [], None, None)
+              for i in range(3)]
+    log.record_batch("v1", 2_050, 9, events)
+    log.record_batch("v1", 100, 9, [("d3", agent, act, None, "deny", [], [], "request_parse_error", None),
+                                    ("d4", agent, act, None, "deny", [], [], "request_parse_error", None)])
+    assert log.dropped == 1 and len(drops) == 1  # room for one of the second batch's two
+    log.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["decision_id"] for x in lines] == ["d0", "d1", "d2", "d3"]
+    assert {x["time"] for x in lines[:3]} == {lines[0]["time"]} and lines[0]["latency_us"] == 2.1
+    assert [x["resource"] for x in lines[:3]] == ['Tool::"t0"', 'Tool::"t1"', 'Tool::"t2"']
+    assert lines[2]["policies"] == ["p2"] and lines[2]["generation"] == 9 and "reason" not in lines[2]
+    assert lines[3]["resource"] is None and lines[3]["reason"] == "request_parse_error"
+
+
 # -- policy watcher ------------------------------------------------------------------------------
 
 
