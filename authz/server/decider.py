@@ -80,6 +80,7 @@ class Decider:
         self._engine_factory = engine_factory
         self._prefix = os.urandom(6).hex()
         self._seq = 0  # the last decision id's sequence number
+        self.last_request_ns = 0  # perf_counter_ns when the last request came to decide (drain waits on it)
 
     def open_engine(self) -> bool:
         """Try to open the index; True once it is open."""
@@ -121,7 +122,7 @@ class Decider:
         engine = self.engine
         if engine is None:
             return self.decide([request], api)[0]
-        t0 = time.perf_counter_ns()
+        t0 = self.last_request_ns = time.perf_counter_ns()
         try:
             d = engine.check(principal=request["principal"], action=request["action"],
                              resource=request["resource"], context=request.get("context") or {})
@@ -147,7 +148,7 @@ class Decider:
         With `stop_on` ("allow" or "deny") the outcomes end at the first one with that decision
         (an undecidable request counts as a deny); only returned outcomes are logged.
         """
-        t0 = time.perf_counter_ns()
+        t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         # results[i]: the engine's Decision, or (code, message, field) when there is none
         results: list = [None] * n

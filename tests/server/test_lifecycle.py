@@ -93,6 +93,57 @@ def test_metrics_decision_log_and_sigterm_drain(tmp_path, policies_dir):
     assert e["generation"] == 1 and e["latency_us"] > 0 and e["time"].endswith("Z")
 
 
+def test_sigterm_lets_in_flight_rpcs_finish(tmp_path, policies_dir):
+    """RPCs the worker has already taken when SIGTERM arrives are answered in full during the drain."""
+    import signal
+    import threading
+    import time
+
+    from google.protobuf import struct_pb2
+
+    server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(policies_dir), "--workers", "1",
+                                    "--data-dir", str(tmp_path / "data"), "--drain", "20"]).start()
+    ctx = struct_pb2.Struct()
+    ctx.update({"http": {"path": "/x", "headers": {f"h{k}": "v" * 40 for k in range(40)}}})
+    batch = pb.BatchCheckRequest(**CALL)
+    for i in range(1000):  # distinct contexts: each item is converted, so one RPC takes a while
+        item = batch.items.add(context=ctx)
+        item.context.update({"i": i})
+    n_rpcs = 12
+    done, sigterm_at = [], []
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthorizerStub(ch)
+            stub.Check(pb.CheckRequest(**CALL), timeout=10)  # connected and serving
+            futures = [stub.BatchCheck.future(batch, timeout=60) for _ in range(n_rpcs)]
+
+            lock = threading.Lock()
+
+            def on_done(_future):
+                with lock:
+                    done.append(time.monotonic())
+                    if len(done) == 1:  # the worker is busy with the rest: stop it now
+                        sigterm_at.append(time.monotonic())
+                        server.proc.send_signal(signal.SIGTERM)
+
+            for f in futures:
+                f.add_done_callback(on_done)
+            results = []
+            for f in futures:
+                try:
+                    results.append(len(f.result().results))
+                except grpc.RpcError as e:
+                    results.append(e.code())
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    assert sigterm_at, "no RPC finished"
+    finished_after = [t for t in done if t > sigterm_at[0]]
+    # Every RPC was answered in full (1000 results), including those still running or queued at SIGTERM.
+    assert results == [1000] * n_rpcs, results
+    assert len(finished_after) >= 2, "SIGTERM came after the RPCs were answered: the test proves nothing"
+
+
 def test_config_file_and_flag_override(tmp_path, policies_dir):
     cfg = tmp_path / "authz.toml"
     cfg.write_text(f'''
