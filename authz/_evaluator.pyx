@@ -22,14 +22,26 @@ cdef extern from "Python.h":
 # ---- layout constants (mirror of authz/compiler/layout.py) ----
 MAGIC = b"AUTHZGEN"
 cdef bytes MAGIC_C = MAGIC
-DEF FORMAT_VERSION_C = 1
+DEF FORMAT_VERSION_C = 2
 FORMAT_VERSION = FORMAT_VERSION_C
-DEF N_HEADER = 16
+DEF N_HEADER = 20
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
 DEF TYPE_KEY = 0x80000000     # index keys: a uid index, TYPE_KEY | a type index, or ANY_KEY
 DEF ANY_KEY = 0xFFFFFFFF
 DEF KEY_IS_PRINCIPAL = 2      # flags: the key is used as a principal / resource key in the index
 DEF KEY_IS_RESOURCE = 4
+# A key's partner masks (u64): as a principal key, the OR of key_bit(rk) over the resource keys it is
+# paired with; as a resource key, the OR of key_bit(pk) over its principal keys. A request probes the
+# pair (pk, rk) only if each key's mask holds the other's bit: a filter with no false negatives.
+# A uid record: type u32 @0, flags u8 @4, partner masks u64 @5 (as principal) and @13 (as resource),
+# then u32 offsets: ancestors @21, attrs @25, tags @29, policies filed under it as an action @33;
+# then the id str @37. A type record: name str, flags u8, then the same two masks.
+DEF UID_MASKS = 5
+DEF UID_ANC = 21
+DEF UID_ATTRS = 25
+DEF UID_TAGS = 29
+DEF UID_ALIST = 33
+DEF UID_FIXED = 37
 
 cdef enum:
     V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT
@@ -45,6 +57,7 @@ cdef enum:
 LAYOUT = {
     "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "UID_IS_ENTITY": 1,
     "KEY_IS_PRINCIPAL": KEY_IS_PRINCIPAL, "KEY_IS_RESOURCE": KEY_IS_RESOURCE, "TYPE_KEY": TYPE_KEY, "ANY_KEY": ANY_KEY,
+    "UID_MASKS": UID_MASKS, "UID_FIXED": UID_FIXED,
     "OP_LIT": OP_LIT, "OP_VAR": OP_VAR, "OP_GETATTR": OP_GETATTR, "OP_HAS": OP_HAS, "OP_EQ": OP_EQ, "OP_NE": OP_NE, "OP_LT": OP_LT, "OP_LE": OP_LE, "OP_GT": OP_GT, "OP_GE": OP_GE, "OP_ADD": OP_ADD, "OP_SUB": OP_SUB, "OP_MUL": OP_MUL, "OP_IN": OP_IN, "OP_CONTAINS": OP_CONTAINS, "OP_CONTAINS_ALL": OP_CONTAINS_ALL, "OP_CONTAINS_ANY": OP_CONTAINS_ANY, "OP_HAS_TAG": OP_HAS_TAG, "OP_GET_TAG": OP_GET_TAG, "OP_AND": OP_AND, "OP_OR": OP_OR, "OP_NOT": OP_NOT, "OP_NEG": OP_NEG, "OP_IS_EMPTY": OP_IS_EMPTY, "OP_IF": OP_IF, "OP_LIKE": OP_LIKE, "OP_IS": OP_IS, "OP_SET": OP_SET, "OP_RECORD": OP_RECORD, "OP_CALL": OP_CALL, "OP_STR": OP_STR,
     "V_FALSE": V_FALSE, "V_TRUE": V_TRUE, "V_LONG": V_LONG, "V_STR": V_STR, "V_UID": V_UID, "V_SET": V_SET, "V_RECORD": V_RECORD, "V_EXT": V_EXT,
     "S_ALL": S_ALL, "S_EQ": S_EQ, "S_IN": S_IN, "S_IS": S_IS, "S_IS_IN": S_IS_IN, "S_IN_LIST": S_IN_LIST,
@@ -90,6 +103,21 @@ cdef inline uint64_t uid_hash(const unsigned char* t, Py_ssize_t tn, const unsig
 cdef inline uint64_t pair_hash_c(uint32_t pk, uint32_t rk) noexcept nogil:
     cdef uint64_t h = (<uint64_t>pk * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>rk * 0xC2B2AE3D27D4EB4FULL)
     return h ^ (h >> 29)
+
+
+cdef inline uint64_t key_bit_c(uint32_t k) noexcept nogil:
+    """The bit of an index key in a partner mask: the top 6 bits of murmur3's fmix32 of the key."""
+    k ^= k >> 16
+    k *= 0x85EBCA6BU
+    k ^= k >> 13
+    k *= 0xC2B2AE35U
+    k ^= k >> 16
+    return (<uint64_t>1) << (k >> 26)
+
+
+def key_bit(uint32_t k):
+    """The partner-mask bit (a power of two below 2**64) of an index key: the compiler builds with this."""
+    return key_bit_c(k)
 
 
 def pair_hash(uint32_t pk, uint32_t rk):
@@ -513,13 +541,6 @@ cdef inline int64_t monotonic_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
-# A uid record: type u32 @0, flags u8 @4, then u32 offsets: ancestors @5, attrs @9, tags @13,
-# policies filed under it as an action @17; then the id str @21.
-DEF UID_ANC = 5
-DEF UID_ATTRS = 9
-DEF UID_TAGS = 13
-DEF UID_ALIST = 17
-DEF UID_FIXED = 21
 DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
@@ -560,6 +581,12 @@ cdef class Decision:
         return isinstance(other, Decision) and self.to_dict() == other.to_dict()
 
 
+cdef struct IndexKey:
+    uint32_t key     # a uid index, TYPE_KEY | a type index, or ANY_KEY
+    uint64_t mask    # its partner mask in the role it was gathered for
+    uint64_t bit     # key_bit_c(key)
+
+
 @cython.final
 cdef class Generation:
     """One compiled generation read in place; `owner` keeps the mapped buffer (and its read txn) alive."""
@@ -572,6 +599,7 @@ cdef class Generation:
     cdef uint32_t n_uids, uids_off, uid_hash_off, uid_hash_size
     cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off, n_strings, strings_off
     cdef uint32_t pair_hash_off, pair_hash_size
+    cdef uint64_t any_pmask, any_rmask   # ANY's partner masks (it has no record: they are in the header)
     cdef uint32_t* seen
     cdef uint32_t stamp
     cdef list type_names
@@ -603,6 +631,8 @@ cdef class Generation:
          self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off,
          self.n_strings, self.strings_off, self.pair_hash_off, self.pair_hash_size) = (
             h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15])
+        self.any_pmask = (<uint64_t>h[17] << 32) | h[16]
+        self.any_rmask = (<uint64_t>h[19] << 32) | h[18]
         if self.pair_hash_size & (self.pair_hash_size - 1) or self.type_hash_size & (self.type_hash_size - 1) \
                 or self.uid_hash_size & (self.uid_hash_size - 1):
             raise IndexFormatError("hash table sizes must be powers of two")
@@ -631,6 +661,13 @@ cdef class Generation:
         if off < 0 or off + 4 > self.size:
             raise IndexFormatError("read past the end of the generation")
         memcpy(&v, self.base + off, 4)
+        return v
+
+    cdef inline uint64_t u64(self, Py_ssize_t off) except? 0xFFFFFFFFFFFFFFFF:
+        cdef uint64_t v
+        if off < 0 or off + 8 > self.size:
+            raise IndexFormatError("read past the end of the generation")
+        memcpy(&v, self.base + off, 8)
         return v
 
     cdef inline int64_t i64(self, Py_ssize_t off) except? -1:
@@ -1093,39 +1130,53 @@ cdef class Generation:
                 n += 1
         return n
 
-    cdef int keys_of(self, Uid u, uint8_t role, uint32_t* keys, int cap) except -1:
-        """The index keys a request uid matches in `role` (principal or resource): ANY first, then
-        its type, itself and its ancestors, each only if some index pair uses it in that role."""
+    cdef int keys_of(self, Uid u, uint8_t role, IndexKey* keys, int cap) except -1:
+        """The index keys a request uid matches in `role` (principal or resource), each with its
+        partner mask in that role and its own bit: ANY first, then its type, itself and its
+        ancestors, each only if some index pair uses it in that role."""
         cdef int n = 1
-        cdef Py_ssize_t anc, rec, sn
+        cdef Py_ssize_t anc, rec, sn, at
         cdef uint32_t count, i, a
-        keys[0] = ANY_KEY
+        # The mask of a key in `role` is at +0 of its masks (principal) or +8 (resource).
+        cdef Py_ssize_t which = 0 if role == KEY_IS_PRINCIPAL else 8
+        keys[0].key = ANY_KEY
+        keys[0].mask = self.any_pmask if role == KEY_IS_PRINCIPAL else self.any_rmask
+        keys[0].bit = key_bit_c(ANY_KEY)
         if u.type_idx >= 0:
             rec = self.u32(self.types_off + 4 * <Py_ssize_t>u.type_idx)
-            if self.u8(self.str_span(rec, &sn) + sn) & role:
-                keys[n] = TYPE_KEY | <uint32_t>u.type_idx
+            at = self.str_span(rec, &sn) + sn
+            if self.u8(at) & role:
+                a = TYPE_KEY | <uint32_t>u.type_idx
+                keys[n].key = a
+                keys[n].mask = self.u64(at + 1 + which)
+                keys[n].bit = key_bit_c(a)
                 n += 1
         if u.idx >= 0:
             rec = self.uid_record(u.idx)
             if self.u8(rec + 4) & role:
-                keys[n] = u.idx
+                keys[n].key = u.idx
+                keys[n].mask = self.u64(rec + UID_MASKS + which)
+                keys[n].bit = key_bit_c(u.idx)
                 n += 1
             anc = self.u32(rec + UID_ANC)
             if anc:
                 count = self.u32(anc)
                 for i in range(count):
                     a = self.u32(anc + 4 + 4 * <Py_ssize_t>i)
-                    if self.u8(self.uid_record(a) + 4) & role:
+                    rec = self.uid_record(a)
+                    if self.u8(rec + 4) & role:
                         if n < cap:
-                            keys[n] = a
+                            keys[n].key = a
+                            keys[n].mask = self.u64(rec + UID_MASKS + which)
+                            keys[n].bit = key_bit_c(a)
                         n += 1
         return n
 
-    cdef int all_keys_of(self, Uid u, uint8_t role, uint32_t** keys) except -1:
+    cdef int all_keys_of(self, Uid u, uint8_t role, IndexKey** keys) except -1:
         """keys_of into keys[0] (a STACK_KEYS buffer), or into a malloc'd one when there are more keys."""
         cdef int n = self.keys_of(u, role, keys[0], STACK_KEYS)
         if n > STACK_KEYS:
-            keys[0] = <uint32_t*>malloc(n * sizeof(uint32_t))
+            keys[0] = <IndexKey*>malloc(n * sizeof(IndexKey))
             if keys[0] == NULL:
                 raise MemoryError()
             self.keys_of(u, role, keys[0], n)
@@ -1151,10 +1202,11 @@ cdef class Generation:
 
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
         """Candidate policies of a request (each once); returns how many there are, even past `cap`."""
-        cdef uint32_t pstack[STACK_KEYS]
-        cdef uint32_t rstack[STACK_KEYS]
-        cdef uint32_t* pkeys = pstack
-        cdef uint32_t* rkeys = rstack
+        cdef IndexKey pstack[STACK_KEYS]
+        cdef IndexKey rstack[STACK_KEYS]
+        cdef IndexKey* pkeys = pstack
+        cdef IndexKey* rkeys = rstack
+        cdef uint64_t pmask, pbit
         cdef int np, nr, n, i, j
         cdef Py_ssize_t anc
         cdef uint32_t count, k
@@ -1167,10 +1219,14 @@ cdef class Generation:
             np = self.all_keys_of(r.principal, KEY_IS_PRINCIPAL, &pkeys)
             nr = self.all_keys_of(r.resource, KEY_IS_RESOURCE, &rkeys)
             n = self.add_list(self.all_list_off, out, 0, cap)
-            # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)).
+            # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
+            # is probed only if both keys' partner masks admit it (most pairs are not in the index).
             for i in range(np):
+                pmask = pkeys[i].mask
+                pbit = pkeys[i].bit
                 for j in range(1 if i == 0 else 0, nr):
-                    n = self.add_list(self.pair_list(pkeys[i], rkeys[j]), out, n, cap)
+                    if (pmask & rkeys[j].bit) and (rkeys[j].mask & pbit):
+                        n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap)
             # Policies constrained by their action only.
             if r.action.idx >= 0:
                 n = self.add_list(self.u32(self.uid_record(r.action.idx) + UID_ALIST), out, n, cap)

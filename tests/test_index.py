@@ -29,3 +29,121 @@ def test_principal_with_more_ancestors_than_the_stack_buffer(tmp_path):
             assert ours.allowed == theirs.allowed
             assert sorted(ours.policies) == sorted(f"p.cedar:{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons)
             assert len(ours.policies) >= 4
+
+
+# -- partner masks: a pre-filter of the pair index (layout.py) --
+
+import random
+import struct
+
+from authz import _evaluator
+from authz.compiler import compile_generation
+from authz.compiler import layout as L
+
+
+def _read_str(blob, off):
+    (n,) = struct.unpack_from("<I", blob, off)
+    return blob[off + 4:off + 4 + n].decode(), off + 4 + n
+
+
+def index_masks(blob):
+    """{index key: (role flags, principal mask, resource mask)} as read back from a generation blob,
+    and the index key of each uid (type, id) and type name."""
+    header = dict(zip(L.HEADER_FIELDS, struct.unpack_from(f"<{len(L.HEADER_FIELDS)}I", blob, 12)))
+    keys, masks = {}, {}
+    for t in range(header["n_types"]):
+        (rec,) = struct.unpack_from("<I", blob, header["types_off"] + 4 * t)
+        name, at = _read_str(blob, rec)
+        keys[name] = L.TYPE_KEY | t
+        masks[L.TYPE_KEY | t] = (blob[at] & 6,) + struct.unpack_from("<QQ", blob, at + 1)
+    for u in range(header["n_uids"]):
+        (rec,) = struct.unpack_from("<I", blob, header["uids_off"] + 4 * u)
+        (type_idx,) = struct.unpack_from("<I", blob, rec)
+        type_name = next(n for n, k in keys.items() if isinstance(n, str) and k == L.TYPE_KEY | type_idx)
+        keys[(type_name, _read_str(blob, rec + L.UID_FIXED)[0])] = u
+        masks[u] = (blob[rec + 4] & 6,) + struct.unpack_from("<QQ", blob, rec + L.UID_MASKS)
+    masks[L.ANY_KEY] = (0, header["any_pmask_lo"] | header["any_pmask_hi"] << 32,
+                        header["any_rmask_lo"] | header["any_rmask_hi"] << 32)
+    return keys, masks
+
+
+def pair_index(blob):
+    """The (principal key, resource key) pairs of a blob's pair index."""
+    header = dict(zip(L.HEADER_FIELDS, struct.unpack_from(f"<{len(L.HEADER_FIELDS)}I", blob, 12)))
+    entries = (struct.unpack_from("<III", blob, header["pair_hash_off"] + 12 * slot)
+               for slot in range(header["pair_hash_size"]))
+    return {(pk, rk) for pk, rk, lst in entries if lst}
+
+
+def test_partner_masks_written_for_a_small_set(tmp_path):
+    (tmp_path / "p.cedar").write_text(
+        'permit(principal == User::"a", action, resource == Doc::"x");\n'
+        'permit(principal in Group::"g", action, resource is Doc);\n'
+        'permit(principal, action, resource in Folder::"f");\n'
+        'permit(principal is User, action, resource);\n'
+        'permit(principal == User::"a", action, resource in Folder::"f");\n'
+        'permit(principal, action == Action::"read", resource);\n')
+    (tmp_path / "entities.json").write_text(json.dumps([
+        {"uid": {"type": "User", "id": "b"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]}]))
+    keys, masks = index_masks(compile_generation([str(tmp_path)]))
+    bit = _evaluator.key_bit
+    a, x, g, f, b = (keys[k] for k in [("User", "a"), ("Doc", "x"), ("Group", "g"), ("Folder", "f"), ("User", "b")])
+    doc, user, ANY = keys["Doc"], keys["User"], L.ANY_KEY
+    P, R = L.KEY_IS_PRINCIPAL, L.KEY_IS_RESOURCE
+    assert masks[a] == (P, bit(x) | bit(f), 0)
+    assert masks[x] == (R, 0, bit(a))
+    assert masks[g] == (P, bit(doc), 0)
+    assert masks[doc] == (R, 0, bit(g))
+    assert masks[f] == (R, 0, bit(ANY) | bit(a))
+    assert masks[user] == (P, bit(ANY), 0)
+    assert masks[ANY] == (0, bit(f), bit(user))
+    # Keys in no pair (the action, a uid only named as an entity) have no role and no masks.
+    assert masks[keys[("Action", "read")]] == masks[b] == (0, 0, 0)
+    assert all(bin(bit(k)).count("1") == 1 and bit(k) < 1 << 64 for k in [0, 1, 2, L.TYPE_KEY, ANY, 12345])
+
+
+def test_mask_pruning_is_exact(tmp_path):
+    # Many pairs over few keys: the 64-bit masks are dense and collide, so the filter lets through pairs
+    # that are not in the index, and also prunes some; every decision still matches cedarpy.
+    rng = random.Random(5)
+    users, docs = [f"u{i}" for i in range(14)], [f"d{i}" for i in range(14)]
+    groups, folders = ["g0", "g1", "g2", "g3"], ["f0", "f1", "f2", "f3"]
+    entities = [{"uid": {"type": "Group", "id": g}, "attrs": {}, "parents": [{"type": "Division", "id": f"v{i % 2}"}]}
+                for i, g in enumerate(groups)]
+    entities += [{"uid": {"type": "User", "id": u}, "attrs": {}, "parents": [{"type": "Group", "id": groups[i % 4]}]}
+                 for i, u in enumerate(users)]
+    entities += [{"uid": {"type": "Doc", "id": d}, "attrs": {}, "parents": [{"type": "Folder", "id": folders[i % 4]}]}
+                 for i, d in enumerate(docs)]
+    principals = ([f'principal == User::"{u}"' for u in users] + [f'principal in Group::"{g}"' for g in groups]
+                  + ['principal in Division::"v0"', "principal is User", "principal"])
+    resources = ([f'resource == Doc::"{d}"' for d in docs] + [f'resource in Folder::"{f}"' for f in folders]
+                 + ["resource is Doc", "resource"])
+    policies = ""
+    for _ in range(90):
+        effect = "forbid" if rng.random() < 0.2 else "permit"
+        policies += f"{effect}({rng.choice(principals)}, action, {rng.choice(resources)});\n"
+    (tmp_path / "p.cedar").write_text(policies)
+    (tmp_path / "entities.json").write_text(json.dumps(entities))
+
+    blob = compile_generation([str(tmp_path)])
+    keys, masks = index_masks(blob)
+    bit = _evaluator.key_bit
+    pks = [k for k, m in masks.items() if m[1]]
+    rks = [k for k, m in masks.items() if m[2]]
+    admitted = {(p, r) for p in pks for r in rks if masks[p][1] & bit(r) and masks[r][2] & bit(p)}
+    indexed = pair_index(blob)
+    assert indexed <= admitted                        # no pair of the index is ever pruned
+    assert admitted - indexed                         # colliding bits let absent pairs through
+    assert len(admitted) < len(pks) * len(rks)        # and the filter prunes others
+
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        for u in users + ["stranger"]:
+            for d in docs + ["loose"]:
+                request = {"principal": f'User::"{u}"', "action": 'Action::"a"', "resource": f'Doc::"{d}"',
+                           "context": {}}
+                ours = engine.check(**request)
+                theirs = cedarpy.is_authorized(request, policies, json.dumps(entities))
+                assert ours.allowed == theirs.allowed, request
+                assert sorted(ours.policies) == sorted(
+                    f"p.cedar:{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons), request

@@ -18,3 +18,10 @@ def test_layout_constants_match_the_evaluator():
 def test_extension_function_ids_are_dense_and_unique():
     ids = sorted(fid for fid, _ in layout.EXTENSION_FUNCTIONS.values())
     assert ids == list(range(len(ids)))
+
+
+def test_uid_record_shape_matches_the_writer():
+    from authz.compiler import writer
+    assert writer._UID_FIXED.size == layout.UID_FIXED
+    # type u32, flags u8, then the two partner masks
+    assert layout.UID_MASKS == 5 and writer._MASKS.size == 16

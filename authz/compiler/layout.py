@@ -6,27 +6,37 @@ checks that both sides agree.
 A generation is one blob (one LMDB value), read in place through a memoryview:
 
     header      MAGIC(8) VERSION(u32) then the u32 fields of HEADER_FIELDS
-    types       per type: name (str), then a u8 of KEY_IS_* flags; `type_hash` maps name -> type index
-    uids        per uid: type index (u32), flags (u8), then u32 offsets (0 = none) of its ancestors
-                (u32 list), attrs, tags and the policies filed under it as an action; then its id (str)
+    types       per type: name (str), a u8 of KEY_IS_* flags, then the partner masks of its TYPE_KEY
+                (u64 as principal, u64 as resource); `type_hash` maps name -> type index
+    uids        per uid: type index (u32), flags (u8), its partner masks (u64 as principal, u64 as
+                resource), then u32 offsets (0 = none) of its ancestors (u32 list), attrs, tags and
+                the policies filed under it as an action; then its id (str)
     pair index  (principal key, resource key) -> policies, open addressing, 12-byte entries
     policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
     policy ids  per policy: id (str)
     strings     attribute names and string literals of the bytecode (str), by index
 
 str = u32 byte length + UTF-8 bytes. A u32 list = u32 count + count u32 items.
+
+Partner masks: a Bloom-style pre-filter of the pair index. key_bit(k) is one bit of a u64 chosen by a
+hash of the index key k (`_evaluator.key_bit`). A key's principal mask is the OR of key_bit(rk) over
+the resource keys rk it is paired with; its resource mask, the OR of key_bit(pk) over its principal
+keys (0 when the key has no such pair). ANY_KEY's masks are in the header (u64 = lo u32, hi u32). A
+request probes (pk, rk) only if pk's principal mask holds key_bit(rk) and rk's resource mask holds
+key_bit(pk), so the masks prune probes and never lose a pair.
 # INVARIANT: a uid's ancestor list is transitively closed, excludes the uid itself and is sorted.
 # INVARIANT: every uid and entity type named by a policy, an entity or a parent is interned.
 """
 
 MAGIC = b"AUTHZGEN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",
     "n_uids", "uids_off", "uid_hash_off", "uid_hash_size",
     "n_policies", "policies_off", "policy_ids_off",
     "all_list_off", "n_strings", "strings_off", "pair_hash_off", "pair_hash_size",
+    "any_pmask_lo", "any_pmask_hi", "any_rmask_lo", "any_rmask_hi",
 )
 HEADER_SIZE = 8 + 4 + 4 * len(HEADER_FIELDS)
 
@@ -76,6 +86,10 @@ MAX_TEXT_NESTING = 512
 UID_IS_ENTITY = 1
 KEY_IS_PRINCIPAL = 2   # the key is the principal key of some (principal, resource) index pair
 KEY_IS_RESOURCE = 4    # the key is the resource key of some pair
+
+# A uid record: the byte offset of its partner masks and of its id str.
+UID_MASKS = 5
+UID_FIXED = 37
 
 # Index keys of a principal/resource scope: a uid index, TYPE_KEY | a type index, or ANY_KEY.
 TYPE_KEY = 0x80000000

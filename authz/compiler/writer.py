@@ -11,7 +11,8 @@ from ..errors import CompileError, IndexUnavailableError
 from . import layout as L
 from .encode import U32, encode_value, pack_str
 
-_UID_FIXED = struct.Struct("<IBIIII")
+_UID_FIXED = struct.Struct("<IBQQIIII")
+_MASKS = struct.Struct("<QQ")
 CURRENT_KEY = b"current"
 # Address space reserved for the map (the file grows only as needed). A generation of 100,000
 # policies is ~15 MB and two live at a time; 4 GiB stays within tight virtual-memory limits.
@@ -53,6 +54,21 @@ def file_policies(policy_keys):
             for uid in (action[1] if action[0] == "uids" else (action[1],)):
                 by_action.setdefault(uid, []).append(p)
     return pairs, by_action, everyone
+
+
+def partner_masks(pairs):
+    """Per index key of the pair index: its KEY_IS_* role flags (a request skips keys with no role),
+    and its partner masks (principal mask, resource mask) as layout.py describes them."""
+    roles, masks = {}, {}
+    bit = _evaluator.key_bit
+    for pk, rk in pairs:
+        roles[pk] = roles.get(pk, 0) | L.KEY_IS_PRINCIPAL
+        roles[rk] = roles.get(rk, 0) | L.KEY_IS_RESOURCE
+        pm, rm = masks.get(pk, (0, 0))
+        masks[pk] = (pm | bit(rk), rm)
+        pm, rm = masks.get(rk, (0, 0))
+        masks[rk] = (pm, rm | bit(pk))
+    return roles, masks
 
 
 def _table_size(n):
@@ -145,11 +161,7 @@ def build_generation(records, ids, entities, symbols):
     if len(symbols.uids) >= L.TYPE_KEY or len(symbols.types) >= L.TYPE_KEY:
         raise CompileError(["too many entity uids or types for one generation"])
     pairs, by_action, all_list = file_policies([keys for _, keys in records])
-    # Which keys appear in the pair index as a principal or resource key: a request skips the others.
-    key_roles = {}
-    for pk, rk in pairs:
-        key_roles[pk] = key_roles.get(pk, 0) | L.KEY_IS_PRINCIPAL
-        key_roles[rk] = key_roles.get(rk, 0) | L.KEY_IS_RESOURCE
+    key_roles, masks = partner_masks(pairs)
 
     policy_offsets = [blob.add(record) for record, _ in records]
     id_offsets = []
@@ -170,6 +182,7 @@ def build_generation(records, ids, entities, symbols):
         out = bytearray()
         pack_str(out, name)
         out.append(key_roles.get(L.TYPE_KEY | t, 0))
+        out += _MASKS.pack(*masks.get(L.TYPE_KEY | t, (0, 0)))
         type_offsets.append(blob.add(out))
 
     uid_keys = list(symbols.uids)
@@ -180,6 +193,7 @@ def build_generation(records, ids, entities, symbols):
         out = bytearray(_UID_FIXED.pack(
             symbols.types[type_name],
             (L.UID_IS_ENTITY if entity is not None else 0) | key_roles.get(idx, 0),
+            *masks.get(idx, (0, 0)),
             blob.add_list(ancestors.get(idx)),
             attrs, tags,
             blob.add_list(by_action.get(idx)),
@@ -202,6 +216,9 @@ def build_generation(records, ids, entities, symbols):
         "n_strings": len(symbols.strings),
         "strings_off": table(string_offsets),
     }
+    any_pmask, any_rmask = masks.get(L.ANY_KEY, (0, 0))
+    header["any_pmask_lo"], header["any_pmask_hi"] = any_pmask & 0xFFFFFFFF, any_pmask >> 32
+    header["any_rmask_lo"], header["any_rmask_hi"] = any_rmask & 0xFFFFFFFF, any_rmask >> 32
     header["pair_hash_size"], header["pair_hash_off"] = 0, 0
     size, data = _pair_table(pairs, blob)
     if size:
