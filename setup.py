@@ -1,4 +1,4 @@
-"""Builds the one compiled extension, authz._evaluator (Cython 3)."""
+"""Builds the compiled extensions (Cython 3): authz._evaluator (the engine) and authz._wire (authz.v1 BatchCheck on the wire)."""
 import os
 
 from Cython.Build import cythonize
@@ -17,7 +17,8 @@ if os.environ.get("AUTHZ_CYTHON_LINETRACE"):
 
 setup(
     ext_modules=cythonize(
-        [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"])],
+        [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),
     )

@@ -5,20 +5,27 @@ import logging
 
 import grpc
 
+from google.protobuf.message import DecodeError
+
 from authz._pb import authz_pb2, authz_pb2_grpc
+from authz._wire import decode_batch_check, encode_check_results
 from authz.errors import IdentityError, RequestError
 from authz.server.callers import IDENTITY_REASONS
 from authz.server.decider import Invalid
+from authz.server.envoy import serialize_response
 from authz.server.records import from_struct
 from authz.server.tokens_api import TOKEN_REASONS
 
 log = logging.getLogger("authz.server")
 
 API = "v1"
+SERVICE = "authz.v1.Authorizer"
 EXECUTE_ALL = authz_pb2.EVALUATION_SEMANTIC_EXECUTE_ALL
 DENY_ON_FIRST_DENY = authz_pb2.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY
 PERMIT_ON_FIRST_PERMIT = authz_pb2.EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT
 _SEMANTICS = {authz_pb2.EVALUATION_SEMANTIC_UNSPECIFIED, EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT}
+# Deny codes a response gives as its reason only: token and identity failures are not request errors.
+_PLAIN_CODES = frozenset(TOKEN_REASONS | IDENTITY_REASONS)
 
 
 def _uid(msg, field: str) -> dict:
@@ -77,7 +84,7 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
         resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
     if not o.allowed:
         resp.reason = o.reason
-    if o.code and o.code not in TOKEN_REASONS and o.code not in IDENTITY_REASONS:
+    if o.code and o.code not in _PLAIN_CODES:
         resp.request_error.code = o.code
         resp.request_error.field = o.field
         resp.request_error.message = o.message
@@ -175,23 +182,47 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         return requests
 
     async def BatchCheck(self, request, context):  # noqa: N802 - gRPC method name
-        n = len(request.items)
+        """`request` is the serialized BatchCheckRequest (see add_to_server); the answer is serialized too."""
+        # The wire decoder covers plain batches; anything it declines takes the protobuf path.
+        fast = decode_batch_check(request, self.max_context_depth, True) if type(request) is bytes else None
+        if fast is not None and fast[0] in _SEMANTICS:
+            semantic, n, requests = fast
+        else:
+            if type(request) is bytes:
+                try:
+                    request = authz_pb2.BatchCheckRequest.FromString(request)
+                except DecodeError:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot parse the BatchCheckRequest")
+            semantic, n, requests = request.semantic, len(request.items), None
         if n > self.max_batch_size:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"`items`: {n} items, more than the maximum batch size {self.max_batch_size}")
-        if request.semantic not in _SEMANTICS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {request.semantic}")
+        if semantic not in _SEMANTICS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"`semantic`: unknown value {semantic}")
         token = self.tokens.v1_token(context) if self.tokens is not None else None
         caller = self._caller(context, token)
-        requests = self._batch_requests(request, principal_optional=token is not None or caller is not None)
+        principal_optional = token is not None or caller is not None
+        if requests is not None and not principal_optional and any(r["principal"] is None for r in requests):
+            requests = None  # the protobuf path names the missing principal
+        if requests is None:
+            if type(request) is bytes:
+                request = authz_pb2.BatchCheckRequest.FromString(request)
+            requests = self._batch_requests(request, principal_optional)
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)
         if self.tokens is not None:
             requests = self.tokens.bind(token, requests)
-        stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(request.semantic)
-        outcomes = self.decider.decide(requests, API, stop_on)
-        out = authz_pb2.BatchCheckResponse()
-        add = out.results.add
-        for o in outcomes:
-            to_response(o, add())  # built in place: no per-result copy
-        return out
+        stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(semantic)
+        results, first, generation = self.decider.decide_batch(requests, API, stop_on)
+        return encode_check_results(results, self.decider.id_prefix, first, generation, _PLAIN_CODES)
+
+    def add_to_server(self, server) -> None:
+        """Register on `server`; BatchCheck takes and gives serialized messages (its wire fast path)."""
+        handlers = {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self.Check, request_deserializer=authz_pb2.CheckRequest.FromString,
+                response_serializer=authz_pb2.CheckResponse.SerializeToString),
+            "BatchCheck": grpc.unary_unary_rpc_method_handler(
+                self.BatchCheck, request_deserializer=None, response_serializer=serialize_response),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -45,7 +45,7 @@ def build_server(cfg, decider):
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    from authz._pb import authz_pb2, authz_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+    from authz._pb import authz_pb2, tokens_pb2, tokens_pb2_grpc
     from authz.server.api import AuthorizerServicer
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
     from authz.server.tokens_api import TokensServicer, build_token_service
@@ -55,8 +55,7 @@ def build_server(cfg, decider):
     tokens = build_token_service(cfg, decider)
     callers = build_callers(cfg, tokens)
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
-    authz_pb2_grpc.add_AuthorizerServicer_to_server(
-        AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers), server)
+    AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)
     tokens_pb2_grpc.add_TokensServicer_to_server(TokensServicer(tokens), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

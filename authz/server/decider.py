@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 
 from authz.errors import IndexUnavailableError, RequestError
 
@@ -61,6 +62,26 @@ def token_of(request) -> tuple | None:
         return None
     chain = [e["__entity"]["id"] if isinstance(e, dict) and "__entity" in e else str(e) for e in dlg.get("chain", ())]
     return tok.get("jti"), tok.get("task"), chain
+
+
+def decision_events(prefix: str, first: int, requests: list, results: list) -> list:
+    """The decision log's events for Decider.decide_batch's results (built by the log's writer thread)."""
+    events = []
+    add = events.append
+    for i, d in enumerate(results):
+        did = f"{prefix}{first + i:010x}"
+        if type(d) is tuple:
+            code, decision, policies, errors = d[0], DENY, (), ()
+        else:
+            code, decision, policies, errors = None, ALLOW if d.allowed else DENY, d.policies, d.errors
+        r = requests[i]
+        if type(r) is Invalid:
+            add((did, r.principal, r.action, r.resource, decision, policies, errors, code, r.token))
+        else:
+            ctx = r.get("context")
+            add((did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
+                 token_of(r) if ctx and "delegation" in ctx else None))
+    return events
 
 
 class Decider:
@@ -148,9 +169,23 @@ class Decider:
         With `stop_on` ("allow" or "deny") the outcomes end at the first one with that decision
         (an undecidable request counts as a deny); only returned outcomes are logged.
         """
+        results, first, generation = self.decide_batch(requests, api, stop_on)
+        prefix = self._prefix
+        outcomes = []
+        for i, d in enumerate(results):
+            did = f"{prefix}{first + i:010x}"
+            if type(d) is tuple:
+                outcomes.append(Outcome(did, False, (), (), generation, d[0], d[1], d[2]))
+            else:
+                outcomes.append(Outcome(did, d.allowed, d.policies, d.errors, generation))
+        return outcomes
+
+    def decide_batch(self, requests: list, api: str, stop_on: str | None = None) -> tuple:
+        """decide() without Outcome objects: (results, first, generation), results[i] being the
+        engine's Decision or (code, message, field) for a request answered without one, with the
+        decision id `decision_id(first + i)`. Logs and counts the results."""
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
-        # results[i]: the engine's Decision, or (code, message, field) when there is none
         results: list = [None] * n
         valid = []
         for i, r in enumerate(requests):
@@ -177,39 +212,29 @@ class Decider:
         latency_ns = time.perf_counter_ns() - t0
         first = self._seq + 1
         self._seq += len(results)
-        prefix = self._prefix
-        outcomes = []
-        add = outcomes.append
-        metrics = self.metrics if self.metrics.enabled else None
-        events = [] if self.decision_log is not None else None
-        for i, d in enumerate(results):
-            did = f"{prefix}{first + i:010x}"
-            if type(d) is not tuple:
-                o = Outcome(did, d.allowed, d.policies, d.errors, generation)
-                code = None
-            else:
-                code = d[0]
-                o = Outcome(did, False, (), (), generation, code, d[1], d[2])
-                if metrics is not None:
-                    metrics.request_error(api, code)
-            add(o)
-            if events is not None:
-                r = requests[i]
-                if type(r) is Invalid:
-                    events.append((did, r.principal, r.action, r.resource, o.decision, o.policies, o.errors,
-                                   code, r.token))
-                else:
-                    ctx = r.get("context")
-                    events.append((did, r.get("principal"), r.get("action"), r.get("resource"),
-                                   ALLOW if o.allowed else DENY, o.policies, o.errors, code,
-                                   token_of(r) if ctx and "delegation" in ctx else None))
-        if metrics is not None:
+        if self.metrics.enabled:
             per_item_s = latency_ns / n / 1e9 if n else 0.0
-            for o in outcomes:
-                metrics.decision(api, o.decision, per_item_s)
-        if events:
-            self.decision_log.record_batch(api, latency_ns, generation, events)
-        return outcomes
+            for d in results:
+                if type(d) is tuple:
+                    self.metrics.request_error(api, d[0])
+                    self.metrics.decision(api, DENY, per_item_s)
+                else:
+                    self.metrics.decision(api, ALLOW if d.allowed else DENY, per_item_s)
+        if self.decision_log is not None and results:
+            # INVARIANT: nothing changes requests or results after this, so the log's writer
+            # thread may turn them into events later, off the request path.
+            self.decision_log.record_lazy(api, latency_ns, generation, len(results),
+                                          partial(decision_events, self._prefix, first, requests, results))
+        return results, first, generation
+
+    @property
+    def id_prefix(self) -> str:
+        """What every decision id of this process starts with (then 10 hex digits of a sequence number)."""
+        return self._prefix
+
+    def decision_id(self, seq: int) -> str:
+        """The decision id of sequence number `seq` in this process."""
+        return f"{self._prefix}{seq:010x}"
 
     def _evaluate(self, engine, requests, valid, results):
         """Fill results[i] with the Decision, or (code, message, field) when there is none, for each valid index."""

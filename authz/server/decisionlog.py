@@ -61,8 +61,9 @@ class DecisionLog:
         self.max_queue = max_queue
         self.dropped = 0
         self.written = 0
-        # Each queued item is one batch: (time, api, latency_ns, generation, events); an event is
-        # (decision_id, principal, action, resource, decision, policies, errors, reason, token).
+        # Each queued item is one batch: (time, api, latency_ns, generation, events, count), where
+        # events is a list or a function making it, of which the first `count` are written; an event
+        # is (decision_id, principal, action, resource, decision, policies, errors, reason, token).
         self._queue: collections.deque = collections.deque()
         # Events queued minus events taken: each counter has one writer thread, so no lock is needed.
         self._queued_in = 0
@@ -89,18 +90,22 @@ class DecisionLog:
         Each event is (decision_id, principal, action, resource, decision, policies, errors,
         reason, token). Events beyond the queue's room are dropped and counted.
         """
+        self.record_lazy(api, latency_ns, generation, len(events), events)
+
+    def record_lazy(self, api, latency_ns, generation, count, make_events):
+        """record_batch() of the `count` events `make_events()` returns, called by the writer thread."""
         room = self.max_queue - (self._queued_in - self._queued_out)
-        if room < len(events):
-            lost = len(events) - max(room, 0)
+        if room < count:
+            lost = count - max(room, 0)
             self.dropped += lost
             if self._on_drop is not None:
                 for _ in range(lost):
                     self._on_drop()
             if room <= 0:
                 return
-            events = events[:room]
-        self._queued_in += len(events)
-        self._queue.append((time.time(), api, latency_ns, generation, events))
+            count = room
+        self._queued_in += count
+        self._queue.append((time.time(), api, latency_ns, generation, make_events, count))
 
     def _run(self):
         while not self._stop.wait(self._interval):
@@ -112,7 +117,7 @@ class DecisionLog:
         queue = self._queue
         while queue:
             batch = queue.popleft()
-            self._queued_out += len(batch[4])
+            self._queued_out += batch[5]
             try:
                 self._format_batch(batch, lines)
             except Exception:  # one bad batch must not stop the log
@@ -133,7 +138,11 @@ class DecisionLog:
         Hand-assembled JSON: this runs once per decision and json.dumps of a dict costs several
         times as much. What the events of a batch share is formatted once.
         """
-        t, api, latency_ns, generation, events = batch
+        t, api, latency_ns, generation, events, count = batch
+        if callable(events):
+            events = events()
+        if len(events) > count:
+            events = events[:count]
         tenths = (int(latency_ns) + 50) // 100
         shared = (f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},')
         tail = f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{int(generation or 0)}'

@@ -1,0 +1,462 @@
+# cython: language_level=3
+"""authz.v1 BatchCheck on the wire, without protobuf message objects (the per-item hot path of `authz serve`).
+
+`decode_batch_check` reads a serialized BatchCheckRequest straight into the engine's request
+dicts. It is deliberately narrow: anything it does not take as given (an empty entity type, a
+missing part, a null or fractional number in a context, a context nested too deeply, a repeated
+singular message field, bad UTF-8, a malformed message) makes it return None, and the caller
+then takes the protobuf path, which is exact about every error and names the field.
+
+`encode_check_results` writes the BatchCheckResponse for a list of results. Fields go out in
+field-number order and defaults are omitted, so the bytes are what protobuf's
+SerializeToString() gives for the same message (tests/server/test_wire.py checks this).
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from libc.stdlib cimport malloc, realloc, free
+from libc.math cimport floor
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
+
+
+class _Unusual(Exception):
+    """Not for the fast path: the caller decodes the message with protobuf instead."""
+
+
+cdef struct Reader:
+    const uint8_t* p
+    const uint8_t* end
+
+
+cdef int read_varint(Reader* r, uint64_t* out) except -1:
+    cdef uint64_t v = 0
+    cdef int shift = 0
+    cdef uint8_t b
+    while True:
+        if r.p >= r.end or shift > 63:
+            raise _Unusual()
+        b = r.p[0]
+        r.p += 1
+        v |= (<uint64_t>(b & 0x7F)) << shift
+        if b < 0x80:
+            out[0] = v
+            return 0
+        shift += 7
+
+
+cdef int read_sub(Reader* r, Reader* sub) except -1:
+    """A length-delimited field's bytes as `sub`; `r` moves past them."""
+    cdef uint64_t n
+    read_varint(r, &n)
+    if n > <uint64_t>(r.end - r.p):
+        raise _Unusual()
+    sub.p = r.p
+    sub.end = r.p + n
+    r.p += n
+    return 0
+
+
+cdef int skip_field(Reader* r, uint32_t wire_type) except -1:
+    cdef uint64_t v
+    cdef Reader sub
+    if wire_type == 0:
+        read_varint(r, &v)
+    elif wire_type == 1 or wire_type == 5:
+        v = 8 if wire_type == 1 else 4
+        if v > <uint64_t>(r.end - r.p):
+            raise _Unusual()
+        r.p += v
+    elif wire_type == 2:
+        read_sub(r, &sub)
+    else:  # groups (3, 4) and reserved wire types
+        raise _Unusual()
+    return 0
+
+
+cdef inline int read_tag(Reader* r, uint32_t* field, uint32_t* wire_type) except -1:
+    cdef uint64_t tag
+    read_varint(r, &tag)
+    if tag >> 3 == 0 or tag >> 3 > 0x1FFFFFFF:
+        raise _Unusual()
+    field[0] = <uint32_t>(tag >> 3)
+    wire_type[0] = <uint32_t>(tag & 7)
+    return 0
+
+
+cdef inline str read_str(Reader* sub):
+    return PyUnicode_DecodeUTF8(<const char*>sub.p, sub.end - sub.p, NULL)
+
+
+cdef inline bytes raw(Reader* sub):
+    return PyBytes_FromStringAndSize(<const char*>sub.p, sub.end - sub.p)
+
+
+cdef dict decode_uid(Reader sub, dict cache):
+    """An EntityUid as {type, id}; one dict per distinct encoding in a batch (the engine only reads it)."""
+    key = raw(&sub)
+    cached = cache.get(key)
+    if cached is not None:
+        return <dict>cached
+    cdef uint32_t field, wt
+    cdef Reader s
+    cdef str type_name = "", uid_id = ""
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if (field == 1 or field == 2) and wt == 2:
+            read_sub(&sub, &s)
+            if field == 1:
+                type_name = read_str(&s)
+            else:
+                uid_id = read_str(&s)
+        else:
+            skip_field(&sub, wt)
+    if not type_name:
+        raise _Unusual()
+    cdef dict d = {"type": type_name, "id": uid_id}
+    cache[key] = d
+    return d
+
+
+DEF INT64_LIMIT = 9223372036854775808.0   # 2**63
+
+
+cdef object decode_value(Reader sub, int depth, int max_depth):
+    """A google.protobuf.Value as a Cedar value, as authz.server.records.from_struct converts it."""
+    if depth > max_depth:
+        raise _Unusual()
+    cdef uint32_t field, wt
+    cdef uint64_t v
+    cdef double n
+    cdef Reader s
+    cdef int kinds = 0
+    result = None
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if field == 2 and wt == 1:
+            if sub.end - sub.p < 8:
+                raise _Unusual()
+            memcpy(&n, sub.p, 8)  # little-endian IEEE double, as on every platform we build for
+            sub.p += 8
+            if not (n >= -INT64_LIMIT and n < INT64_LIMIT) or n != floor(n):
+                raise _Unusual()
+            result = <int64_t>n
+        elif field == 3 and wt == 2:
+            read_sub(&sub, &s)
+            result = read_str(&s)
+        elif field == 4 and wt == 0:
+            read_varint(&sub, &v)
+            result = v != 0
+        elif field == 5 and wt == 2:
+            read_sub(&sub, &s)
+            result = decode_struct(s, depth + 1, max_depth)
+        elif field == 6 and wt == 2:
+            read_sub(&sub, &s)
+            result = decode_list(s, depth + 1, max_depth)
+        elif 1 <= field <= 6:  # null_value, or a kind with an unexpected wire type
+            raise _Unusual()
+        else:
+            skip_field(&sub, wt)
+            continue
+        kinds += 1
+    if kinds != 1:  # no kind (null) or several on the wire (protobuf would merge them)
+        raise _Unusual()
+    return result
+
+
+cdef list decode_list(Reader sub, int depth, int max_depth):
+    cdef uint32_t field, wt
+    cdef Reader s
+    cdef list out = []
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if field == 1 and wt == 2:
+            read_sub(&sub, &s)
+            out.append(decode_value(s, depth, max_depth))
+        else:
+            skip_field(&sub, wt)
+    return out
+
+
+cdef dict decode_struct(Reader sub, int depth, int max_depth):
+    """A google.protobuf.Struct as a record; its values are at `depth`."""
+    cdef uint32_t field, wt, efield, ewt
+    cdef Reader entry, s, value
+    cdef dict out = {}
+    cdef str key
+    cdef bint has_value
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if field != 1 or wt != 2:
+            skip_field(&sub, wt)
+            continue
+        read_sub(&sub, &entry)
+        key = ""
+        has_value = False
+        while entry.p < entry.end:
+            read_tag(&entry, &efield, &ewt)
+            if efield == 1 and ewt == 2:
+                read_sub(&entry, &s)
+                key = read_str(&s)
+            elif efield == 2 and ewt == 2:
+                if has_value:  # protobuf would merge the two values
+                    raise _Unusual()
+                read_sub(&entry, &value)
+                has_value = True
+            else:
+                skip_field(&entry, ewt)
+        if not has_value:
+            raise _Unusual()
+        out[key] = decode_value(value, depth, max_depth)  # a repeated key: the last one wins, as in protobuf
+    return out
+
+
+cdef dict decode_context(Reader sub, dict cache, int max_depth):
+    """An item's context Struct; one record per distinct encoding in a batch (the engine only reads it)."""
+    key = raw(&sub)
+    cached = cache.get(key)
+    if cached is not None:
+        return <dict>cached
+    cdef dict d = decode_struct(sub, 1, max_depth)
+    cache[key] = d
+    return d
+
+
+def decode_batch_check(bytes data, int max_depth, bint principal_optional):
+    """A serialized authz.v1.BatchCheckRequest -> (semantic, number of items, request dicts), or None
+    when the request needs protobuf's exact handling (see the module docstring).
+
+    With no items the one request is made of the batch's own parts. With `principal_optional`
+    (a task token or a verified caller names the principal) a missing principal is None.
+    """
+    try:
+        return _decode_batch_check(data, max_depth, principal_optional)
+    except (_Unusual, UnicodeDecodeError):
+        return None
+
+
+cdef tuple _decode_batch_check(bytes data, int max_depth, bint principal_optional):
+    cdef Reader r, s, item
+    cdef uint32_t field, wt, ifield, iwt
+    cdef uint64_t v
+    cdef int semantic = 0, n_items = 0
+    cdef dict uids = {}, contexts = {}
+    cdef list defaults = [None, None, None, None]
+    r.p = <const uint8_t*>PyBytes_AS_STRING(data)
+    r.end = r.p + PyBytes_GET_SIZE(data)
+    cdef Reader start = r
+    # Pass 1: the batch's defaults and semantic (they may come after the items on the wire).
+    while r.p < r.end:
+        read_tag(&r, &field, &wt)
+        if 1 <= field <= 4 and wt == 2:
+            if defaults[field - 1] is not None:
+                raise _Unusual()  # a repeated singular message: protobuf merges them
+            read_sub(&r, &s)
+            defaults[field - 1] = decode_uid(s, uids) if field <= 3 else decode_struct(s, 1, max_depth)
+        elif field == 5 and wt == 2:
+            read_sub(&r, &s)
+            n_items += 1
+        elif field == 6 and wt == 0:
+            read_varint(&r, &v)
+            semantic = <int>v if v < 0x80000000 else -1
+        elif 1 <= field <= 6:
+            raise _Unusual()
+        else:
+            skip_field(&r, wt)
+    if defaults[3] is None:
+        defaults[3] = {}
+    if n_items == 0:
+        return semantic, 0, [_request(defaults[0], defaults[1], defaults[2], defaults[3], principal_optional)]
+    # Pass 2: the items.
+    cdef list requests = []
+    cdef object principal, action, resource, context
+    r = start
+    while r.p < r.end:
+        read_tag(&r, &field, &wt)
+        if field != 5 or wt != 2:
+            skip_field(&r, wt)
+            continue
+        read_sub(&r, &item)
+        principal = action = resource = context = None
+        while item.p < item.end:
+            read_tag(&item, &ifield, &iwt)
+            if 1 <= ifield <= 4 and iwt == 2:
+                read_sub(&item, &s)
+                if ifield == 1 and principal is None:
+                    principal = decode_uid(s, uids)
+                elif ifield == 2 and action is None:
+                    action = decode_uid(s, uids)
+                elif ifield == 3 and resource is None:
+                    resource = decode_uid(s, uids)
+                elif ifield == 4 and context is None:
+                    context = decode_context(s, contexts, max_depth)
+                else:
+                    raise _Unusual()
+            elif 1 <= ifield <= 4:
+                raise _Unusual()
+            else:
+                skip_field(&item, iwt)
+        requests.append(_request(defaults[0] if principal is None else principal,
+                                 defaults[1] if action is None else action,
+                                 defaults[2] if resource is None else resource,
+                                 defaults[3] if context is None else context, principal_optional))
+    return semantic, n_items, requests
+
+
+cdef dict _request(principal, action, resource, context, bint principal_optional):
+    if action is None or resource is None or (principal is None and not principal_optional):
+        raise _Unusual()
+    return {"principal": principal, "action": action, "resource": resource, "context": context}
+
+
+# ---- encoding ----
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if b.n + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.n + extra, 4096)
+    grown = <char*>realloc(b.data, cap)
+    if grown == NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    return 0
+
+
+cdef inline int put_varint(Buf* b, uint64_t v) except -1:
+    reserve(b, 10)
+    while v >= 0x80:
+        b.data[b.n] = <char>((v & 0x7F) | 0x80)
+        b.n += 1
+        v >>= 7
+    b.data[b.n] = <char>v
+    b.n += 1
+    return 0
+
+
+cdef inline Py_ssize_t varint_size(uint64_t v) noexcept:
+    cdef Py_ssize_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef int put_bytes_field(Buf* b, uint32_t field, const char* p, Py_ssize_t n, bint keep_empty) except -1:
+    """A length-delimited field; an empty one is skipped unless `keep_empty` (a repeated field's element),
+    as proto3 does for singular strings."""
+    if n == 0 and not keep_empty:
+        return 0
+    put_varint(b, (field << 3) | 2)
+    put_varint(b, <uint64_t>n)
+    reserve(b, n)
+    memcpy(b.data + b.n, p, n)
+    b.n += n
+    return 0
+
+
+cdef int put_str_field(Buf* b, uint32_t field, str text, bint keep_empty=False) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+    return put_bytes_field(b, field, p, n, keep_empty)
+
+
+cdef Py_ssize_t str_field_size(uint32_t field, str text, bint keep_empty=False) except -1:
+    cdef Py_ssize_t n
+    PyUnicode_AsUTF8AndSize(text, &n)
+    if n == 0 and not keep_empty:
+        return 0
+    return varint_size((field << 3) | 2) + varint_size(<uint64_t>n) + n
+
+
+cdef int begin_message(Buf* b, uint32_t field, Py_ssize_t size) except -1:
+    put_varint(b, (field << 3) | 2)
+    put_varint(b, <uint64_t>size)
+    return 0
+
+
+cdef Py_ssize_t policy_error_size(dict e) except -1:
+    cdef Py_ssize_t n = str_field_size(1, e.get("policy", "")) + str_field_size(2, e.get("message", ""))
+    return n
+
+
+cdef int encode_result(Buf* b, object result, str decision_id, uint64_t generation, frozenset plain_codes) except -1:
+    """One CheckResponse (as results[k] of the BatchCheckResponse): field 1 of the outer message."""
+    cdef bint allowed
+    cdef list policies
+    cdef object errors
+    cdef str reason, code = None, message = "", field = ""
+    cdef Py_ssize_t size = 0, esize
+    if type(result) is tuple:
+        code, message, field = result
+        allowed = False
+        policies = []
+        errors = ()
+        reason = code
+    else:
+        allowed = result.allowed
+        policies = result.policies
+        errors = result.errors
+        reason = "" if allowed else ("forbidden_by_policy" if policies else "no_permitting_policy")
+    cdef bint request_error = code is not None and code and code not in plain_codes
+    # size first: the message is length-prefixed
+    size += 2  # decision (tag 0x08, value 1 or 2)
+    for p in policies:
+        size += str_field_size(2, <str>p, True)
+    for e in errors:
+        esize = policy_error_size(<dict>e)
+        size += 1 + varint_size(<uint64_t>esize) + esize
+    size += str_field_size(4, decision_id)
+    if generation:
+        size += 1 + varint_size(generation)
+    if request_error:
+        esize = str_field_size(1, code) + str_field_size(2, field) + str_field_size(3, message)
+        size += 1 + varint_size(<uint64_t>esize) + esize
+    size += str_field_size(7, reason)
+    begin_message(b, 1, size)
+    put_varint(b, 0x08)
+    put_varint(b, 1 if allowed else 2)
+    for p in policies:
+        put_str_field(b, 2, <str>p, True)
+    for e in errors:
+        begin_message(b, 3, policy_error_size(<dict>e))
+        put_str_field(b, 1, (<dict>e).get("policy", ""))
+        put_str_field(b, 2, (<dict>e).get("message", ""))
+    put_str_field(b, 4, decision_id)
+    if generation:
+        put_varint(b, 0x28)
+        put_varint(b, generation)
+    if request_error:
+        begin_message(b, 6, str_field_size(1, code) + str_field_size(2, field) + str_field_size(3, message))
+        put_str_field(b, 1, code)
+        put_str_field(b, 2, field)
+        put_str_field(b, 3, message)
+    put_str_field(b, 7, reason)
+    return 0
+
+
+def encode_check_results(list results, str id_prefix, uint64_t first_seq, uint64_t generation,
+                         frozenset plain_codes):
+    """A serialized authz.v1.BatchCheckResponse for `results` (each the engine's Decision, or
+    (code, message, field) for a request answered without one). results[k] gets the decision id
+    id_prefix + first_seq + k as 10 hex digits; `plain_codes` are deny codes reported as the
+    reason only, without a request_error."""
+    cdef Buf b
+    b.data = NULL
+    b.n = 0
+    b.cap = 0
+    cdef Py_ssize_t k
+    try:
+        reserve(&b, 64 * len(results) + 64)
+        for k in range(len(results)):
+            encode_result(&b, results[k], f"{id_prefix}{first_seq + k:010x}", generation, plain_codes)
+        return PyBytes_FromStringAndSize(b.data, b.n)
+    finally:
+        free(b.data)

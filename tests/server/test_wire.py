@@ -1,0 +1,149 @@
+"""authz._wire against protobuf: decoding must agree with the protobuf path wherever it answers, and
+encoding must give exactly protobuf's bytes."""
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from authz._pb import authz_pb2 as pb
+from authz._wire import decode_batch_check, encode_check_results
+from authz.server.api import _PLAIN_CODES, AuthorizerServicer, to_response
+from authz.server.decider import Invalid, Outcome
+
+DEPTH = 4
+
+
+def slow_requests(msg: pb.BatchCheckRequest, principal_optional: bool = True) -> list:
+    """What the protobuf path makes of a batch (the reference)."""
+    return AuthorizerServicer(None, max_context_depth=DEPTH)._batch_requests(msg, principal_optional)
+
+
+def uid(t, i):
+    return pb.EntityUid(type=t, id=i)
+
+
+def struct(d):
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+def test_decode_plain_batch_matches_protobuf_path():
+    msg = pb.BatchCheckRequest(principal=uid("Agent", "a1"), action=uid("Action", "call"),
+                               context=struct({"env": "prod", "n": 3, "tags": ["x", True], "r": {"k": -2}}),
+                               semantic=pb.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY)
+    msg.items.add(resource=uid("Tool", "t1"))
+    msg.items.add(resource=uid("Tool", "t2"), context=struct({"only": "item"}))
+    msg.items.add(principal=uid("Agent", "ü\"\\"), action=uid("Action", "read"), resource=uid("Tool", "t1"))
+    semantic, n, requests = decode_batch_check(msg.SerializeToString(), DEPTH, False)
+    assert (semantic, n) == (pb.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY, 3)
+    assert requests == slow_requests(msg)
+    assert requests[0]["context"] == {"env": "prod", "n": 3, "tags": ["x", True], "r": {"k": -2}}
+    # Repeated parts are decoded once and shared (the engine only reads them).
+    assert requests[0]["resource"] is requests[2]["resource"]
+
+
+def test_decode_without_items_is_one_request():
+    msg = pb.BatchCheckRequest(principal=uid("Agent", "a"), action=uid("Action", "x"), resource=uid("Tool", "t"))
+    assert decode_batch_check(msg.SerializeToString(), DEPTH, False) == (0, 0, slow_requests(msg))
+    assert decode_batch_check(b"", DEPTH, False) is None  # no parts at all: the protobuf path names them
+
+
+@pytest.mark.parametrize("msg", [
+    pb.BatchCheckRequest(action=uid("Action", "x"), resource=uid("Tool", "t"), items=[pb.BatchCheckItem()]),
+    pb.BatchCheckRequest(principal=uid("", "a"), action=uid("Action", "x"), resource=uid("Tool", "t"),
+                         items=[pb.BatchCheckItem()]),
+    pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), items=[pb.BatchCheckItem()]),
+    pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), resource=uid("T", "t"),
+                         items=[pb.BatchCheckItem(context=struct({"f": 0.5}))]),
+    pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), resource=uid("T", "t"),
+                         items=[pb.BatchCheckItem(context=struct({"n": None}))]),
+    pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), resource=uid("T", "t"),
+                         items=[pb.BatchCheckItem(context=struct({"big": 2.0 ** 63}))]),
+    pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), resource=uid("T", "t"),
+                         items=[pb.BatchCheckItem(context=struct({"a": {"b": {"c": {"d": {"e": 1}}}}}))]),
+], ids=["no-principal", "empty-type", "no-resource", "fraction", "null", "2^63", "too-deep"])
+def test_decode_declines_what_the_protobuf_path_must_answer(msg):
+    assert decode_batch_check(msg.SerializeToString(), DEPTH, False) is None
+    assert isinstance(slow_requests(msg, False)[0], Invalid)  # the reference refuses it, naming the field
+
+
+def test_decode_principal_optional():
+    msg = pb.BatchCheckRequest(action=uid("Action", "x"), resource=uid("Tool", "t"), items=[pb.BatchCheckItem()])
+    _, _, requests = decode_batch_check(msg.SerializeToString(), DEPTH, True)
+    assert requests == slow_requests(msg, True) and requests[0]["principal"] is None
+
+
+def test_decode_declines_malformed_and_merged_messages():
+    good = pb.BatchCheckRequest(principal=uid("A", "a"), action=uid("Action", "x"), resource=uid("T", "t"))
+    data = good.SerializeToString()
+    for bad in (data[:-1], data + b"\x0a", b"\xff" * 11, b"\x0b\x00", data + b"\x0a\x03\x0a\x01\xff"):
+        assert decode_batch_check(bad, DEPTH, False) is None
+    # A repeated singular message field is merged by protobuf: left to it.
+    twice = data + b"\x0a\x03\x0a\x01B"  # field 1 (principal) again
+    assert decode_batch_check(twice, DEPTH, False) is None
+    # Unknown fields are skipped, as protobuf does.
+    unknown = data + b"\x78\x05" + b"\x82\x01\x02hi"  # field 15 varint, field 16 bytes
+    assert decode_batch_check(unknown, DEPTH, False) == (0, 0, slow_requests(good))
+
+
+_scalars = st.one_of(st.text(max_size=5), st.booleans(), st.integers(-2 ** 53, 2 ** 53),
+                     st.floats(allow_nan=True, allow_infinity=True), st.none())
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                       max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(st.text(max_size=4), _values, max_size=4), min_size=1, max_size=4),
+       st.booleans(), st.sampled_from(["A", "", "Agent"]))
+def test_decode_agrees_with_protobuf_path(contexts, with_default, principal_type):
+    msg = pb.BatchCheckRequest(action=uid("Action", "x"), resource=uid("T", "t"))
+    if with_default:
+        msg.principal.CopyFrom(uid(principal_type, "p"))
+    for ctx in contexts:
+        msg.items.add(context=struct(ctx))
+    decoded = decode_batch_check(msg.SerializeToString(), DEPTH, False)
+    reference = slow_requests(msg, False)
+    if decoded is None:  # declined: the reference must have something to say (an Invalid)
+        assert any(isinstance(r, Invalid) for r in reference)
+    else:
+        assert decoded[2] == reference
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+class FakeDecision:
+    def __init__(self, allowed, policies, errors):
+        self.allowed, self.policies, self.errors = allowed, policies, errors
+
+
+_policies = st.lists(st.text(min_size=0, max_size=6), max_size=3)
+_errors = st.lists(st.fixed_dictionaries({"policy": st.text(max_size=5), "message": st.text(max_size=8)}), max_size=2)
+_results = st.one_of(
+    st.builds(FakeDecision, st.booleans(), _policies, _errors),
+    st.tuples(st.sampled_from(["request_parse_error", "index_unavailable", "out_of_scope", "token_alg_none"]),
+              st.text(max_size=8), st.text(max_size=5)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_results, max_size=5), st.integers(0, 2 ** 40), st.integers(0, 2 ** 64 - 1))
+def test_encode_is_protobufs_bytes(results, first, generation):
+    prefix = "0123456789ab"
+    reference = pb.BatchCheckResponse()
+    for k, r in enumerate(results):
+        did = f"{prefix}{first + k:010x}"
+        if isinstance(r, tuple):
+            o = Outcome(did, False, (), (), generation, r[0], r[1], r[2])
+        else:
+            o = Outcome(did, r.allowed, r.policies, r.errors, generation)
+        to_response(o, reference.results.add())
+    assert encode_check_results(results, prefix, first, generation, _PLAIN_CODES) == reference.SerializeToString()
+
+
+def test_encode_nothing():
+    assert encode_check_results([], "p", 1, 0, _PLAIN_CODES) == b""
