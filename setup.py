@@ -1,4 +1,5 @@
-"""Builds the compiled extensions (Cython 3): authz._evaluator (the engine) and authz._wire (authz.v1 BatchCheck on the wire)."""
+"""Builds the compiled extensions (Cython 3): authz._evaluator (the engine), authz._wire (authz.v1 BatchCheck
+on the wire) and authz._jsonl (decision log lines)."""
 import os
 
 from Cython.Build import cythonize
@@ -18,7 +19,8 @@ if os.environ.get("AUTHZ_CYTHON_LINETRACE"):
 setup(
     ext_modules=cythonize(
         [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"])],
+         Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz._jsonl", ["authz/_jsonl.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),
     )

@@ -7,6 +7,9 @@ import logging
 import os
 import threading
 import time
+from functools import partial
+
+from authz._jsonl import format_events
 
 log = logging.getLogger("authz.decisionlog")
 
@@ -113,30 +116,31 @@ class DecisionLog:
         self._drain()
 
     def _drain(self):
-        lines = []
+        chunks, lines = [], 0
         queue = self._queue
         while queue:
             batch = queue.popleft()
             self._queued_out += batch[5]
             try:
-                self._format_batch(batch, lines)
+                chunks.append(self._format_batch(batch))
+                lines += batch[5]
             except Exception:  # one bad batch must not stop the log
                 log.exception("cannot format decision events")
-            if len(lines) >= 200:
-                self._write(lines)
-                lines = []
+            if lines >= 1000:
+                self._write(chunks, lines)
+                chunks, lines = [], 0
                 time.sleep(0)  # let the request thread have the GIL between chunks
-        if lines:
-            self._write(lines)
+        if chunks:
+            self._write(chunks, lines)
 
     _second = -1
     _second_text = ""
 
-    def _format_batch(self, batch, lines):
-        """Append one JSON line per event of `batch` to `lines`.
+    def _format_batch(self, batch) -> bytes:
+        """The JSON lines of one queued batch, as UTF-8.
 
-        Hand-assembled JSON: this runs once per decision and json.dumps of a dict costs several
-        times as much. What the events of a batch share is formatted once.
+        Hand-assembled JSON (authz._jsonl): this runs once per decision, and json.dumps of a dict
+        costs many times as much. What the events of a batch share is formatted once.
         """
         t, api, latency_ns, generation, events, count = batch
         if callable(events):
@@ -144,22 +148,25 @@ class DecisionLog:
         if len(events) > count:
             events = events[:count]
         tenths = (int(latency_ns) + 50) // 100
-        shared = (f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},')
+        shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
         tail = f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{int(generation or 0)}'
+        return format_events(events, shared, tail, partial(self._format_event, shared, tail))
+
+    def _format_event(self, shared, tail, event) -> str:
+        """One event's JSON line, for what authz._jsonl leaves to Python (task tokens, unusual values)."""
+        decision_id, principal, action, resource, decision, policies, errors, reason, token = event
         quid, qstr = self._quid, self._qstr
-        append = lines.append
-        for decision_id, principal, action, resource, decision, policies, errors, reason, token in events:
-            line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
-                    f'"action":{quid(action)},"resource":{quid(resource)},"decision":{qstr(decision)},'
-                    f'"policies":[{",".join(map(qstr, policies))}],'
-                    f'"errors":{json.dumps(list(errors), ensure_ascii=False, default=str) if errors else "[]"},'
-                    f'{tail}')
-            if reason:
-                line += f',"reason":{qstr(reason)}'
-            if token is not None:  # the token's id, task and delegation chain; never the token itself
-                jti, task, chain = token
-                line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
-            append(line + "}\n")
+        line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
+                f'"action":{quid(action)},"resource":{quid(resource)},"decision":{qstr(decision)},'
+                f'"policies":[{",".join(map(qstr, policies))}],'
+                f'"errors":{json.dumps(list(errors), ensure_ascii=False, default=str) if errors else "[]"},'
+                f'{tail}')
+        if reason:
+            line += f',"reason":{qstr(reason)}'
+        if token is not None:  # the token's id, task and delegation chain; never the token itself
+            jti, task, chain = token
+            line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
+        return line + "}\n"
 
     def _quid(self, uid) -> str:
         """_quid(uid), remembered for {type, id} dicts of strings."""
@@ -192,15 +199,15 @@ class DecisionLog:
             self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return self._second_text
 
-    def _write(self, lines):
-        data = "".join(lines).encode("utf-8", "replace")
+    def _write(self, chunks, lines: int):
+        data = b"".join(chunks)
         try:
             while data:
                 n = os.write(self._fd, data)
                 data = data[n:]
-            self.written += len(lines)
+            self.written += lines
         except OSError as e:
-            self.dropped += len(lines)
+            self.dropped += lines
             log.error("cannot write decision log `%s`: %s", self.path, e.strerror)
 
     def close(self, timeout: float = 5.0):

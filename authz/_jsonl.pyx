@@ -1,0 +1,203 @@
+# cython: language_level=3
+"""Decision events as JSON lines, written into one C buffer (the decision log's per-decision cost).
+
+`format_events` writes the common event, whose uids are {type, id} dicts of strings (or None),
+whose policies are strings and which has no task token, straight as UTF-8 JSON. Any other event
+is handed to the `fallback` formatter (Python, authz.server.decisionlog), so the output is the
+same JSON either way.
+"""
+from libc.stdint cimport uint8_t
+from libc.string cimport memcpy
+from libc.stdlib cimport realloc, free
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+import json as _json
+
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if b.n + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.n + extra, 8192)
+    grown = <char*>realloc(b.data, cap)
+    if grown == NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    return 0
+
+
+cdef inline int put(Buf* b, const char* p, Py_ssize_t n) except -1:
+    reserve(b, n)
+    memcpy(b.data + b.n, p, n)
+    b.n += n
+    return 0
+
+
+cdef inline int put_str(Buf* b, str text) except -1:
+    """`text` as it is (it is JSON already)."""
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+    return put(b, p, n)
+
+
+cdef const char* HEX = "0123456789abcdef"
+
+
+cdef int put_escaped(Buf* b, const char* p, Py_ssize_t n, int levels) except -1:
+    """The UTF-8 bytes p[:n] JSON-escaped `levels` times (1 or 2: a JSON string inside a JSON string)."""
+    cdef Py_ssize_t i, k, m
+    cdef uint8_t c
+    cdef char once[6]
+    reserve(b, n * (12 if levels == 2 else 6))
+    for i in range(n):
+        c = <uint8_t>p[i]
+        if c >= 0x20 and c != 0x22 and c != 0x5C:
+            b.data[b.n] = <char>c
+            b.n += 1
+            continue
+        # the first escape, as json.dumps writes it: \" \\ \n \r \t \b \f or \u00XX
+        once[0] = b'\\'
+        m = 2
+        if c == 0x22 or c == 0x5C:
+            once[1] = <char>c
+        elif c == 0x0A:
+            once[1] = b'n'
+        elif c == 0x0D:
+            once[1] = b'r'
+        elif c == 0x09:
+            once[1] = b't'
+        elif c == 0x08:
+            once[1] = b'b'
+        elif c == 0x0C:
+            once[1] = b'f'
+        else:
+            once[1] = b'u'
+            once[2] = b'0'
+            once[3] = b'0'
+            once[4] = HEX[c >> 4]
+            once[5] = HEX[c & 15]
+            m = 6
+        if levels == 1:
+            memcpy(b.data + b.n, once, m)
+            b.n += m
+        else:  # escape the escape: each \ and " of it gets a backslash
+            for k in range(m):
+                if once[k] == b'\\' or once[k] == b'"':
+                    b.data[b.n] = b'\\'
+                    b.n += 1
+                b.data[b.n] = once[k]
+                b.n += 1
+    return 0
+
+
+cdef int put_json_str(Buf* b, str text) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+    put(b, b'"', 1)
+    put_escaped(b, p, n, 1)
+    put(b, b'"', 1)
+    return 0
+
+
+cdef bint plain_uid(object uid):
+    return uid is None or (type(uid) is dict and type((<dict>uid).get("type")) is str
+                           and type((<dict>uid).get("id")) is str)
+
+
+cdef int put_uid(Buf* b, object uid) except -1:
+    """`Type::"id"` (its id JSON-quoted) as a JSON string, or null."""
+    cdef Py_ssize_t n
+    cdef const char* p
+    if uid is None:
+        return put(b, b"null", 4)
+    put(b, b'"', 1)
+    p = PyUnicode_AsUTF8AndSize((<dict>uid)["type"], &n)
+    put_escaped(b, p, n, 1)
+    put(b, b'::\\"', 4)
+    p = PyUnicode_AsUTF8AndSize((<dict>uid)["id"], &n)
+    put_escaped(b, p, n, 2)
+    put(b, b'\\""', 3)
+    return 0
+
+
+cdef bint plain_event(tuple ev):
+    if len(ev) != 9 or ev[8] is not None:  # a task token: the fallback writes its part
+        return False
+    if type(ev[0]) is not str or type(ev[4]) is not str:
+        return False
+    if not (plain_uid(ev[1]) and plain_uid(ev[2]) and plain_uid(ev[3])):
+        return False
+    if ev[7] is not None and type(ev[7]) is not str:
+        return False
+    for p in ev[5]:
+        if type(p) is not str:
+            return False
+    return True
+
+
+cdef int put_event(Buf* b, tuple ev, str shared, str tail) except -1:
+    put(b, b'{"decision_id":', 15)
+    put_json_str(b, ev[0])
+    put(b, b',', 1)
+    put_str(b, shared)
+    put(b, b'"principal":', 12)
+    put_uid(b, ev[1])
+    put(b, b',"action":', 10)
+    put_uid(b, ev[2])
+    put(b, b',"resource":', 12)
+    put_uid(b, ev[3])
+    put(b, b',"decision":', 12)
+    put_json_str(b, ev[4])
+    put(b, b',"policies":[', 13)
+    cdef bint first = True
+    for p in ev[5]:
+        if not first:
+            put(b, b',', 1)
+        first = False
+        put_json_str(b, <str>p)
+    put(b, b'],"errors":', 11)
+    if ev[6]:
+        put_str(b, _json.dumps(list(ev[6]), ensure_ascii=False, default=str))
+    else:
+        put(b, b'[]', 2)
+    put(b, b',', 1)
+    put_str(b, tail)
+    if ev[7]:
+        put(b, b',"reason":', 10)
+        put_json_str(b, ev[7])
+    put(b, b'}\n', 2)
+    return 0
+
+
+def format_events(list events, str shared, str tail, object fallback):
+    """The events' JSON lines as UTF-8 bytes. `shared` (the fields every event of the batch has after
+    its decision id, ending in a comma) and `tail` (the last ones) are JSON text; `fallback(event)`
+    gives the line (a str) of an event this writer does not take, or of one it cannot encode."""
+    cdef Buf b
+    b.data = NULL
+    b.n = 0
+    b.cap = 0
+    cdef Py_ssize_t mark
+    try:
+        for ev in events:
+            mark = b.n
+            if type(ev) is tuple and plain_event(<tuple>ev):
+                try:
+                    put_event(&b, <tuple>ev, shared, tail)
+                    continue
+                except UnicodeEncodeError:  # a lone surrogate: the fallback replaces it
+                    b.n = mark
+            line = (<str>fallback(ev)).encode("utf-8", "replace")
+            put(&b, line, len(line))
+        return PyBytes_FromStringAndSize(b.data, b.n)
+    finally:
+        free(b.data)
