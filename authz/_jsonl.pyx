@@ -129,6 +129,13 @@ cdef int put_uid(Buf* b, object uid) except -1:
     return 0
 
 
+cdef bint plain_strings(object items):
+    for p in items:
+        if type(p) is not str:
+            return False
+    return True
+
+
 cdef bint plain_event(tuple ev):
     if len(ev) != 9 or ev[8] is not None:  # a task token: the fallback writes its part
         return False
@@ -138,44 +145,68 @@ cdef bint plain_event(tuple ev):
         return False
     if ev[7] is not None and type(ev[7]) is not str:
         return False
-    for p in ev[5]:
-        if type(p) is not str:
-            return False
-    return True
+    return plain_strings(ev[5])
 
 
-cdef int put_event(Buf* b, tuple ev, str shared, str tail) except -1:
+cdef int put_decision_id(Buf* b, str prefix, unsigned long long seq) except -1:
+    """prefix + seq as (at least) 10 hex digits, a JSON string: what f"{prefix}{seq:010x}" gives."""
+    cdef char digits[16]
+    cdef int n = 0
+    while seq or n < 10:
+        digits[15 - n] = HEX[seq & 15]
+        seq >>= 4
+        n += 1
+    cdef Py_ssize_t pn
+    cdef const char* pp = PyUnicode_AsUTF8AndSize(prefix, &pn)
+    put(b, b'"', 1)
+    put_escaped(b, pp, pn, 1)
+    put(b, digits + 16 - n, n)
+    put(b, b'"', 1)
+    return 0
+
+
+cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, str shared, principal, action,
+                  resource, str decision, policies, errors, str reason, str tail) except -1:
+    """One event's line; its decision id is `decision_id`, or prefix + seq when that is None."""
     put(b, b'{"decision_id":', 15)
-    put_json_str(b, ev[0])
+    if decision_id is not None:
+        put_json_str(b, decision_id)
+    else:
+        put_decision_id(b, prefix, seq)
     put(b, b',', 1)
     put_str(b, shared)
     put(b, b'"principal":', 12)
-    put_uid(b, ev[1])
+    put_uid(b, principal)
     put(b, b',"action":', 10)
-    put_uid(b, ev[2])
+    put_uid(b, action)
     put(b, b',"resource":', 12)
-    put_uid(b, ev[3])
+    put_uid(b, resource)
     put(b, b',"decision":', 12)
-    put_json_str(b, ev[4])
+    put_json_str(b, decision)
     put(b, b',"policies":[', 13)
     cdef bint first = True
-    for p in ev[5]:
+    for p in policies:
         if not first:
             put(b, b',', 1)
         first = False
         put_json_str(b, <str>p)
     put(b, b'],"errors":', 11)
-    if ev[6]:
-        put_str(b, _json.dumps(list(ev[6]), ensure_ascii=False, default=str))
+    if errors:
+        put_str(b, _json.dumps(list(errors), ensure_ascii=False, default=str))
     else:
         put(b, b'[]', 2)
     put(b, b',', 1)
     put_str(b, tail)
-    if ev[7]:
+    if reason:
         put(b, b',"reason":', 10)
-        put_json_str(b, ev[7])
+        put_json_str(b, reason)
     put(b, b'}\n', 2)
     return 0
+
+
+cdef inline int put_fallback(Buf* b, object line) except -1:
+    data = (<str>line).encode("utf-8", "replace")
+    return put(b, data, len(data))
 
 
 def format_events(list events, str shared, str tail, object fallback):
@@ -187,17 +218,53 @@ def format_events(list events, str shared, str tail, object fallback):
     b.n = 0
     b.cap = 0
     cdef Py_ssize_t mark
+    cdef tuple ev
     try:
-        for ev in events:
+        for item in events:
             mark = b.n
-            if type(ev) is tuple and plain_event(<tuple>ev):
+            if type(item) is tuple and plain_event(<tuple>item):
+                ev = <tuple>item
                 try:
-                    put_event(&b, <tuple>ev, shared, tail)
+                    put_line(&b, ev[0], None, 0, shared, ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7], tail)
                     continue
                 except UnicodeEncodeError:  # a lone surrogate: the fallback replaces it
                     b.n = mark
-            line = (<str>fallback(ev)).encode("utf-8", "replace")
-            put(&b, line, len(line))
+            put_fallback(&b, fallback(item))
+        return PyBytes_FromStringAndSize(b.data, b.n)
+    finally:
+        free(b.data)
+
+
+def format_decisions(str prefix, unsigned long long first, list requests, list results, str shared, str tail,
+                     object fallback):
+    """format_events() of a decided batch, without event tuples: results[i] (an engine Decision, or a
+    tuple for a request answered without one) of requests[i] (a request dict, or not), with the
+    decision id prefix + (first + i). `fallback(i)` gives the line of any item but a Decision on a
+    request dict with plain uids and no task token in its context."""
+    cdef Buf b
+    b.data = NULL
+    b.n = 0
+    b.cap = 0
+    cdef Py_ssize_t i, mark
+    cdef dict r
+    try:
+        for i in range(len(results)):
+            mark = b.n
+            d = results[i]
+            req = requests[i]
+            if type(req) is dict and type(d) is not tuple:
+                r = <dict>req
+                ctx = r.get("context")
+                p, a, res = r.get("principal"), r.get("action"), r.get("resource")
+                if (not ctx or "delegation" not in ctx) and plain_uid(p) and plain_uid(a) and plain_uid(res) \
+                        and plain_strings(d.policies):
+                    try:
+                        put_line(&b, None, prefix, first + i, shared, p, a, res, "allow" if d.allowed else "deny",
+                                 d.policies, d.errors, None, tail)
+                        continue
+                    except UnicodeEncodeError:
+                        b.n = mark
+            put_fallback(&b, fallback(i))
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
         free(b.data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from functools import partial
 
 from authz.errors import IndexUnavailableError, RequestError
 
@@ -64,24 +63,33 @@ def token_of(request) -> tuple | None:
     return tok.get("jti"), tok.get("task"), chain
 
 
-def decision_events(prefix: str, first: int, requests: list, results: list) -> list:
-    """The decision log's events for Decider.decide_batch's results (built by the log's writer thread)."""
-    events = []
-    add = events.append
-    for i, d in enumerate(results):
-        did = f"{prefix}{first + i:010x}"
+class DecisionBatch:
+    """A decided batch as the decision log takes it: Decider.decide_batch's requests and results, made
+    into events (and lines) by the log's writer thread, off the request path.
+
+    INVARIANT: nothing changes `requests` or `results` after decide_batch returns.
+    """
+
+    __slots__ = ("prefix", "first", "requests", "results")
+
+    def __init__(self, prefix: str, first: int, requests: list, results: list):
+        self.prefix, self.first, self.requests, self.results = prefix, first, requests, results
+
+    def event(self, i: int) -> tuple:
+        """The decision log event of item i: (decision_id, principal, action, resource, decision,
+        policies, errors, reason, token)."""
+        d = self.results[i]
+        did = f"{self.prefix}{self.first + i:010x}"
         if type(d) is tuple:
             code, decision, policies, errors = d[0], DENY, (), ()
         else:
             code, decision, policies, errors = None, ALLOW if d.allowed else DENY, d.policies, d.errors
-        r = requests[i]
+        r = self.requests[i]
         if type(r) is Invalid:
-            add((did, r.principal, r.action, r.resource, decision, policies, errors, code, r.token))
-        else:
-            ctx = r.get("context")
-            add((did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
-                 token_of(r) if ctx and "delegation" in ctx else None))
-    return events
+            return did, r.principal, r.action, r.resource, decision, policies, errors, code, r.token
+        ctx = r.get("context")
+        return (did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
+                token_of(r) if ctx and "delegation" in ctx else None)
 
 
 class Decider:
@@ -221,10 +229,9 @@ class Decider:
                 else:
                     self.metrics.decision(api, ALLOW if d.allowed else DENY, per_item_s)
         if self.decision_log is not None and results:
-            # INVARIANT: nothing changes requests or results after this, so the log's writer
-            # thread may turn them into events later, off the request path.
+            # INVARIANT (DecisionBatch): nothing changes requests or results after this.
             self.decision_log.record_lazy(api, latency_ns, generation, len(results),
-                                          partial(decision_events, self._prefix, first, requests, results))
+                                          DecisionBatch(self._prefix, first, requests, results))
         return results, first, generation
 
     @property

@@ -9,7 +9,7 @@ import threading
 import time
 from functools import partial
 
-from authz._jsonl import format_events
+from authz._jsonl import format_decisions, format_events
 
 log = logging.getLogger("authz.decisionlog")
 
@@ -65,8 +65,9 @@ class DecisionLog:
         self.dropped = 0
         self.written = 0
         # Each queued item is one batch: (time, api, latency_ns, generation, events, count), where
-        # events is a list or a function making it, of which the first `count` are written; an event
-        # is (decision_id, principal, action, resource, decision, policies, errors, reason, token).
+        # events is a list of events or a DecisionBatch (authz.server.decider), of which the first
+        # `count` are written; an event is (decision_id, principal, action, resource, decision,
+        # policies, errors, reason, token).
         self._queue: collections.deque = collections.deque()
         # Events queued minus events taken: each counter has one writer thread, so no lock is needed.
         self._queued_in = 0
@@ -95,8 +96,9 @@ class DecisionLog:
         """
         self.record_lazy(api, latency_ns, generation, len(events), events)
 
-    def record_lazy(self, api, latency_ns, generation, count, make_events):
-        """record_batch() of the `count` events `make_events()` returns, called by the writer thread."""
+    def record_lazy(self, api, latency_ns, generation, count, batch):
+        """record_batch() of the first `count` events of `batch`: a list of events, or a DecisionBatch
+        (authz.server.decider) whose events the writer thread makes."""
         room = self.max_queue - (self._queued_in - self._queued_out)
         if room < count:
             lost = count - max(room, 0)
@@ -108,7 +110,7 @@ class DecisionLog:
                 return
             count = room
         self._queued_in += count
-        self._queue.append((time.time(), api, latency_ns, generation, make_events, count))
+        self._queue.append((time.time(), api, latency_ns, generation, batch, count))
 
     def _run(self):
         while not self._stop.wait(self._interval):
@@ -143,14 +145,14 @@ class DecisionLog:
         costs many times as much. What the events of a batch share is formatted once.
         """
         t, api, latency_ns, generation, events, count = batch
-        if callable(events):
-            events = events()
-        if len(events) > count:
-            events = events[:count]
         tenths = (int(latency_ns) + 50) // 100
         shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
         tail = f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{int(generation or 0)}'
-        return format_events(events, shared, tail, partial(self._format_event, shared, tail))
+        if type(events) is list:
+            return format_events(events[:count], shared, tail, partial(self._format_event, shared, tail))
+        decided = events  # a DecisionBatch: its events are made here, off the request path
+        return format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], shared,
+                                tail, lambda i: self._format_event(shared, tail, decided.event(i)))
 
     def _format_event(self, shared, tail, event) -> str:
         """One event's JSON line, for what authz._jsonl leaves to Python (task tokens, unusual values)."""

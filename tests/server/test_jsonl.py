@@ -4,7 +4,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz._jsonl import format_events
+from authz._jsonl import format_decisions, format_events
+from authz.server.decider import DecisionBatch, Invalid
 from authz.server.decisionlog import DecisionLog
 
 SHARED = '"time":"2026-01-01T00:00:00.000001Z","api":"v1",'
@@ -57,3 +58,32 @@ def test_lone_surrogate_takes_the_fallback():
         return '{"decision_id":"id2"}\n'
 
     assert format_events([ev], SHARED, TAIL, fallback) == b'{"decision_id":"id2"}\n' and calls == [ev]
+
+
+class FakeDecision:
+    def __init__(self, allowed, policies, errors):
+        self.allowed, self.policies, self.errors = allowed, policies, errors
+
+
+_request = st.one_of(
+    st.fixed_dictionaries({"principal": _uid, "action": _uid, "resource": _uid,
+                           "context": st.one_of(st.just({}), st.just({"delegation": {"chain": []},
+                                                                     "token": {"jti": "j", "task": "t"}}))}),
+    st.builds(lambda code, p: Invalid(code, "m", "f", p, None, None, None), st.sampled_from(["c1", "c2"]), _uid))
+_result = st.one_of(st.builds(FakeDecision, st.booleans(), st.lists(_text, max_size=2),
+                              st.lists(st.fixed_dictionaries({"policy": _text, "message": _text}), max_size=1)),
+                    st.tuples(st.sampled_from(["index_unavailable", "request_parse_error"]), _text, _text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_request, _result), max_size=6), st.integers(0, 2 ** 44))
+def test_decided_batch_same_json_as_its_events(tmp_path_factory, items, first):
+    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
+    batch = DecisionBatch("0a1b2c3d4e5f", first, [r for r, _ in items], [d for _, d in items])
+    try:
+        fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, SHARED, TAIL,
+                                lambda i: log._format_event(SHARED, TAIL, batch.event(i)))
+        reference = _python_lines(log, [batch.event(i) for i in range(len(items))])
+    finally:
+        log.close()
+    assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
