@@ -11,6 +11,12 @@ from libc.string cimport memcpy
 from libc.stdlib cimport realloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport floor
+from libc.stdio cimport snprintf
+from libc.time cimport time_t, tm, strftime
+
+cdef extern from "<time.h>" nogil:
+    tm* gmtime_r(const time_t* timep, tm* result)
 
 import json as _json
 
@@ -129,6 +135,47 @@ cdef int put_uid(Buf* b, object uid) except -1:
     return 0
 
 
+cdef struct Fields:
+    # what the events of one batch share, as JSON text: `shared` follows the decision id, `tail` ends the line
+    char shared[192]
+    Py_ssize_t shared_n
+    char tail[96]
+    Py_ssize_t tail_n
+
+
+cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsigned long long generation) except -1:
+    """"time":"<UTC, µs>Z","api":<api>,   and   "latency_us":<0.1 µs>,"generation":<n>   (decisionlog's format)."""
+    cdef time_t second = <time_t>floor(t)
+    cdef tm parts
+    cdef char when[32]
+    cdef Buf b
+    if gmtime_r(&second, &parts) == NULL:
+        raise ValueError("time out of range")
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &parts)
+    cdef Py_ssize_t n
+    cdef const char* ap = PyUnicode_AsUTF8AndSize(api, &n)
+    if n > 64:
+        raise ValueError("api name too long")
+    b.data = NULL
+    b.n = 0
+    b.cap = 0
+    try:
+        f.shared_n = snprintf(f.shared, 96, '"time":"%s.%06ldZ","api":"', when, <long>((t - floor(t)) * 1e6))
+        put_escaped(&b, ap, n, 1)
+        if f.shared_n + b.n + 2 > <Py_ssize_t>sizeof(f.shared):
+            raise ValueError("api name too long")
+        memcpy(f.shared + f.shared_n, b.data, b.n)
+        f.shared_n += b.n
+        memcpy(f.shared + f.shared_n, b'",', 2)
+        f.shared_n += 2
+    finally:
+        free(b.data)
+    cdef long long tenths = (latency_ns + 50) // 100
+    f.tail_n = snprintf(f.tail, sizeof(f.tail), '"latency_us":%lld.%lld,"generation":%llu', tenths // 10,
+                        tenths % 10, generation)
+    return 0
+
+
 cdef bint plain_strings(object items):
     for p in items:
         if type(p) is not str:
@@ -165,8 +212,8 @@ cdef int put_decision_id(Buf* b, str prefix, unsigned long long seq) except -1:
     return 0
 
 
-cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, str shared, principal, action,
-                  resource, str decision, policies, errors, str reason, str tail) except -1:
+cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, Fields* f, principal, action,
+                  resource, str decision, policies, errors, str reason) except -1:
     """One event's line; its decision id is `decision_id`, or prefix + seq when that is None."""
     put(b, b'{"decision_id":', 15)
     if decision_id is not None:
@@ -174,7 +221,7 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, s
     else:
         put_decision_id(b, prefix, seq)
     put(b, b',', 1)
-    put_str(b, shared)
+    put(b, f.shared, f.shared_n)
     put(b, b'"principal":', 12)
     put_uid(b, principal)
     put(b, b',"action":', 10)
@@ -196,7 +243,7 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, s
     else:
         put(b, b'[]', 2)
     put(b, b',', 1)
-    put_str(b, tail)
+    put(b, f.tail, f.tail_n)
     if reason:
         put(b, b',"reason":', 10)
         put_json_str(b, reason)
@@ -209,10 +256,13 @@ cdef inline int put_fallback(Buf* b, object line) except -1:
     return put(b, data, len(data))
 
 
-def format_events(list events, str shared, str tail, object fallback):
-    """The events' JSON lines as UTF-8 bytes. `shared` (the fields every event of the batch has after
-    its decision id, ending in a comma) and `tail` (the last ones) are JSON text; `fallback(event)`
-    gives the line (a str) of an event this writer does not take, or of one it cannot encode."""
+def format_events(list events, double t, str api, long long latency_ns, unsigned long long generation,
+                  object fallback):
+    """The JSON lines of a batch of events, as UTF-8 bytes; the events share their time `t` (Unix
+    seconds), `api`, latency and generation. `fallback(event)` gives the line (a str) of an event
+    this writer does not take, or of one it cannot encode."""
+    cdef Fields f
+    batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b
     b.data = NULL
     b.n = 0
@@ -225,7 +275,7 @@ def format_events(list events, str shared, str tail, object fallback):
             if type(item) is tuple and plain_event(<tuple>item):
                 ev = <tuple>item
                 try:
-                    put_line(&b, ev[0], None, 0, shared, ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7], tail)
+                    put_line(&b, ev[0], None, 0, &f, ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
                     continue
                 except UnicodeEncodeError:  # a lone surrogate: the fallback replaces it
                     b.n = mark
@@ -235,12 +285,14 @@ def format_events(list events, str shared, str tail, object fallback):
         free(b.data)
 
 
-def format_decisions(str prefix, unsigned long long first, list requests, list results, str shared, str tail,
-                     object fallback):
+def format_decisions(str prefix, unsigned long long first, list requests, list results, double t, str api,
+                     long long latency_ns, unsigned long long generation, object fallback):
     """format_events() of a decided batch, without event tuples: results[i] (an engine Decision, or a
     tuple for a request answered without one) of requests[i] (a request dict, or not), with the
     decision id prefix + (first + i). `fallback(i)` gives the line of any item but a Decision on a
     request dict with plain uids and no task token in its context."""
+    cdef Fields f
+    batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b
     b.data = NULL
     b.n = 0
@@ -259,8 +311,8 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
                 if (not ctx or "delegation" not in ctx) and plain_uid(p) and plain_uid(a) and plain_uid(res) \
                         and plain_strings(d.policies):
                     try:
-                        put_line(&b, None, prefix, first + i, shared, p, a, res, "allow" if d.allowed else "deny",
-                                 d.policies, d.errors, None, tail)
+                        put_line(&b, None, prefix, first + i, &f, p, a, res, "allow" if d.allowed else "deny",
+                                 d.policies, d.errors, None)
                         continue
                     except UnicodeEncodeError:
                         b.n = mark

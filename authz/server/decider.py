@@ -165,9 +165,8 @@ class Decider:
         decision = ALLOW if o.allowed else DENY
         self.metrics.decision(api, decision, latency_ns / 1e9)
         if self.decision_log is not None:
-            self.decision_log.record(did, api, request["principal"], request["action"], request["resource"],
-                                     decision, d.policies, d.errors, latency_ns, generation, None,
-                                     token_of(request))
+            self.decision_log.record_lazy(api, latency_ns, generation, 1,
+                                          DecisionBatch(self._prefix, self._seq, [request], [d]))
         return o
 
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:

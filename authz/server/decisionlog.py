@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-from functools import partial
 
 from authz._jsonl import format_decisions, format_events
 
@@ -145,14 +144,22 @@ class DecisionLog:
         costs many times as much. What the events of a batch share is formatted once.
         """
         t, api, latency_ns, generation, events, count = batch
-        tenths = (int(latency_ns) + 50) // 100
-        shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
-        tail = f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{int(generation or 0)}'
+        latency_ns, generation = int(latency_ns), int(generation or 0)
+
+        def line(event):  # the Python formatter, for what authz._jsonl leaves to it
+            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event)
+
         if type(events) is list:
-            return format_events(events[:count], shared, tail, partial(self._format_event, shared, tail))
+            return format_events(events[:count], t, api, latency_ns, generation, line)
         decided = events  # a DecisionBatch: its events are made here, off the request path
-        return format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], shared,
-                                tail, lambda i: self._format_event(shared, tail, decided.event(i)))
+        return format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], t, api,
+                                latency_ns, generation, lambda i: line(decided.event(i)))
+
+    def _batch_fields(self, t, api, latency_ns, generation) -> tuple:
+        """(shared, tail): the JSON text of what a batch's events share, after the decision id and at the end."""
+        tenths = (latency_ns + 50) // 100
+        shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
+        return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
 
     def _format_event(self, shared, tail, event) -> str:
         """One event's JSON line, for what authz._jsonl leaves to Python (task tokens, unusual values)."""

@@ -8,8 +8,7 @@ from authz._jsonl import format_decisions, format_events
 from authz.server.decider import DecisionBatch, Invalid
 from authz.server.decisionlog import DecisionLog
 
-SHARED = '"time":"2026-01-01T00:00:00.000001Z","api":"v1",'
-TAIL = '"latency_us":1.5,"generation":7'
+T, API, LATENCY_NS, GENERATION = 1767225600.25, "v1", 1_460, 7  # 2026-01-01T00:00:00.250000Z, 1.5 µs
 
 _text = st.text(alphabet=st.characters(codec=None), max_size=8)  # includes quotes, controls, surrogates
 _uid = st.one_of(st.none(), st.fixed_dictionaries({"type": _text, "id": _text}),
@@ -22,8 +21,12 @@ _event = st.tuples(
     st.one_of(st.none(), st.tuples(_text, _text, st.lists(_text, max_size=2))))
 
 
+def _python_line(log, event):
+    return log._format_event(*log._batch_fields(T, API, LATENCY_NS, GENERATION), event)
+
+
 def _python_lines(log, events):
-    return "".join(log._format_event(SHARED, TAIL, e) for e in events).encode("utf-8", "replace")
+    return "".join(_python_line(log, e) for e in events).encode("utf-8", "replace")
 
 
 @settings(max_examples=400, deadline=None)
@@ -31,7 +34,7 @@ def _python_lines(log, events):
 def test_same_json_as_the_python_formatter(tmp_path_factory, events):
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     try:
-        fast = format_events(events, SHARED, TAIL, lambda e: log._format_event(SHARED, TAIL, e))
+        fast = format_events(events, T, API, LATENCY_NS, GENERATION, lambda e: _python_line(log, e))
         reference = _python_lines(log, events)
     finally:
         log.close()
@@ -42,9 +45,9 @@ def test_same_json_as_the_python_formatter(tmp_path_factory, events):
 def test_plain_event_bytes():
     ev = ("id1", {"type": "Agent", "id": 'a"1\\'}, {"type": "Action", "id": "call"}, None, "deny", ["p\n"],
           [], "no_permitting_policy", None)
-    line = format_events([ev], SHARED, TAIL, None).decode()
+    line = format_events([ev], T, API, LATENCY_NS, GENERATION, None).decode()
     assert json.loads(line) == {
-        "decision_id": "id1", "time": "2026-01-01T00:00:00.000001Z", "api": "v1",
+        "decision_id": "id1", "time": "2026-01-01T00:00:00.250000Z", "api": "v1",
         "principal": 'Agent::"a\\"1\\\\"', "action": 'Action::"call"', "resource": None, "decision": "deny",
         "policies": ["p\n"], "errors": [], "latency_us": 1.5, "generation": 7, "reason": "no_permitting_policy"}
 
@@ -57,7 +60,8 @@ def test_lone_surrogate_takes_the_fallback():
         calls.append(e)
         return '{"decision_id":"id2"}\n'
 
-    assert format_events([ev], SHARED, TAIL, fallback) == b'{"decision_id":"id2"}\n' and calls == [ev]
+    assert format_events([ev], T, API, LATENCY_NS, GENERATION, fallback) == b'{"decision_id":"id2"}\n'
+    assert calls == [ev]
 
 
 class FakeDecision:
@@ -81,9 +85,22 @@ def test_decided_batch_same_json_as_its_events(tmp_path_factory, items, first):
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     batch = DecisionBatch("0a1b2c3d4e5f", first, [r for r, _ in items], [d for _, d in items])
     try:
-        fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, SHARED, TAIL,
-                                lambda i: log._format_event(SHARED, TAIL, batch.event(i)))
+        fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
+                                GENERATION, lambda i: _python_line(log, batch.event(i)))
         reference = _python_lines(log, [batch.event(i) for i in range(len(items))])
     finally:
         log.close()
     assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 4e9), st.integers(0, 10 ** 13), st.integers(0, 2 ** 64 - 1), st.sampled_from(["v1", "envoy", 'a"b']))
+def test_batch_fields_as_python_writes_them(tmp_path_factory, t, latency_ns, generation, api):
+    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
+    ev = ("id", None, None, None, "allow", [], [], None, None)
+    try:
+        fast = format_events([ev], t, api, latency_ns, generation, None)
+        reference = log._format_event(*log._batch_fields(t, api, latency_ns, generation), ev).encode()
+    finally:
+        log.close()
+    assert json.loads(fast) == json.loads(reference)
