@@ -1,11 +1,14 @@
 # cython: language_level=3
-"""authz.v1 BatchCheck on the wire, without protobuf message objects (the per-item hot path of `authz serve`).
+"""Requests and responses of `authz serve`'s hot paths on the wire, without protobuf message objects.
 
 `decode_batch_check` reads a serialized BatchCheckRequest straight into the engine's request
 dicts. It is deliberately narrow: anything it does not take as given (an empty entity type, a
 missing part, a null or fractional number in a context, a context nested too deeply, a repeated
 singular message field, bad UTF-8, a malformed message) makes it return None, and the caller
 then takes the protobuf path, which is exact about every error and names the field.
+
+`decode_envoy_check` reads what the Envoy mapping needs from a serialized ext_authz v3
+CheckRequest, under the same rule: None sends the request to the protobuf path.
 
 `encode_check_results` writes the BatchCheckResponse for a list of results. Fields go out in
 field-number order and defaults are omitted, so the bytes are what protobuf's
@@ -460,3 +463,230 @@ def encode_check_results(list results, str id_prefix, uint64_t first_seq, uint64
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
         free(b.data)
+
+
+# ---- Envoy ext_authz v3 CheckRequest ----
+
+cdef dict decode_peer(Reader sub):
+    """AttributeContext.Peer as {address, port, principal} (socket address only)."""
+    cdef uint32_t field, wt, afield, awt, sfield, swt
+    cdef uint64_t v
+    cdef Reader s, addr, sock
+    address, port, principal = "", 0, ""
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if field == 1 and wt == 2:  # Address
+            read_sub(&sub, &addr)
+            while addr.p < addr.end:
+                read_tag(&addr, &afield, &awt)
+                if afield == 1 and awt == 2:  # SocketAddress
+                    read_sub(&addr, &sock)
+                    while sock.p < sock.end:
+                        read_tag(&sock, &sfield, &swt)
+                        if sfield == 2 and swt == 2:
+                            read_sub(&sock, &s)
+                            address = read_str(&s)
+                        elif sfield == 3 and swt == 0:
+                            read_varint(&sock, &v)
+                            port = <uint32_t>v
+                        elif (sfield == 4 or sfield == 5 or sfield == 7) and swt == 2:
+                            read_sub(&sock, &s)
+                            read_str(&s)  # valid UTF-8, as protobuf requires
+                        elif sfield <= 7 and not (swt == 0 and (sfield == 1 or sfield == 6)):
+                            raise _Unusual()
+                        else:
+                            skip_field(&sock, swt)
+                elif afield <= 3:  # a pipe or an internal address (or a bad wire type)
+                    raise _Unusual()
+                else:
+                    skip_field(&addr, awt)
+        elif field == 4 and wt == 2:
+            read_sub(&sub, &s)
+            principal = read_str(&s)
+        elif (field == 2 or field == 5) and wt == 2:
+            read_sub(&sub, &s)
+            read_str(&s)  # valid UTF-8, as protobuf requires
+        elif field == 3 and wt == 2:
+            read_sub(&sub, &s)
+            decode_string_map_entry(s, {})  # labels: checked, not used
+        elif field <= 5:
+            raise _Unusual()
+        else:
+            skip_field(&sub, wt)
+    return {"address": address, "port": port, "principal": principal}
+
+
+cdef int decode_string_map_entry(Reader entry, dict out) except -1:
+    cdef uint32_t field, wt
+    cdef Reader s
+    key, value = "", ""
+    while entry.p < entry.end:
+        read_tag(&entry, &field, &wt)
+        if (field == 1 or field == 2) and wt == 2:
+            read_sub(&entry, &s)
+            if field == 1:
+                key = read_str(&s)
+            else:
+                value = read_str(&s)
+        elif field <= 2:
+            raise _Unusual()
+        else:
+            skip_field(&entry, wt)
+    out[key] = value  # a repeated key: the last one wins, as in protobuf
+    return 0
+
+
+cdef int decode_header_value(Reader sub, dict out) except -1:
+    """One HeaderValue of an encode_raw_headers header map, merged into `out` as the mapping does."""
+    cdef uint32_t field, wt
+    cdef Reader s
+    cdef str key = "", value = ""
+    raw = None
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if 1 <= field <= 3 and wt == 2:
+            read_sub(&sub, &s)
+            if field == 1:
+                key = read_str(&s)
+            elif field == 2:
+                value = read_str(&s)
+            else:
+                raw = raw_bytes(&s)
+        elif field <= 3:
+            raise _Unusual()
+        else:
+            skip_field(&sub, wt)
+    if raw:
+        value = (<bytes>raw).decode("utf-8", "replace")
+    key = key.lower()
+    out[key] = f"{out[key]},{value}" if key in out else value
+    return 0
+
+
+cdef inline bytes raw_bytes(Reader* sub):
+    return PyBytes_FromStringAndSize(<const char*>sub.p, sub.end - sub.p)
+
+
+def decode_envoy_check(bytes data, Py_ssize_t max_headers):
+    """A serialized ext_authz v3 CheckRequest -> (method, path, host, scheme, headers, number of
+    headers, header bytes, body, source, destination, context_extensions), the parts the Envoy
+    mapping reads (authz.server.envoy.check_view gives the same from a message), or None for the
+    protobuf path. `header bytes` is the HttpRequest's encoded size less its body; with more than
+    `max_headers` headers the answer is None (the protobuf path refuses the request)."""
+    try:
+        return _decode_envoy_check(data, max_headers)
+    except (_Unusual, UnicodeDecodeError):
+        return None
+
+
+cdef tuple _decode_envoy_check(bytes data, Py_ssize_t max_headers):
+    cdef Reader r, attrs, s, req, http, hm
+    cdef uint32_t field, wt
+    cdef int seen = 0
+    cdef Py_ssize_t n_map = 0, n_raw = 0, header_bytes = 0, body_len = 0
+    r.p = <const uint8_t*>PyBytes_AS_STRING(data)
+    r.end = r.p + PyBytes_GET_SIZE(data)
+    method = path = host = scheme = ""
+    body = b""
+    raw_body = b""
+    source = destination = None
+    cdef dict headers = {}, raw_headers = {}, extensions = {}
+    # CheckRequest: attributes (1)
+    attrs.p = attrs.end = r.p
+    while r.p < r.end:
+        read_tag(&r, &field, &wt)
+        if field == 1 and wt == 2 and not seen & 1:
+            read_sub(&r, &attrs)
+            seen |= 1
+        elif field == 1:
+            raise _Unusual()
+        else:
+            skip_field(&r, wt)
+    # AttributeContext: source (1), destination (2), request (4), context_extensions (10)
+    http.p = http.end = attrs.p
+    while attrs.p < attrs.end:
+        read_tag(&attrs, &field, &wt)
+        if field == 1 and wt == 2 and source is None:
+            read_sub(&attrs, &s)
+            source = decode_peer(s)
+        elif field == 2 and wt == 2 and destination is None:
+            read_sub(&attrs, &s)
+            destination = decode_peer(s)
+        elif field == 4 and wt == 2 and not seen & 2:
+            read_sub(&attrs, &req)
+            seen |= 2
+            while req.p < req.end:  # Request: http (2)
+                read_tag(&req, &field, &wt)
+                if field == 2 and wt == 2 and not seen & 4:
+                    read_sub(&req, &http)
+                    seen |= 4
+                elif field <= 2:
+                    raise _Unusual()
+                else:
+                    skip_field(&req, wt)
+        elif field == 10 and wt == 2:
+            read_sub(&attrs, &s)
+            decode_string_map_entry(s, extensions)
+        elif 11 <= field <= 13 and wt == 2:
+            read_sub(&attrs, &s)
+            if s.p != s.end:  # metadata or TLS session details: not taken apart here
+                raise _Unusual()
+        elif field <= 2 or field == 4 or 10 <= field <= 13:
+            raise _Unusual()
+        else:
+            skip_field(&attrs, wt)
+    # HttpRequest
+    header_bytes = http.end - http.p
+    while http.p < http.end:
+        read_tag(&http, &field, &wt)
+        if wt != 2:
+            if 1 <= field <= 13 and field != 9:
+                raise _Unusual()
+            skip_field(&http, wt)
+            continue
+        read_sub(&http, &s)
+        if field == 2:
+            method = read_str(&s)
+        elif field == 3:
+            n_map += 1
+            if n_map > max_headers:
+                raise _Unusual()
+            decode_string_map_entry(s, headers)
+        elif field == 4:
+            path = read_str(&s)
+        elif field == 5:
+            host = read_str(&s)
+        elif field == 6:
+            scheme = read_str(&s)
+        elif field == 11:
+            body_len = len(read_str(&s))  # in characters, as len(http.body) counts
+            body = raw_bytes(&s)
+        elif field == 12:
+            raw_body = raw_bytes(&s)
+            header_bytes -= s.end - s.p
+        elif field == 13:  # HeaderMap: repeated HeaderValue headers (1)
+            hm = s
+            while hm.p < hm.end:
+                read_tag(&hm, &field, &wt)
+                if field == 1 and wt == 2:
+                    n_raw += 1
+                    if n_raw > max_headers:
+                        raise _Unusual()
+                    read_sub(&hm, &s)
+                    decode_header_value(s, raw_headers)
+                elif field == 1:
+                    raise _Unusual()
+                else:
+                    skip_field(&hm, wt)
+        elif field in (1, 7, 8, 10):
+            read_str(&s)  # valid UTF-8, as protobuf requires
+        # other length-delimited fields: unknown, skipped
+    header_bytes -= body_len
+    if source is None:
+        source = {"address": "", "port": 0, "principal": ""}
+    if destination is None:
+        destination = {"address": "", "port": 0, "principal": ""}
+    if n_raw:
+        headers, n_map = raw_headers, n_raw
+    return (method, path, host, scheme, headers, n_map, header_bytes, raw_body or body, source, destination,
+            extensions)

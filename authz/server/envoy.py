@@ -16,8 +16,10 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from authz._wire import decode_envoy_check
 from authz.errors import IdentityError
 from authz.server.decider import Invalid
 from authz.server.records import from_json
@@ -65,24 +67,28 @@ def _peer(peer) -> dict:
     return {"address": sa.address, "port": sa.port_value, "principal": peer.principal}
 
 
-def _headers(http, limits: Limits) -> dict:
+def check_view(req, limits: Limits) -> tuple:
+    """What the mapping reads from a CheckRequest message: (method, path, host, scheme, headers,
+    number of headers, header bytes, body, source, destination, context_extensions), as
+    authz._wire.decode_envoy_check reads it from the wire. Headers beyond the limit are not read."""
+    attrs = req.attributes
+    http = attrs.request.http
     if http.header_map.headers:  # encode_raw_headers: true
         raw = http.header_map.headers
-        if len(raw) > limits.max_headers:
-            raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
+        n = len(raw)
         headers: dict = {}
-        for h in raw:
+        for h in raw if n <= limits.max_headers else ():
             value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
             key = h.key.lower()
             headers[key] = f"{headers[key]},{value}" if key in headers else value
     else:
-        if len(http.headers) > limits.max_headers:
-            raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
-        headers = dict(http.headers)
+        n = len(http.headers)
+        headers = dict(http.headers) if n <= limits.max_headers else {}
     # The encoded size of everything but the body bounds the header bytes (computed in C, no Python loop).
-    if http.ByteSize() - len(http.raw_body) - len(http.body) > limits.max_header_bytes:
-        raise MappingError("request_too_large", f"headers larger than {limits.max_header_bytes} bytes")
-    return headers
+    header_bytes = http.ByteSize() - len(http.raw_body) - len(http.body)
+    body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
+    return (http.method, http.path, http.host, http.scheme, headers, n, header_bytes, body, _peer(attrs.source),
+            _peer(attrs.destination), dict(attrs.context_extensions))
 
 
 def _query(query: str) -> dict:
@@ -102,9 +108,8 @@ def _is_rpc(item) -> bool:
     return isinstance(item, dict) and isinstance(item.get("method"), str)
 
 
-def _body_document(http, headers: dict):
+def _body_document(body: bytes, headers: dict):
     """The parsed JSON body, or None when there is no JSON body; MappingError when it is JSON but broken."""
-    body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
     if not body:
         return None
     ctype = headers.get("content-type", "").lower()
@@ -120,16 +125,20 @@ def _body_document(http, headers: dict):
 
 
 def map_check_request(req, limits: Limits) -> tuple[list, dict]:
-    """Map a CheckRequest to Cedar request dicts (one, or one per JSON-RPC batch entry).
+    """Map a CheckRequest (a message, or check_view's tuple of its parts) to Cedar request dicts
+    (one, or one per JSON-RPC batch entry).
 
     Returns (requests, summary) where summary holds principal/action/resource for logging a
     deny that happens before evaluation. Raises MappingError.
     """
-    attrs = req.attributes
-    http = attrs.request.http
-    headers = _headers(http, limits)
-    method = http.method or headers.get(":method", "")
-    target = http.path or headers.get(":path", "")
+    view = req if type(req) is tuple else check_view(req, limits)
+    method, target, host, scheme, headers, n_headers, header_bytes, body, source, destination, extensions = view
+    if n_headers > limits.max_headers:
+        raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
+    if header_bytes > limits.max_header_bytes:
+        raise MappingError("request_too_large", f"headers larger than {limits.max_header_bytes} bytes")
+    method = method or headers.get(":method", "")
+    target = target or headers.get(":path", "")
     if not method:
         raise MappingError("request_parse_error", "the request has no HTTP method")
     if not target:
@@ -137,16 +146,15 @@ def map_check_request(req, limits: Limits) -> tuple[list, dict]:
     path, _, query = target.partition("?")
     path = path.partition("#")[0]
     query = query.partition("#")[0]
-    principal_text = attrs.source.principal
+    principal_text = source["principal"]
     principal = {"type": "Agent", "id": principal_text} if principal_text else ANONYMOUS
-    extensions = dict(attrs.context_extensions)
     action = {"type": "Action", "id": method}
     resource = {"type": "Route", "id": path}
     context = {
-        "http": {"method": method, "path": path, "host": http.host or headers.get(":authority", ""),
-                 "scheme": http.scheme, "query": _query(query) if query else {}, "headers": headers},
-        "source": _peer(attrs.source),
-        "destination": _peer(attrs.destination),
+        "http": {"method": method, "path": path, "host": host or headers.get(":authority", ""),
+                 "scheme": scheme, "query": _query(query) if query else {}, "headers": headers},
+        "source": source,
+        "destination": destination,
         "extensions": extensions,
     }
     action_override = extensions.get("authz.action")
@@ -157,7 +165,7 @@ def map_check_request(req, limits: Limits) -> tuple[list, dict]:
         resource = parse_uid(resource_override, "Route")
     summary = {"principal": principal, "action": action, "resource": resource}
 
-    doc = _body_document(http, headers)
+    doc = _body_document(body, headers)
     if _is_rpc(doc):
         entries = [doc]
     elif isinstance(doc, list) and any(_is_rpc(x) for x in doc):
@@ -258,6 +266,21 @@ def deny_reason(outcome) -> str:
     return "forbidden_by_policy" if outcome.policies else "no_permitting_policy"
 
 
+class _LazyCheckRequest:
+    """The CheckRequest of a request mapped from the wire: parsed only if something asks for it
+    (callers.bind_envoy reads the source certificate when it must)."""
+
+    __slots__ = ("_data", "_message")
+
+    def __init__(self, data: bytes):
+        self._data, self._message = data, None
+
+    def __getattr__(self, name):
+        if self._message is None:
+            self._message = external_auth_pb2.CheckRequest.FromString(self._data)
+        return getattr(self._message, name)
+
+
 class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization over a Decider."""
 
@@ -274,8 +297,20 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         `grpc_context` (the RPC's) tells whether the caller is a trusted enforcement point.
         """
         try:
+            if type(request) is bytes:  # from the wire (add_to_server): the decoder, or protobuf's parse
+                view = decode_envoy_check(request, self.limits.max_headers)
+                if view is not None:
+                    request, mapped_from = _LazyCheckRequest(request), view
+                else:
+                    try:
+                        request = mapped_from = external_auth_pb2.CheckRequest.FromString(request)
+                    except DecodeError:
+                        outcome = self.decider.decide([Invalid("request_parse_error", "bad CheckRequest")], API)[0]
+                        return deny_response(outcome.decision_id, outcome.code).SerializeToString()
+            else:
+                mapped_from = request
             try:
-                requests, _ = map_check_request(request, self.limits)
+                requests, _ = map_check_request(mapped_from, self.limits)
             except MappingError as e:
                 outcome = self.decider.decide([Invalid(e.code, str(e))], API)[0]
                 return deny_response(outcome.decision_id, outcome.code).SerializeToString()
@@ -313,8 +348,8 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return self.check(request, context)
 
     def add_to_server(self, server) -> None:
-        """Register on `server` with a serializer that passes the pre-serialized answers through."""
+        """Register on `server` taking serialized CheckRequests (the wire decoder's fast path) and
+        passing the pre-serialized answers through."""
         handler = grpc.unary_unary_rpc_method_handler(
-            self.Check, request_deserializer=external_auth_pb2.CheckRequest.FromString,
-            response_serializer=serialize_response)
+            self.Check, request_deserializer=None, response_serializer=serialize_response)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Check": handler}),))

@@ -147,3 +147,75 @@ def test_encode_is_protobufs_bytes(results, first, generation):
 
 def test_encode_nothing():
     assert encode_check_results([], "p", 1, 0, _PLAIN_CODES) == b""
+
+
+# -- Envoy CheckRequest -----------------------------------------------------------------------------
+
+from envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
+
+from authz._wire import decode_envoy_check  # noqa: E402
+from authz.server.envoy import Limits, check_view  # noqa: E402
+
+_short = st.text(max_size=6)
+_header_names = st.sampled_from([":path", ":method", "x-team", "X-Team", "content-type", "authorization", "é"])
+
+
+@st.composite
+def check_requests(draw):
+    req = external_auth_pb2.CheckRequest()
+    a = req.attributes
+    for peer in (a.source, a.destination):
+        if draw(st.booleans()):
+            peer.address.socket_address.address = draw(_short)
+            peer.address.socket_address.port_value = draw(st.integers(0, 65535))
+            peer.principal = draw(_short)
+            peer.certificate = draw(_short)
+            peer.service = draw(_short)
+            for k, v in draw(st.dictionaries(_short, _short, max_size=2)).items():
+                peer.labels[k] = v
+    for k, v in draw(st.dictionaries(_short, _short, max_size=3)).items():
+        a.context_extensions[k] = v
+    h = a.request.http
+    h.method, h.path, h.host, h.scheme = (draw(_short) for _ in range(4))
+    h.id, h.query, h.protocol = draw(_short), draw(_short), draw(_short)
+    h.size = draw(st.integers(-1, 10 ** 6))
+    for k, v in draw(st.dictionaries(_header_names, _short, max_size=4)).items():
+        h.headers[k] = v
+    for k, v, raw in draw(st.lists(st.tuples(_header_names, _short, st.binary(max_size=4)), max_size=4)):
+        h.header_map.headers.add(key=k, value=v, raw_value=raw)
+    body = draw(st.one_of(st.none(), _short, st.binary(max_size=8)))
+    if isinstance(body, str):
+        h.body = body
+    elif isinstance(body, bytes):
+        h.raw_body = body
+    return req
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(check_requests())
+def test_envoy_decode_agrees_with_the_message(req):
+    limits = Limits(max_headers=3)
+    view = decode_envoy_check(req.SerializeToString(), limits.max_headers)
+    reference = check_view(req, limits)
+    if view is None:  # declined: only beyond the header limit here (in either header form)
+        http = req.attributes.request.http
+        assert max(len(http.headers), len(http.header_map.headers)) > limits.max_headers
+    else:
+        assert view == reference
+
+
+def test_envoy_decode_declines_what_protobuf_handles():
+    req = external_auth_pb2.CheckRequest()
+    req.attributes.request.http.method = "GET"
+    data = req.SerializeToString()
+    assert decode_envoy_check(data, 10) is not None
+    assert decode_envoy_check(data[:-1], 10) is None  # truncated
+    assert decode_envoy_check(data + data, 10) is None  # attributes twice: protobuf merges them
+    pipe = external_auth_pb2.CheckRequest()
+    pipe.attributes.source.address.pipe.path = "/sock"
+    assert decode_envoy_check(pipe.SerializeToString(), 10) is None
+    meta = external_auth_pb2.CheckRequest()
+    meta.attributes.metadata_context.filter_metadata["f"].update({"k": "v"})
+    assert decode_envoy_check(meta.SerializeToString(), 10) is None
+    bad_utf8 = b"\x0a\x07\x22\x05\x12\x03\x12\x01\xff"  # attributes.request.http.method = b"\xff"
+    assert decode_envoy_check(bad_utf8, 10) is None
