@@ -1,8 +1,9 @@
 """Server benchmarks, side by side in one run: authz over gRPC vs a no-op floor, and Envoy + authz vs Envoy alone.
 
-    python bench/bench_grpc.py [--duration 5] [--quick]
+    python bench/bench_grpc.py [--duration 3] [--rounds 3] [--quick]
 
-Rows (ratios against the floor measured in the same run):
+Rows (ratios against the floor measured in the same run; throughput rows alternate floor and authz
+--rounds times and report medians, the ratio being the median of the per-round ratios):
   1. ext_authz Check throughput: a no-op Authorization server on the same grpc.aio stack
      (same options, same worker count, same SO_REUSEPORT spawn pattern) vs `authz serve`,
      with 1 and 2 workers. Load: h2load (Debian `nghttp2-client`) replaying one gRPC frame.
@@ -25,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -331,12 +333,25 @@ class Envoy:
 # -- main ---------------------------------------------------------------------------------------------
 
 
+def interleaved(address_a, address_b, path, body, duration, rounds, conns, streams=16):
+    """Median requests/s of two servers loaded in turn, `rounds` times each (a, b, a, b, ...), and the
+    median of the per-round ratios b/a: alternating cancels the drift of a shared, noisy machine."""
+    a_rps, b_rps = [], []
+    for _ in range(rounds):
+        a_rps.append(h2load(address_a, path, body, duration, conns, streams))
+        b_rps.append(h2load(address_b, path, body, duration, conns, streams))
+    return (statistics.median(a_rps), statistics.median(b_rps),
+            statistics.median(b / a for a, b in zip(a_rps, b_rps)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--quick", action="store_true", help="1-second measurements (smoke run)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating floor/authz measurements per row")
+    parser.add_argument("--quick", action="store_true", help="1-second measurements, 1 round (smoke run)")
     args = parser.parse_args()
     duration = 1 if args.quick else int(args.duration)
+    rounds = 1 if args.quick else args.rounds
     for tool in ("h2load", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench_grpc: `{tool}` not found (apt-get install -y nghttp2-client wrk)")
@@ -352,31 +367,24 @@ def main():
 
         for workers in (1, 2):
             conns = 4 * workers
-            with Floor(workers) as floor:
-                probe(floor.address)
-                floor_rps = h2load(floor.address, check_path, check_body, duration, conns)
             sub = tmp / f"w{workers}"
             sub.mkdir()
-            with Authz(sub, workers) as server:
+            with Floor(workers) as floor, Authz(sub, workers) as server:
+                probe(floor.address)
                 probe(server.address)
-                authz_rps = h2load(server.address, check_path, check_body, duration, conns)
+                floor_rps, authz_rps, ratio = interleaved(floor.address, server.address, check_path, check_body,
+                                                          duration, rounds, conns)
             rows.append((f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''} (req/s)",
-                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", f"{authz_rps / floor_rps:.0%}"))
+                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", f"{ratio:.0%}"))
 
-        with Floor(1) as floor:
-            floor_rps = h2load(floor.address, batch_path, batch_body, duration, 2, 4)
-        sub = tmp / "batch"
-        sub.mkdir()
-        with Authz(sub, 1) as server:
-            batch_rps = h2load(server.address, batch_path, batch_body, duration, 2, 4)
-        rows.append(("BatchCheck of 100, 1 worker (decisions/s)", f"{floor_rps * 100:,.0f}",
-                     f"{batch_rps * 100:,.0f}", f"{batch_rps / floor_rps:.0%}"))
-        sub = tmp / "batch-nolog"
-        sub.mkdir()
-        with Authz(sub, 1, decision_log=False) as server:
-            nolog_rps = h2load(server.address, batch_path, batch_body, duration, 2, 4)
-        rows.append(("BatchCheck of 100, 1 worker, decision log off (decisions/s)", f"{floor_rps * 100:,.0f}",
-                     f"{nolog_rps * 100:,.0f}", f"{nolog_rps / floor_rps:.0%}"))
+        for log in (True, False):
+            sub = tmp / f"batch-{log}"
+            sub.mkdir()
+            with Floor(1) as floor, Authz(sub, 1, decision_log=log) as server:
+                floor_rps, batch_rps, ratio = interleaved(floor.address, server.address, batch_path, batch_body,
+                                                          duration, rounds, 2, 4)
+            rows.append((f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'} (decisions/s)",
+                         f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}", f"{ratio:.0%}"))
 
         sub = tmp / "envoy"
         sub.mkdir()
@@ -402,7 +410,8 @@ def main():
                          f"Envoy + authz above", f"{f50:.2f} / {f99:.2f}", f"{a50:.2f} / {a99:.2f}",
                          f"{a50 - f50:+.2f} / {a99 - f99:+.2f} ms"))
 
-    print(f"\nbench_grpc: {duration}s per measurement, {os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
+    print(f"\nbench_grpc: {duration}s per measurement, floor and authz alternated {rounds}x per row (medians), "
+          f"{os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
     print("| measurement | floor | authz | authz vs floor |")
     print("|---|---:|---:|---:|")
     for row in rows:

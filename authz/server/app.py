@@ -191,7 +191,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     metrics = Metrics() if metrics_enabled else NullMetrics()
     dlog = None
     if cfg.decision_log_path:
-        dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped)
+        dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped,
+                           loop=asyncio.get_running_loop())
     decider = Decider(cfg.db_path, dlog, metrics)
     server, health_servicer = build_server(cfg, decider)
     await set_health(health_servicer, False)
@@ -237,9 +238,6 @@ def run_worker(cfg, index: int, conn, metrics_enabled: bool) -> None:
     """Process entry point (multiprocessing spawn target)."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s authz[worker {index} pid %(process)d] %(levelname)s %(message)s")
-    # The decision-log thread formats lines while RPCs wait for the GIL: hand it over every
-    # 0.5 ms instead of Python's default 5 ms, so logging cannot add milliseconds to a Check.
-    sys.setswitchinterval(0.0005)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
     try:
         code = asyncio.run(serve_worker(cfg, conn, metrics_enabled))

@@ -275,3 +275,44 @@ def test_envoy_check_fails_closed_when_deciding_fails():
     answer = external_auth_pb2.CheckResponse.FromString(EnvoyAuthorizationServicer(_BrokenDecider(), Limits()).check(request))
     assert answer.status.code == 7
     assert answer.denied_response.status.code == 403
+
+
+def test_decision_log_on_an_event_loop_formats_there_and_bounds_what_waits(tmp_path):
+    import asyncio
+    import threading
+
+    path = tmp_path / "loop.jsonl"
+    agent, act, tool = {"type": "Agent", "id": "a"}, {"type": "Action", "id": "call"}, {"type": "Tool", "id": "t"}
+
+    async def main():
+        log = DecisionLog(str(path), max_queue=100_000, flush_interval_s=0.01, loop=asyncio.get_running_loop())
+        formatting_threads = set()
+        real = log._format_batch
+
+        def spy(batch):
+            formatting_threads.add(threading.get_ident())
+            return real(batch)
+
+        log._format_batch = spy
+        for i in range(5000):  # more than one chunk: the loop formats in steps
+            log.record(f"d{i}", "v1", agent, act, tool, "allow", ["p"], [], 1000, 1, None)
+        await asyncio.sleep(0.3)
+        assert formatting_threads == {threading.get_ident()}  # formatted on the loop, not in a thread
+        log.close()
+        return log
+
+    log = asyncio.run(main())
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5000 and log.written == 5000 and log.dropped == 0
+    assert json.loads(lines[-1])["decision_id"] == "d4999"
+
+    async def bounded():
+        log = DecisionLog(str(tmp_path / "b.jsonl"), flush_interval_s=3600, loop=asyncio.get_running_loop(),
+                          max_pending_bytes=1)
+        log.record("x", "v1", agent, act, tool, "allow", [], [], 1, 1, None)
+        log._drain()  # nothing may wait for the writer beyond 1 byte: the line is dropped and counted
+        log.close()
+        return log
+
+    log = asyncio.run(bounded())
+    assert log.dropped == 1 and log.written == 0
