@@ -907,10 +907,11 @@ cdef class Generation:
                 key = self.string_at(n)
                 if op == OP_HAS:
                     return key in r.raw_context
-                value = r.raw_context.get(key, _MISSING)
+                # r.context: the context as a Cedar record, when built or when the caller's is one (make_request).
+                value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
                 if value is _MISSING:
                     raise EvalError(f"record does not have the attribute `{key}`")
-                return to_value(self, value, 1)
+                return value if r.context is not None else to_value(self, value, 1)
             left = self.ev(pos, r)
             n = self.u32(pos[0])
             pos[0] += 4
@@ -1451,22 +1452,25 @@ cdef object to_value(Generation g, object v, int depth):
     return convert_value(g, v, depth, True)
 
 
-cdef object validate_value(Generation g, object v, int depth):
-    """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context)."""
-    convert_value(g, v, depth, False)
+cdef bint validate_value(Generation g, object v, int depth) except -1:
+    """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context);
+    returns whether `v` is already its own Cedar value (records of strings, bools, Longs and such
+    records: no sets, no escapes), which the evaluator may then read as it is."""
+    return convert_value(g, v, depth, False) is True
 
 
 _EXTENSION_FUNCTIONS = LAYOUT["FN_IDS"]
 
 
 cdef object convert_value(Generation g, object v, int depth, bint build):
+    """to_value (build) or validate_value (not build: True for a value that is its own Cedar value)."""
     cdef type t = type(v)
     if t is str or t is bool:
-        return v
+        return v if build else True
     if t is int:
         if not (I64_MIN <= v <= I64_MAX):
             raise RequestError("context: integer does not fit in a 64-bit Long")
-        return v
+        return v if build else True
     if depth > MAX_CONTEXT_DEPTH:
         raise RequestError("context: nested too deeply")
     if t is list or t is tuple:
@@ -1474,13 +1478,14 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
             return make_set([convert_value(g, item, depth + 1, True) for item in v])
         for item in v:
             convert_value(g, item, depth + 1, False)
-        return None
+        return False
     if t is not dict:
         raise RequestError(f"context: unsupported value of type {t.__name__}")
     if len(<dict>v) == 1:
         inner = (<dict>v).get("__entity")
         if isinstance(inner, dict) and type(inner.get("type")) is str and type(inner.get("id")) is str:
-            return to_uid(g, inner, "context")
+            u = to_uid(g, inner, "context")
+            return u if build else False
         extn = (<dict>v).get("__extn")
         if isinstance(extn, dict) and "fn" in extn and ("arg" in extn or "args" in extn):
             # An extension call: `arg` for one argument, `args` for several (values, possibly calls).
@@ -1489,17 +1494,32 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
             if fn is None or type(args) is not list:
                 raise RequestError("context: unsupported `__extn` value")
             try:
-                return call_ext(fn, [convert_value(g, a, depth + 1, True) for a in args])
+                value = call_ext(fn, [convert_value(g, a, depth + 1, True) for a in args])
             except EvalError as err:
                 raise RequestError(f"context: {err}") from None
-    out = {} if build else None
+            return value if build else False
+    cdef bint plain = True
+    cdef dict out = None
     for key, item in (<dict>v).items():
         if type(key) is not str:
             raise RequestError("context: record keys must be strings")
-        item = convert_value(g, item, depth + 1, build)
-        if build:
-            out[key] = item
-    return out
+        converted = convert_value(g, item, depth + 1, build)
+        if not build:
+            if converted is not True:
+                plain = False
+        elif out is not None:
+            out[key] = converted
+        elif converted is not item:
+            # The first member that changes: the record is copied from here on (the ones before are as they are).
+            out = {}
+            for earlier, same in (<dict>v).items():
+                if earlier is key:
+                    break
+                out[earlier] = same
+            out[key] = converted
+    if build:
+        return v if out is None else out  # a record with nothing to convert is its own Cedar value
+    return plain
 
 
 cdef inline bint is_flat(dict context) except -1:
@@ -1558,10 +1578,10 @@ cdef class EngineCore:
         if context is None:
             r.raw_context = r.context = {}
         elif type(context) is dict:
-            if is_flat(<dict>context):
+            if is_flat(<dict>context) or validate_value(g, context, 0):
+                # INVARIANT: the evaluator never changes a record, so it may read the caller's as it is.
                 r.raw_context = r.context = <dict>context
             else:
-                validate_value(g, context, 0)
                 r.raw_context = <dict>context
                 r.context = None
         else:
