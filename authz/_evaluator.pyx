@@ -621,7 +621,8 @@ cdef class Generation:
         if memcmp(self.base, <const char*>MAGIC_C, 8) != 0:
             raise IndexFormatError("not an authz generation (bad magic)")
         if self.u32(8) != FORMAT_VERSION_C:
-            raise IndexFormatError(f"unsupported format version {self.u32(8)}")
+            raise IndexFormatError(f"format version {self.u32(8)}, this authz reads version {FORMAT_VERSION_C}: "
+                                   "compile the policies again with this authz")
         cdef uint32_t h[N_HEADER]
         cdef int i
         for i in range(N_HEADER):
