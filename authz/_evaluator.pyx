@@ -1436,11 +1436,11 @@ cdef Uid to_uid(Generation g, object v, str field):
         g.uid_cache[v] = u
         return u
     if isinstance(v, dict):
-        if "__entity" in v and len(v) == 1:
-            v = v["__entity"]
+        if len(<dict>v) == 1 and "__entity" in <dict>v:
+            v = (<dict>v)["__entity"]
         if isinstance(v, dict):
-            t = v.get("type")
-            i = v.get("id")
+            t = (<dict>v).get("type")
+            i = (<dict>v).get("id")
             if type(t) is str and type(i) is str:
                 return resolve_cached(g, <str>t, <str>i, field)
     if isinstance(v, Uid):
