@@ -340,8 +340,14 @@ def interleaved(address_a, address_b, path, body, duration, rounds, conns, strea
     for _ in range(rounds):
         a_rps.append(h2load(address_a, path, body, duration, conns, streams))
         b_rps.append(h2load(address_b, path, body, duration, conns, streams))
-    return (statistics.median(a_rps), statistics.median(b_rps),
-            statistics.median(b / a for a, b in zip(a_rps, b_rps)))
+    ratios = sorted(b / a for a, b in zip(a_rps, b_rps))
+    return statistics.median(a_rps), statistics.median(b_rps), ratios
+
+
+def ratio_text(ratios) -> str:
+    """The median per-round ratio, and the range when there are several rounds."""
+    median = statistics.median(ratios)
+    return f"{median:.0%}" if len(ratios) == 1 else f"{median:.0%} ({ratios[0]:.0%}–{ratios[-1]:.0%})"
 
 
 def main():
@@ -375,7 +381,7 @@ def main():
                 floor_rps, authz_rps, ratio = interleaved(floor.address, server.address, check_path, check_body,
                                                           duration, rounds, conns)
             rows.append((f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''} (req/s)",
-                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", f"{ratio:.0%}"))
+                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratio)))
 
         for log in (True, False):
             sub = tmp / f"batch-{log}"
@@ -384,7 +390,7 @@ def main():
                 floor_rps, batch_rps, ratio = interleaved(floor.address, server.address, batch_path, batch_body,
                                                           duration, rounds, 2, 4)
             rows.append((f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'} (decisions/s)",
-                         f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}", f"{ratio:.0%}"))
+                         f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}", ratio_text(ratio)))
 
         sub = tmp / "envoy"
         sub.mkdir()
@@ -412,7 +418,7 @@ def main():
 
     print(f"\nbench_grpc: {duration}s per measurement, floor and authz alternated {rounds}x per row (medians), "
           f"{os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
-    print("| measurement | floor | authz | authz vs floor |")
+    print("| measurement | floor (median) | authz (median) | authz vs floor (median of rounds, range) |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
