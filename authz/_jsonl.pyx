@@ -8,7 +8,7 @@ same JSON either way.
 """
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
-from libc.stdlib cimport realloc, free
+from authz._buf cimport Buf, buf_free, buf_init, put, reserve
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport floor
@@ -19,33 +19,6 @@ cdef extern from "<time.h>" nogil:
     tm* gmtime_r(const time_t* timep, tm* result)
 
 import json as _json
-
-
-cdef struct Buf:
-    char* data
-    Py_ssize_t n
-    Py_ssize_t cap
-
-
-cdef int reserve(Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap
-    cdef char* grown
-    if b.n + extra <= b.cap:
-        return 0
-    cap = max(b.cap * 2, b.n + extra, 8192)
-    grown = <char*>realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    return 0
-
-
-cdef inline int put(Buf* b, const char* p, Py_ssize_t n) except -1:
-    reserve(b, n)
-    memcpy(b.data + b.n, p, n)
-    b.n += n
-    return 0
 
 
 cdef inline int put_str(Buf* b, str text) except -1:
@@ -156,9 +129,7 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
     cdef const char* ap = PyUnicode_AsUTF8AndSize(api, &n)
     if n > 64:
         raise ValueError("api name too long")
-    b.data = NULL
-    b.n = 0
-    b.cap = 0
+    buf_init(&b)
     try:
         f.shared_n = snprintf(f.shared, 96, '"time":"%s.%06ldZ","api":"', when, <long>((t - floor(t)) * 1e6))
         put_escaped(&b, ap, n, 1)
@@ -169,7 +140,7 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
         memcpy(f.shared + f.shared_n, b'",', 2)
         f.shared_n += 2
     finally:
-        free(b.data)
+        buf_free(&b)
     cdef long long tenths = (latency_ns + 50) // 100
     f.tail_n = snprintf(f.tail, sizeof(f.tail), '"latency_us":%lld.%lld,"generation":%llu', tenths // 10,
                         tenths % 10, generation)
@@ -264,9 +235,7 @@ def format_events(list events, double t, str api, long long latency_ns, unsigned
     cdef Fields f
     batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b
-    b.data = NULL
-    b.n = 0
-    b.cap = 0
+    buf_init(&b)
     cdef Py_ssize_t mark
     cdef tuple ev
     try:
@@ -282,7 +251,7 @@ def format_events(list events, double t, str api, long long latency_ns, unsigned
             put_fallback(&b, fallback(item))
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
-        free(b.data)
+        buf_free(&b)
 
 
 def format_decisions(str prefix, unsigned long long first, list requests, list results, double t, str api,
@@ -294,9 +263,7 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
     cdef Fields f
     batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b
-    b.data = NULL
-    b.n = 0
-    b.cap = 0
+    buf_init(&b)
     cdef Py_ssize_t i, mark
     cdef dict r
     try:
@@ -319,4 +286,4 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
             put_fallback(&b, fallback(i))
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
-        free(b.data)
+        buf_free(&b)

@@ -16,8 +16,8 @@ SerializeToString() gives for the same message (tests/server/test_wire.py checks
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
-from libc.stdlib cimport malloc, realloc, free
 from libc.math cimport floor
+from authz._buf cimport Buf, buf_free, buf_init, put, reserve
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
 
@@ -313,26 +313,6 @@ cdef dict _request(principal, action, resource, context, bint principal_optional
 
 # ---- encoding ----
 
-cdef struct Buf:
-    char* data
-    Py_ssize_t n
-    Py_ssize_t cap
-
-
-cdef int reserve(Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap
-    cdef char* grown
-    if b.n + extra <= b.cap:
-        return 0
-    cap = max(b.cap * 2, b.n + extra, 4096)
-    grown = <char*>realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    return 0
-
-
 cdef inline int put_varint(Buf* b, uint64_t v) except -1:
     reserve(b, 10)
     while v >= 0x80:
@@ -452,9 +432,7 @@ def encode_check_results(list results, str id_prefix, uint64_t first_seq, uint64
     id_prefix + first_seq + k as 10 hex digits; `plain_codes` are deny codes reported as the
     reason only, without a request_error."""
     cdef Buf b
-    b.data = NULL
-    b.n = 0
-    b.cap = 0
+    buf_init(&b)
     cdef Py_ssize_t k
     try:
         reserve(&b, 64 * len(results) + 64)
@@ -462,7 +440,7 @@ def encode_check_results(list results, str id_prefix, uint64_t first_seq, uint64
             encode_result(&b, results[k], f"{id_prefix}{first_seq + k:010x}", generation, plain_codes)
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
-        free(b.data)
+        buf_free(&b)
 
 
 # ---- Envoy ext_authz v3 CheckRequest ----
