@@ -19,13 +19,15 @@ def write_generation(src, k):
     (src / "policies.cedar").write_text(text)
 
 
-def reader(db, done, results):
+def reader(db, ready, done, results):
     engine = authz.Engine(db, poll_interval_s=0.001)
     seen, bad, checks = set(), 0, 0
     deadline = time.monotonic() + 60
-    while not done.is_set() and time.monotonic() < deadline and checks < 2_000_000:
+    while checks == 0 or (not done.is_set() and time.monotonic() < deadline and checks < 2_000_000):
         d = engine.check('User::"probe"', 'Action::"call"', 'Tool::"t"', {"n": 10})
         checks += 1
+        if checks == 1:
+            ready.put(1)  # deciding: the compiles may start
         prefixes = {pid.split("-")[0] for pid in d.policies}
         if len(d.policies) != POLICIES_PER_GENERATION or len(prefixes) != 1 or not d.allowed:
             bad += 1
@@ -46,10 +48,12 @@ def test_readers_in_two_processes_see_only_whole_generations(tmp_path):
     write_generation(src, 0)
     authz.compile([str(src)], db=db)
     ctx = mp.get_context("spawn")
-    done, results = ctx.Event(), ctx.Queue()
-    readers = [ctx.Process(target=reader, args=(db, done, results)) for _ in range(2)]
+    ready, done, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=reader, args=(db, ready, done, results)) for _ in range(2)]
     for p in readers:
         p.start()
+    for _ in readers:  # both readers are deciding before the first compile (spawned processes start slowly)
+        ready.get(timeout=120)
     compiler = ctx.Process(target=writer, args=(src, db, 1))
     compiler.start()
     compiler.join(120)
