@@ -3,7 +3,9 @@
     python bench/bench_grpc.py [--duration 3] [--rounds 3] [--quick]
 
 Rows (ratios against the floor measured in the same run; throughput rows alternate floor and authz
---rounds times and report medians, the ratio being the median of the per-round ratios):
+--rounds times and report medians, the ratio being the median of the per-round ratios; each
+throughput row is followed by the workers' CPU per request from /proc, floor/authz, which other
+jobs on a shared machine disturb far less than throughput):
   1. ext_authz Check throughput: a no-op Authorization server on the same grpc.aio stack
      (same options, same worker count, same SO_REUSEPORT spawn pattern) vs `authz serve`,
      with 1 and 2 workers. Load: h2load (Debian `nghttp2-client`) replaying one gRPC frame.
@@ -145,6 +147,7 @@ class Floor:
             p.start()
             self.procs.append(p)
             assert parent.poll(60) and parent.recv() == "ready"
+        self.pids = [p.pid for p in self.procs]
         return self
 
     def __exit__(self, *exc):
@@ -176,10 +179,11 @@ class Authz:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         line = self.proc.stdout.readline().decode()
-        m = re.match(r"authz: serving on (\S+)", line)
+        m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
         if not m:
             raise SystemExit(f"authz did not start: {line!r}")
         self.address = m.group(1)
+        self.pids = [int(pid) for pid in m.group(2).split()]
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -205,16 +209,33 @@ class Authz:
 
 def h2load(address, method_path, body_file, duration, conns=4, streams=16):
     """requests/s of h2load replaying one gRPC request; fails unless every request got HTTP 200."""
-    cmd = ["h2load", "-t", "1", "-c", str(conns), "-m", str(streams), "-D", str(duration), "--warm-up-time", "1",
-           "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
-           f"http://{address}{method_path}"]
+    return h2load_run(address, method_path, body_file, duration, conns, streams)[0]
+
+
+def h2load_run(address, method_path, body_file, duration, conns=4, streams=16, warm_up=True):
+    """(requests/s, requests done) of h2load replaying one gRPC request (after a 1 s warm-up unless
+    `warm_up` is false); fails unless every request got HTTP 200."""
+    cmd = ["h2load", "-t", "1", "-c", str(conns), "-m", str(streams), "-D", str(duration)]
+    cmd += ["--warm-up-time", "1"] if warm_up else []
+    cmd += ["-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://{address}{method_path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if not (m and done and codes) or int(done.group(3)) or int(done.group(4)) or int(codes.group(4)) or int(codes.group(3)):
         raise SystemExit(f"h2load failed:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(done.group(1))
+
+
+def cpu_seconds(pids) -> float:
+    """User + system CPU the processes have used so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def probe(address, expect_allow=True):
@@ -333,15 +354,24 @@ class Envoy:
 # -- main ---------------------------------------------------------------------------------------------
 
 
-def interleaved(address_a, address_b, path, body, duration, rounds, conns, streams=16):
-    """Median requests/s of two servers loaded in turn, `rounds` times each (a, b, a, b, ...), and the
-    median of the per-round ratios b/a: alternating cancels the drift of a shared, noisy machine."""
-    a_rps, b_rps = [], []
+def interleaved(a, b, path, body, duration, rounds, conns, streams=16):
+    """Servers a and b (each with .address and .pids) loaded in turn, `rounds` times each (a, b, a,
+    b, ...): alternating cancels the drift of a shared, noisy machine. Returns the median
+    requests/s of each, the sorted per-round ratios b/a, and each one's median worker CPU per
+    request in µs (from /proc: steadier than throughput when other jobs share the CPUs)."""
+    for server in (a, b):  # warm-up, not measured
+        h2load_run(server.address, path, body, 1, conns, streams, warm_up=False)
+    rps = {a: [], b: []}
+    cpu = {a: [], b: []}
     for _ in range(rounds):
-        a_rps.append(h2load(address_a, path, body, duration, conns, streams))
-        b_rps.append(h2load(address_b, path, body, duration, conns, streams))
-    ratios = sorted(b / a for a, b in zip(a_rps, b_rps))
-    return statistics.median(a_rps), statistics.median(b_rps), ratios
+        for server in (a, b):
+            before = cpu_seconds(server.pids)
+            r, done = h2load_run(server.address, path, body, duration, conns, streams, warm_up=False)
+            cpu[server].append((cpu_seconds(server.pids) - before) / done * 1e6)
+            rps[server].append(r)
+    ratios = sorted(y / x for x, y in zip(rps[a], rps[b]))
+    return (statistics.median(rps[a]), statistics.median(rps[b]), ratios,
+            statistics.median(cpu[a]), statistics.median(cpu[b]))
 
 
 def ratio_text(ratios) -> str:
@@ -378,19 +408,24 @@ def main():
             with Floor(workers) as floor, Authz(sub, workers) as server:
                 probe(floor.address)
                 probe(server.address)
-                floor_rps, authz_rps, ratio = interleaved(floor.address, server.address, check_path, check_body,
-                                                          duration, rounds, conns)
-            rows.append((f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''} (req/s)",
-                         f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratio)))
+                floor_rps, authz_rps, ratio, floor_cpu, authz_cpu = interleaved(
+                    floor, server, check_path, check_body, duration, rounds, conns)
+            label = f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''}"
+            rows.append((f"{label} (req/s)", f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratio)))
+            rows.append((f"{label}: worker CPU per request (µs; ratio = floor/authz)", f"{floor_cpu:,.0f}",
+                         f"{authz_cpu:,.0f}", f"{floor_cpu / authz_cpu:.0%}"))
 
         for log in (True, False):
             sub = tmp / f"batch-{log}"
             sub.mkdir()
             with Floor(1) as floor, Authz(sub, 1, decision_log=log) as server:
-                floor_rps, batch_rps, ratio = interleaved(floor.address, server.address, batch_path, batch_body,
-                                                          duration, rounds, 2, 4)
-            rows.append((f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'} (decisions/s)",
-                         f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}", ratio_text(ratio)))
+                floor_rps, batch_rps, ratio, floor_cpu, authz_cpu = interleaved(
+                    floor, server, batch_path, batch_body, duration, rounds, 2, 4)
+            label = f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'}"
+            rows.append((f"{label} (decisions/s)", f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}",
+                         ratio_text(ratio)))
+            rows.append((f"{label}: worker CPU per decision (µs; ratio = floor/authz)", f"{floor_cpu / 100:,.1f}",
+                         f"{authz_cpu / 100:,.1f}", f"{floor_cpu / authz_cpu:.0%}"))
 
         sub = tmp / "envoy"
         sub.mkdir()
