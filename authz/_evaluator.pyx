@@ -1523,21 +1523,6 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
     return plain
 
 
-cdef inline bint is_flat(dict context) except -1:
-    """True when every value is already a Cedar value (str, bool, in-range int): no copy needed."""
-    cdef type t
-    for key, v in context.items():
-        t = type(v)
-        if type(key) is not str:
-            return False
-        if t is str or t is bool:
-            continue
-        if t is int and I64_MIN <= v <= I64_MAX:
-            continue
-        return False
-    return True
-
-
 cdef class EngineCore:
     """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
     cdef Generation _gen
@@ -1579,7 +1564,7 @@ cdef class EngineCore:
         if context is None:
             r.raw_context = r.context = {}
         elif type(context) is dict:
-            if is_flat(<dict>context) or validate_value(g, context, 0):
+            if validate_value(g, context, 0):
                 # INVARIANT: the evaluator never changes a record, so it may read the caller's as it is.
                 r.raw_context = r.context = <dict>context
             else:

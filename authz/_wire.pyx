@@ -519,7 +519,7 @@ cdef int decode_header_value(Reader sub, dict out) except -1:
     cdef uint32_t field, wt
     cdef Reader s
     cdef str key = "", value = ""
-    raw = None
+    raw_value = None
     while sub.p < sub.end:
         read_tag(&sub, &field, &wt)
         if 1 <= field <= 3 and wt == 2:
@@ -529,20 +529,16 @@ cdef int decode_header_value(Reader sub, dict out) except -1:
             elif field == 2:
                 value = read_str(&s)
             else:
-                raw = raw_bytes(&s)
+                raw_value = raw(&s)
         elif field <= 3:
             raise _Unusual()
         else:
             skip_field(&sub, wt)
-    if raw:
-        value = (<bytes>raw).decode("utf-8", "replace")
+    if raw_value:
+        value = (<bytes>raw_value).decode("utf-8", "replace")
     key = key.lower()
     out[key] = f"{out[key]},{value}" if key in out else value
     return 0
-
-
-cdef inline bytes raw_bytes(Reader* sub):
-    return PyBytes_FromStringAndSize(<const char*>sub.p, sub.end - sub.p)
 
 
 def decode_envoy_check(bytes data, Py_ssize_t max_headers):
@@ -638,9 +634,9 @@ cdef tuple _decode_envoy_check(bytes data, Py_ssize_t max_headers):
             scheme = read_str(&s)
         elif field == 11:
             body_len = len(read_str(&s))  # in characters, as len(http.body) counts
-            body = raw_bytes(&s)
+            body = raw(&s)
         elif field == 12:
-            raw_body = raw_bytes(&s)
+            raw_body = raw(&s)
             header_bytes -= s.end - s.p
         elif field == 13:  # HeaderMap: repeated HeaderValue headers (1)
             hm = s

@@ -181,6 +181,7 @@ def floor_norm(t):
 # With --reuse-requests the same long-lived request objects are cycled instead.
 
 def _source(lines, reuse):
+    """get(i) -> the JSON line i decoded (a request, or a batch's list of them): fresh each call, or reused."""
     if reuse:
         objs = [json.loads(x) for x in lines]
         return lambda i: objs[i]
@@ -224,18 +225,9 @@ def lat_cedar(ps, ents, lines, reuse, n_max, s_max, out, results):
             break
 
 
-def _batch_source(batch_lines, reuse):
-    """batch_lines: JSON arrays of requests. Returns get(i) -> list of request dicts."""
-    if reuse:
-        objs = [json.loads(x) for x in batch_lines]
-        return lambda i: objs[i]
-    loads = json.loads
-    return lambda i: loads(batch_lines[i])
-
-
 def batch_authz(engine, batch_lines, reuse, n_max, s_max):
     cb = engine.check_batch
-    get = _batch_source(batch_lines, reuse)
+    get = _source(batch_lines, reuse)
     deadline = pc() + int(s_max * 1e9)
     total_ns = dec = 0
     per = []
@@ -256,7 +248,7 @@ def batch_authz(engine, batch_lines, reuse, n_max, s_max):
 
 def batch_floor(floor, batch_lines, reuse, n_max, s_max):
     check = floor.check
-    get = _batch_source(batch_lines, reuse)
+    get = _source(batch_lines, reuse)
     deadline = pc() + int(s_max * 1e9)
     total_ns = dec = 0
     i = 0

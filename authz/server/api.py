@@ -34,27 +34,17 @@ def _uid(msg, field: str) -> dict:
     return {"type": msg.type, "id": msg.id}
 
 
-def to_request(principal, action, resource, context, field: str, max_depth: int, cache=None,
+def to_request(principal, action, resource, context, field: str, max_depth: int,
                principal_optional: bool = False) -> dict:
     """Proto parts (None when unset) -> an engine request dict; RequestError names the bad field.
 
-    `cache` (one per BatchCheck) maps a context's encoding to its converted record, so a
-    context repeated across items is converted once. With `principal_optional` (a task token
-    names the principal) a missing principal is None in the dict.
+    With `principal_optional` (a task token names the principal) a missing principal is None
+    in the dict.
     """
     for name, part in (("principal", principal), ("action", action), ("resource", resource)):
         if part is None and not (principal_optional and name == "principal"):
             raise RequestError(f"`{field}{name}` is missing")
-    if context is None:
-        ctx = {}
-    elif cache is None:
-        ctx = from_struct(context, max_depth, field + "context")
-    else:
-        key = context.SerializeToString()
-        ctx = cache.get(key)
-        if ctx is None:
-            ctx = cache[key] = from_struct(context, max_depth, field + "context")
-    # INVARIANT: the engine only reads the context, so items may share one converted record.
+    ctx = {} if context is None else from_struct(context, max_depth, field + "context")
     return {"principal": None if principal is None else _uid(principal, field + "principal"),
             "action": _uid(action, field + "action"),
             "resource": _uid(resource, field + "resource"), "context": ctx}

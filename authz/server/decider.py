@@ -63,6 +63,11 @@ def token_of(request) -> tuple | None:
     return tok.get("jti"), tok.get("task"), chain
 
 
+def decision_id(prefix: str, seq: int) -> str:
+    """The decision id of sequence number `seq` of the process whose ids start with `prefix`."""
+    return f"{prefix}{seq:010x}"
+
+
 class DecisionBatch:
     """A decided batch as the decision log takes it: Decider.decide_batch's requests and results, made
     into events (and lines) by the log's writer thread, off the request path.
@@ -75,11 +80,14 @@ class DecisionBatch:
     def __init__(self, prefix: str, first: int, requests: list, results: list):
         self.prefix, self.first, self.requests, self.results = prefix, first, requests, results
 
+    def __len__(self) -> int:
+        return len(self.results)
+
     def event(self, i: int) -> tuple:
         """The decision log event of item i: (decision_id, principal, action, resource, decision,
         policies, errors, reason, token)."""
         d = self.results[i]
-        did = f"{self.prefix}{self.first + i:010x}"
+        did = decision_id(self.prefix, self.first + i)
         if type(d) is tuple:
             code, decision, policies, errors = d[0], DENY, (), ()
         else:
@@ -144,7 +152,7 @@ class Decider:
     def next_id(self) -> str:
         """A decision id unique across workers and restarts."""
         self._seq += 1
-        return f"{self._prefix}{self._seq:010x}"
+        return decision_id(self._prefix, self._seq)
 
     def decide_one(self, request: dict, api: str) -> Outcome:
         """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path)."""
@@ -159,14 +167,13 @@ class Decider:
             return self.decide([request], api)[0]  # the general path classifies and logs the failure
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
         latency_ns = time.perf_counter_ns() - t0
-        self._seq += 1
-        did = f"{self._prefix}{self._seq:010x}"
+        did = self.next_id()
         o = Outcome(did, d.allowed, d.policies, d.errors, generation)
         decision = ALLOW if o.allowed else DENY
         self.metrics.decision(api, decision, latency_ns / 1e9)
         if self.decision_log is not None:
-            self.decision_log.record_lazy(api, latency_ns, generation, 1,
-                                          DecisionBatch(self._prefix, self._seq, [request], [d]))
+            self.decision_log.record_batch(api, latency_ns, generation,
+                                           DecisionBatch(self._prefix, self._seq, [request], [d]))
         return o
 
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:
@@ -180,7 +187,7 @@ class Decider:
         prefix = self._prefix
         outcomes = []
         for i, d in enumerate(results):
-            did = f"{prefix}{first + i:010x}"
+            did = decision_id(prefix, first + i)
             if type(d) is tuple:
                 outcomes.append(Outcome(did, False, (), (), generation, d[0], d[1], d[2]))
             else:
@@ -190,7 +197,7 @@ class Decider:
     def decide_batch(self, requests: list, api: str, stop_on: str | None = None) -> tuple:
         """decide() without Outcome objects: (results, first, generation), results[i] being the
         engine's Decision or (code, message, field) for a request answered without one, with the
-        decision id `decision_id(first + i)`. Logs and counts the results."""
+        decision id `decision_id(self.id_prefix, first + i)`. Logs and counts the results."""
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         results: list = [None] * n
@@ -229,18 +236,14 @@ class Decider:
                     self.metrics.decision(api, ALLOW if d.allowed else DENY, per_item_s)
         if self.decision_log is not None and results:
             # INVARIANT (DecisionBatch): nothing changes requests or results after this.
-            self.decision_log.record_lazy(api, latency_ns, generation, len(results),
-                                          DecisionBatch(self._prefix, first, requests, results))
+            self.decision_log.record_batch(api, latency_ns, generation,
+                                           DecisionBatch(self._prefix, first, requests, results))
         return results, first, generation
 
     @property
     def id_prefix(self) -> str:
         """What every decision id of this process starts with (then 10 hex digits of a sequence number)."""
         return self._prefix
-
-    def decision_id(self, seq: int) -> str:
-        """The decision id of sequence number `seq` in this process."""
-        return f"{self._prefix}{seq:010x}"
 
     def _evaluate(self, engine, requests, valid, results):
         """Fill results[i] with the Decision, or (code, message, field) when there is none, for each valid index."""

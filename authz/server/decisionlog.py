@@ -124,14 +124,11 @@ class DecisionLog:
     def record_batch(self, api, latency_ns, generation, events):
         """Queue the events of one batch, which share the time, `api`, latency and generation.
 
-        Each event is (decision_id, principal, action, resource, decision, policies, errors,
-        reason, token). Events beyond the queue's room are dropped and counted.
+        `events` is a list of (decision_id, principal, action, resource, decision, policies,
+        errors, reason, token), or a DecisionBatch (authz.server.decider) whose events are made
+        when they are formatted. Events beyond the queue's room are dropped and counted.
         """
-        self.record_lazy(api, latency_ns, generation, len(events), events)
-
-    def record_lazy(self, api, latency_ns, generation, count, batch):
-        """record_batch() of the first `count` events of `batch`: a list of events, or a DecisionBatch
-        (authz.server.decider) whose events the writer thread makes."""
+        count = len(events)
         room = self.max_queue - (self._queued_in - self._queued_out)
         if room < count:
             self._lost(count - max(room, 0))
@@ -139,7 +136,7 @@ class DecisionLog:
                 return
             count = room
         self._queued_in += count
-        self._queue.append((time.time(), api, latency_ns, generation, batch, count))
+        self._queue.append((time.time(), api, latency_ns, generation, events, count))
         if self._loop is not None and not self._format_scheduled:
             # Format on the loop's next turn, once the response is on its way: holding thousands of
             # decided requests until a timer fires cost ~2.6 µs of worker CPU a decision (GC, memory).

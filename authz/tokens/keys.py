@@ -74,14 +74,19 @@ def _locked(folder: str):
         os.close(fd)  # closing releases the lock
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_synced(path: str, data: bytes, flags: int) -> None:
+    """Write `data` to `path` (owner-only) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    _write_synced(tmp, data, os.O_TRUNC)
     os.replace(tmp, path)
 
 
@@ -107,12 +112,7 @@ def _new_key(folder: str, now: float) -> dict:
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     path = os.path.join(folder, f"{kid}.pem")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(path, pem, os.O_EXCL)
     return {"kid": kid, "x": jwk["x"], "created": int(now), "retired": None, "keep_until": None}
 
 
