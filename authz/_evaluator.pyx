@@ -243,10 +243,43 @@ cdef type_error(str expected, object got):
     raise EvalError(f"type error: expected {expected}, got {type_name(got)}")
 
 
-cdef inline object check_long(object v):
-    if not (I64_MIN <= v <= I64_MAX):
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+    long long int_and_overflow "PyLong_AsLongLongAndOverflow"(object v, int* overflow) noexcept  # for an int: cannot fail
+
+cdef extern from *:
+    bint add_overflow "__builtin_add_overflow"(int64_t a, int64_t b, int64_t* out) noexcept nogil
+    bint sub_overflow "__builtin_sub_overflow"(int64_t a, int64_t b, int64_t* out) noexcept nogil
+    bint mul_overflow "__builtin_mul_overflow"(int64_t a, int64_t b, int64_t* out) noexcept nogil
+
+
+cdef inline int64_t as_long(object v) except? -1:
+    """A Python int that is a Cedar Long -> int64; EvalError("integer overflow") if it is out of range."""
+    cdef int overflow = 0
+    cdef int64_t x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow:
         raise EvalError("integer overflow")
+    return x
+
+
+cdef inline object check_long(object v):
+    as_long(v)
     return v
+
+
+cdef object long_arith(uint8_t op, object left, object right):
+    """`+`, `-` or `*` of two Longs, with Cedar's overflow error."""
+    cdef int64_t a = as_long(left), b = as_long(right), out
+    cdef bint overflow
+    if op == OP_ADD:
+        overflow = add_overflow(a, b, &out)
+    elif op == OP_SUB:
+        overflow = sub_overflow(a, b, &out)
+    else:
+        overflow = mul_overflow(a, b, &out)
+    if overflow:
+        raise EvalError("integer overflow")
+    return out
 
 
 # ---- extension constructors (Cedar's parsing rules) ----
@@ -581,6 +614,23 @@ cdef class Decision:
         return isinstance(other, Decision) and self.to_dict() == other.to_dict()
 
 
+cdef extern from "Python.h":
+    void PyErr_SetString(object exc_type, const char* message)
+
+
+cdef object INDEX_FORMAT_ERROR = IndexFormatError
+
+
+cdef int format_error(const char* message) noexcept:
+    """Sets IndexFormatError(message); returns -1 (the error value of the readers below)."""
+    PyErr_SetString(INDEX_FORMAT_ERROR, message)
+    return -1
+
+
+cdef inline int out_of_bounds() noexcept:
+    return format_error(b"read past the end of the generation")
+
+
 cdef struct IndexKey:
     uint32_t key     # a uid index, TYPE_KEY | a type index, or ANY_KEY
     uint64_t mask    # its partner mask in the role it was gathered for
@@ -657,36 +707,44 @@ cdef class Generation:
         free(self.seen)
 
     # -- bounds-checked readers --
+    # Each is a few instructions that inline: nothing in them raises as far as Cython knows, so it
+    # emits no error path; a read out of bounds sets IndexFormatError (out_of_bounds, not inlined)
+    # and returns the declared error value, which the caller's `except?` check then sees.
     cdef inline uint32_t u32(self, Py_ssize_t off) except? 0xFFFFFFFF:
         cdef uint32_t v
         if off < 0 or off + 4 > self.size:
-            raise IndexFormatError("read past the end of the generation")
+            return <uint32_t>out_of_bounds()
         memcpy(&v, self.base + off, 4)
         return v
 
     cdef inline uint64_t u64(self, Py_ssize_t off) except? 0xFFFFFFFFFFFFFFFF:
         cdef uint64_t v
         if off < 0 or off + 8 > self.size:
-            raise IndexFormatError("read past the end of the generation")
+            return <uint64_t>out_of_bounds()
         memcpy(&v, self.base + off, 8)
         return v
 
     cdef inline int64_t i64(self, Py_ssize_t off) except? -1:
         cdef int64_t v
         if off < 0 or off + 8 > self.size:
-            raise IndexFormatError("read past the end of the generation")
+            return out_of_bounds()
         memcpy(&v, self.base + off, 8)
         return v
 
     cdef inline uint8_t u8(self, Py_ssize_t off) except? 0xFF:
         if off < 0 or off >= self.size:
-            raise IndexFormatError("read past the end of the generation")
+            return <uint8_t>out_of_bounds()
         return self.base[off]
 
     cdef inline Py_ssize_t str_span(self, Py_ssize_t off, Py_ssize_t* n) except -1:
-        n[0] = self.u32(off)
+        """The start of the str at `off` (u32 length, then UTF-8); its length in n[0]."""
+        cdef uint32_t v
+        if off < 0 or off + 4 > self.size:
+            return out_of_bounds()
+        memcpy(&v, self.base + off, 4)
+        n[0] = v
         if off + 4 + n[0] > self.size:
-            raise IndexFormatError("read past the end of the generation")
+            return out_of_bounds()
         return off + 4
 
     cdef str read_str_at(self, Py_ssize_t off):
@@ -709,8 +767,13 @@ cdef class Generation:
 
     cdef inline Py_ssize_t uid_record(self, uint32_t idx) except -1:
         if idx >= self.n_uids:
-            raise IndexFormatError("uid index out of range")
-        return self.u32(self.uids_off + 4 * <Py_ssize_t>idx)
+            return format_error(b"uid index out of range")
+        cdef Py_ssize_t off = self.uids_off + 4 * <Py_ssize_t>idx
+        cdef uint32_t v
+        if off + 4 > self.size:
+            return out_of_bounds()
+        memcpy(&v, self.base + off, 4)
+        return v
 
     cdef Uid uid_at(self, uint32_t idx):
         cached = self.uid_objects[idx] if idx < self.n_uids else None
@@ -1023,14 +1086,20 @@ cdef class Generation:
 
     cdef object binary(self, uint8_t op, object left, object right):
         cdef type tl = type(left), tr = type(right)
+        cdef int64_t x, y
         if op == OP_EQ:
             return cedar_eq(left, right)
         if op == OP_NE:
             return not cedar_eq(left, right)
         if OP_LT <= op <= OP_GE:
             if tl is int and tr is int:
-                a, b = left, right
-            elif (tl is Ext and tr is Ext and (<Ext>left).kind == (<Ext>right).kind
+                x = as_long(left)
+                y = as_long(right)
+                if op == OP_LT: return x < y
+                if op == OP_LE: return x <= y
+                if op == OP_GT: return x > y
+                return x >= y
+            if (tl is Ext and tr is Ext and (<Ext>left).kind == (<Ext>right).kind
                   and ((<Ext>left).kind == EXT_DATETIME or (<Ext>left).kind == EXT_DURATION)):
                 a, b = (<Ext>left).a, (<Ext>right).a
             else:
@@ -1046,9 +1115,7 @@ cdef class Generation:
                 type_error("long", left)
             if tr is not int:
                 type_error("long", right)
-            if op == OP_ADD: return check_long(left + right)
-            if op == OP_SUB: return check_long(left - right)
-            return check_long(left * right)
+            return long_arith(op, left, right)
         if op == OP_IN:
             if tl is not Uid:
                 type_error("entity", left)
@@ -1246,8 +1313,13 @@ cdef class Generation:
 
     cdef inline Py_ssize_t string_offset(self, uint32_t idx) except -1:
         if idx >= self.n_strings:
-            raise IndexFormatError("string index out of range")
-        return self.u32(self.strings_off + 4 * <Py_ssize_t>idx)
+            return format_error(b"string index out of range")
+        cdef Py_ssize_t off = self.strings_off + 4 * <Py_ssize_t>idx
+        cdef uint32_t v
+        if off + 4 > self.size:
+            return out_of_bounds()
+        memcpy(&v, self.base + off, 4)
+        return v
 
     cdef str string_at(self, uint32_t idx):
         cached = self.strings[idx] if idx < self.n_strings else None
@@ -1453,11 +1525,40 @@ cdef object to_value(Generation g, object v, int depth):
     return convert_value(g, v, depth, True)
 
 
-cdef bint validate_value(Generation g, object v, int depth) except -1:
+cdef inline bint fits_long(object v) noexcept:
+    """An int is within a Cedar Long (int64)."""
+    cdef int overflow = 0
+    int_and_overflow(v, &overflow)
+    return overflow == 0
+
+
+cdef int validate_value(Generation g, object v, int depth) except -1:
     """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context);
-    returns whether `v` is already its own Cedar value (records of strings, bools, Longs and such
-    records: no sets, no escapes), which the evaluator may then read as it is."""
-    return convert_value(g, v, depth, False) is True
+    returns whether `v` is already its own Cedar value (1: records of strings, bools, Longs and such
+    records: no sets, no escapes), which the evaluator may then read as it is, or not (0)."""
+    cdef type t = type(v)
+    if t is str or t is bool:
+        return 1
+    if t is int:
+        if not fits_long(v):
+            raise RequestError("context: integer does not fit in a 64-bit Long")
+        return 1
+    if t is not dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
+        # sets, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
+        return convert_value(g, v, depth, False) is True
+    cdef int plain = 1
+    for key, item in (<dict>v).items():
+        if type(key) is not str:
+            raise RequestError("context: record keys must be strings")
+        t = type(item)
+        if t is str or t is bool:
+            continue
+        if t is int:
+            if not fits_long(item):
+                raise RequestError("context: integer does not fit in a 64-bit Long")
+            continue
+        plain &= validate_value(g, item, depth + 1)
+    return plain
 
 
 _EXTENSION_FUNCTIONS = LAYOUT["FN_IDS"]
@@ -1469,7 +1570,7 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
     if t is str or t is bool:
         return v if build else True
     if t is int:
-        if not (I64_MIN <= v <= I64_MAX):
+        if not fits_long(v):
             raise RequestError("context: integer does not fit in a 64-bit Long")
         return v if build else True
     if depth > MAX_CONTEXT_DEPTH:
