@@ -578,6 +578,7 @@ DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
+DEF VALUE_STR_CACHE_SIZE = 65536  # offset -> decoded string value, per generation
 DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per generation
 
 
@@ -657,6 +658,7 @@ cdef class Generation:
     cdef list policy_ids
     cdef list strings
     cdef dict uid_cache
+    cdef dict value_strs      # offset of a string value -> the str (see value_str)
     cdef dict uid_by_type
     cdef Py_ssize_t uid_by_type_n
 
@@ -700,6 +702,7 @@ cdef class Generation:
         self.uid_objects = [None] * self.n_uids
         self.policy_ids = [None] * self.n_policies
         self.uid_cache = {}
+        self.value_strs = {}
         self.uid_by_type = {}
         self.strings = [None] * self.n_strings
 
@@ -757,6 +760,19 @@ cdef class Generation:
         cdef Py_ssize_t start = self.str_span(pos[0], &n)
         pos[0] = start + n
         return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+
+    cdef str value_str(self, Py_ssize_t* pos):
+        """read_str for a string value (an attribute, tag or literal): decoded once per generation."""
+        cdef Py_ssize_t at = pos[0], n
+        cached = self.value_strs.get(at)
+        if cached is not None:
+            pos[0] = self.str_span(at, &n) + n
+            return <str>cached
+        value = self.read_str(pos)
+        if len(self.value_strs) >= VALUE_STR_CACHE_SIZE:
+            self.value_strs.clear()
+        self.value_strs[at] = value
+        return value
 
     # -- symbols --
     cdef inline str type_name(self, uint32_t t):
@@ -892,7 +908,7 @@ cdef class Generation:
             pos[0] += 8
             return self.i64(pos[0] - 8)
         if tag == V_STR:
-            return self.read_str(pos)
+            return self.value_str(pos)
         if tag == V_UID:
             pos[0] += 4
             return self.uid_at(self.u32(pos[0] - 4))
@@ -976,7 +992,13 @@ cdef class Generation:
                 if value is _MISSING:
                     raise EvalError(f"record does not have the attribute `{key}`")
                 return value if r.context is not None else to_value(self, value, 1)
-            left = self.ev(pos, r)
+            var = self.u8(pos[0] + 1) if self.u8(pos[0]) == OP_VAR else 3
+            if var < 3:
+                # `principal.x`, `action.x`, `resource.x`: the variable is read here, not by a call.
+                left = r.principal if var == 0 else (r.action if var == 1 else r.resource)
+                pos[0] += 2
+            else:
+                left = self.ev(pos, r)
             n = self.u32(pos[0])
             pos[0] += 4
             if type(left) is Uid:
@@ -1079,6 +1101,21 @@ cdef class Generation:
             pos[0] += 2
             args = [self.ev(pos, r) for i in range(n)]
             return call_ext(fn, args)
+        if (op == OP_EQ or op == OP_NE) and self.u8(pos[0]) == OP_GETATTR and self.u8(pos[0] + 1) == OP_VAR \
+                and self.u8(pos[0] + 2) == 3 and self.u8(pos[0] + 7) == OP_STR:
+            # `context.x == "s"` (or !=), the commonest condition: the same steps as the general path
+            # below (context.x first, with its error; then the literal), without three nested calls.
+            key = self.string_at(self.u32(pos[0] + 3))
+            literal = self.string_at(self.u32(pos[0] + 8))
+            pos[0] += 12
+            value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
+            if value is _MISSING:
+                raise EvalError(f"record does not have the attribute `{key}`")
+            if type(value) is str:
+                equal = <str>value == <str>literal
+            else:
+                equal = cedar_eq(value if r.context is not None else to_value(self, value, 1), literal)
+            return equal if op == OP_EQ else not equal
         # binary operators: both operands are always evaluated, left first
         left = self.ev(pos, r)
         right = self.ev(pos, r)
@@ -1163,11 +1200,16 @@ cdef class Generation:
         return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor(u.idx, target))
 
     cdef bint scope(self, Py_ssize_t* pos, Uid u) except -1:
-        cdef uint8_t op = self.u8(pos[0])
-        cdef uint32_t a = self.u32(pos[0] + 1), b = self.u32(pos[0] + 5), i
-        pos[0] += 9
+        cdef Py_ssize_t at = pos[0]
+        cdef uint32_t a, b, i
+        if at < 0 or at + 9 > self.size:
+            return out_of_bounds()
+        cdef uint8_t op = self.base[at]
+        pos[0] = at + 9
         if op == S_ALL:
             return True
+        memcpy(&a, self.base + at + 1, 4)
+        memcpy(&b, self.base + at + 5, 4)
         if op == S_EQ:
             return u.idx >= 0 and <uint32_t>u.idx == a
         if op == S_IN:
