@@ -1666,6 +1666,32 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
     return plain
 
 
+cdef bint validate_context(Generation g, object context) except -1:
+    """Checks a request's context (None or a record); returns whether it is its own Cedar value."""
+    if context is None:
+        return True
+    if type(context) is not dict:
+        raise RequestError("`context`: expected a record (JSON object)")
+    return validate_value(g, context, 0)
+
+
+cdef Request new_request(Uid principal, Uid action, Uid resource, object context, bint plain):
+    """A request of resolved uids and a context checked by validate_context (`plain`: its result)."""
+    cdef Request r = Request.__new__(Request)
+    r.principal = principal
+    r.action = action
+    r.resource = resource
+    if context is None:
+        r.raw_context = r.context = {}
+    elif plain:
+        # INVARIANT: the evaluator never changes a record, so it may read the caller's as it is.
+        r.raw_context = r.context = <dict>context
+    else:
+        r.raw_context = <dict>context
+        r.context = None
+    return r
+
+
 cdef class EngineCore:
     """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
     cdef Generation _gen
@@ -1700,22 +1726,10 @@ cdef class EngineCore:
         return self._gen
 
     cdef Request make_request(self, Generation g, object principal, object action, object resource, object context):
-        cdef Request r = Request.__new__(Request)
-        r.principal = to_uid(g, principal, "principal")
-        r.action = to_uid(g, action, "action")
-        r.resource = to_uid(g, resource, "resource")
-        if context is None:
-            r.raw_context = r.context = {}
-        elif type(context) is dict:
-            if validate_value(g, context, 0):
-                # INVARIANT: the evaluator never changes a record, so it may read the caller's as it is.
-                r.raw_context = r.context = <dict>context
-            else:
-                r.raw_context = <dict>context
-                r.context = None
-        else:
-            raise RequestError("`context`: expected a record (JSON object)")
-        return r
+        cdef Uid p = to_uid(g, principal, "principal")
+        cdef Uid a = to_uid(g, action, "action")
+        cdef Uid r = to_uid(g, resource, "resource")
+        return new_request(p, a, r, context, validate_context(g, context))
 
     def check(self, principal, action, resource, context=None):
         """Decides one request; raises RequestError if it is malformed."""
@@ -1726,13 +1740,26 @@ cdef class EngineCore:
         """Decides each request (a dict with principal, action, resource and optional context), in order."""
         cdef Generation g = self.current()
         cdef list out = []
+        # Items of a batch often share objects (authz.v1 BatchCheck's principal, action and context):
+        # what was made of the previous item's object is reused for the same object.
+        cdef object last_p = _MISSING, last_a = _MISSING, last_r = _MISSING, last_c = _MISSING
+        cdef Uid p = None, a = None, r = None
+        cdef bint plain = False
         for n, req in enumerate(requests):
             if type(req) is not dict:
                 raise RequestError(f"request {n}: expected an object")
+            principal, action, resource = (<dict>req).get("principal"), (<dict>req).get("action"), (<dict>req).get("resource")
+            context = (<dict>req).get("context")
             try:
-                r = self.make_request(g, (<dict>req).get("principal"), (<dict>req).get("action"),
-                                      (<dict>req).get("resource"), (<dict>req).get("context"))
+                if principal is not last_p:
+                    p, last_p = to_uid(g, principal, "principal"), principal
+                if action is not last_a:
+                    a, last_a = to_uid(g, action, "action"), action
+                if resource is not last_r:
+                    r, last_r = to_uid(g, resource, "resource"), resource
+                if context is not last_c:
+                    plain, last_c = validate_context(g, context), context
             except RequestError as err:
                 raise RequestError(f"request {n}: {err}") from None
-            out.append(g.decide(r))
+            out.append(g.decide(new_request(p, a, r, context, plain)))
         return out

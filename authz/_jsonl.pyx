@@ -7,7 +7,7 @@ is handed to the `fallback` formatter (Python, authz.server.decisionlog), so the
 same JSON either way.
 """
 from libc.stdint cimport uint8_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -108,6 +108,33 @@ cdef int put_uid(Buf* b, object uid) except -1:
     return 0
 
 
+cdef struct UidSlot:
+    # the uid last written in one field of a batch (borrowed: the batch holds it) and where its text
+    # is in the buffer, which only grows, so the next event with that same object copies the text
+    void* uid
+    Py_ssize_t at
+    Py_ssize_t n
+
+
+cdef int put_uid_memo(Buf* b, object uid, UidSlot* slot) except -1:
+    """put_uid, copied from the buffer when `uid` is the object this field held last time (a batch's
+    items share their principal and action objects)."""
+    cdef Py_ssize_t at
+    if slot != NULL and slot.uid == <void*>uid and slot.n > 0:
+        at = slot.at
+        reserve(b, slot.n)
+        memcpy(b.data + b.n, b.data + at, slot.n)
+        b.n += slot.n
+        return 0
+    at = b.n
+    put_uid(b, uid)
+    if slot != NULL:
+        slot.uid = <void*>uid
+        slot.at = at
+        slot.n = b.n - at
+    return 0
+
+
 cdef struct Fields:
     # what the events of one batch share, as JSON text: `shared` follows the decision id, `tail` ends the line
     char shared[192]
@@ -184,7 +211,7 @@ cdef int put_decision_id(Buf* b, str prefix, unsigned long long seq) except -1:
 
 
 cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, Fields* f, principal, action,
-                  resource, str decision, policies, errors, str reason) except -1:
+                  resource, str decision, policies, errors, str reason, UidSlot* memo=NULL) except -1:
     """One event's line; its decision id is `decision_id`, or prefix + seq when that is None."""
     put(b, b'{"decision_id":', 15)
     if decision_id is not None:
@@ -194,11 +221,11 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, F
     put(b, b',', 1)
     put(b, f.shared, f.shared_n)
     put(b, b'"principal":', 12)
-    put_uid(b, principal)
+    put_uid_memo(b, principal, memo)
     put(b, b',"action":', 10)
-    put_uid(b, action)
+    put_uid_memo(b, action, memo + 1 if memo != NULL else NULL)
     put(b, b',"resource":', 12)
-    put_uid(b, resource)
+    put_uid_memo(b, resource, memo + 2 if memo != NULL else NULL)
     put(b, b',"decision":', 12)
     put_json_str(b, decision)
     put(b, b',"policies":[', 13)
@@ -266,6 +293,8 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
     buf_init(&b)
     cdef Py_ssize_t i, mark
     cdef dict r
+    cdef UidSlot memo[3]  # principal, action, resource: items of a batch share these objects
+    memset(memo, 0, sizeof(memo))
     try:
         for i in range(len(results)):
             mark = b.n
@@ -275,14 +304,17 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
                 r = <dict>req
                 ctx = r.get("context")
                 p, a, res = r.get("principal"), r.get("action"), r.get("resource")
-                if (not ctx or "delegation" not in ctx) and plain_uid(p) and plain_uid(a) and plain_uid(res) \
+                # (a uid in a memo slot was checked when it was written)
+                if (not ctx or "delegation" not in ctx) and (<void*>p == memo[0].uid or plain_uid(p)) \
+                        and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) \
                         and plain_strings(d.policies):
                     try:
                         put_line(&b, None, prefix, first + i, &f, p, a, res, "allow" if d.allowed else "deny",
-                                 d.policies, d.errors, None)
+                                 d.policies, d.errors, None, memo)
                         continue
                     except UnicodeEncodeError:
                         b.n = mark
+                        memset(memo, 0, sizeof(memo))  # the text they point to is being overwritten
             put_fallback(&b, fallback(i))
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:

@@ -47,3 +47,29 @@ def test_context_reads_agree_with_cedarpy(engine, action, context):
     assert sorted(ours.policies) == sorted(ids[int(r[len("policy"):])] for r in theirs.diagnostics.reasons)
     assert len(ours.errors) == len(theirs.diagnostics.errors)
     assert json.dumps(context, sort_keys=True) == before  # read in place, never changed
+
+
+def test_batch_items_sharing_objects_decide_as_single_checks(engine):
+    """check_batch reuses what it made of the previous item's principal, action, resource and context
+    when the next item holds the same object (BatchCheck's items share theirs): the decisions are
+    those of check() on each item."""
+    principal, doc = {"type": "User", "id": "u"}, {"type": "Doc", "id": "d"}
+    actions = [{"type": "Action", "id": a} for a in ("h", "w", "s", "e")]
+    items = []
+    for action in actions:
+        for context in CONTEXTS + CONTEXTS[::-1]:
+            for _ in range(2):  # the same objects twice in a row
+                items.append({"principal": principal, "action": action, "resource": doc, "context": context})
+    batch = engine.check_batch(items)
+    assert batch == [engine.check(**item) for item in items]
+    assert any(d.allowed for d in batch) and not all(d.allowed for d in batch)
+
+
+def test_batch_error_names_its_item_after_shared_objects(engine):
+    principal = {"type": "User", "id": "u"}
+    good = {"principal": principal, "action": 'Action::"h"', "resource": 'Doc::"d"', "context": CONTEXTS[0]}
+    bad_context = dict(good, context={"n": 2 ** 63})
+    bad_resource = dict(good, resource={"type": "1bad", "id": "d"})
+    for bad, field in ((bad_context, "integer does not fit"), (bad_resource, "`resource`")):
+        with pytest.raises(authz.RequestError, match=f"request 2: .*{field}"):
+            engine.check_batch([good, good, bad, good])

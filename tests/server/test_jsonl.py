@@ -104,3 +104,25 @@ def test_batch_fields_as_python_writes_them(tmp_path_factory, t, latency_ns, gen
     finally:
         log.close()
     assert json.loads(fast) == json.loads(reference)
+
+
+_shared_uids = [{"type": "Agent", "id": 'a"1'}, {"type": "Action", "id": "call\n"}, None, {"type": "T", "id": "\ud800"}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(range(len(_shared_uids))), st.sampled_from(range(len(_shared_uids))),
+                          _uid, _result), max_size=8))
+def test_batch_items_sharing_uid_objects(tmp_path_factory, items):
+    """Items sharing their principal / action objects (as BatchCheck's do) write each line in full,
+    also after an item whose line was cut short (a lone surrogate) and taken by the fallback."""
+    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
+    requests = [{"principal": _shared_uids[p], "action": _shared_uids[a], "resource": r, "context": {}}
+                for p, a, r, _ in items]
+    batch = DecisionBatch("0a1b2c3d4e5f", 1, requests, [d for *_, d in items])
+    try:
+        fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
+                                GENERATION, lambda i: _python_line(log, batch.event(i)))
+        reference = _python_lines(log, [batch.event(i) for i in range(len(items))])
+    finally:
+        log.close()
+    assert fast == reference
