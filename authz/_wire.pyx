@@ -15,7 +15,7 @@ field-number order and defaults are omitted, so the bytes are what protobuf's
 SerializeToString() gives for the same message (tests/server/test_wire.py checks this).
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from libc.math cimport floor
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -90,6 +90,36 @@ cdef inline str read_str(Reader* sub):
     return PyUnicode_DecodeUTF8(<const char*>sub.p, sub.end - sub.p, NULL)
 
 
+# Short strings that recur from request to request (header names and common values, entity types,
+# context keys) are decoded once and shared: the cached str also keeps its hash, which every dict
+# insert and lookup of it needs. A direct-mapped cache of SHORT_SLOTS strs, replaced on collision.
+DEF SHORT_SLOTS = 1024
+DEF SHORT_MAX = 32
+cdef list _short_strs = [None] * SHORT_SLOTS
+cdef uint64_t _short_hashes[SHORT_SLOTS]
+
+
+cdef str read_short_str(Reader* sub):
+    """read_str, through the cache for strings of at most SHORT_MAX bytes."""
+    cdef Py_ssize_t n = sub.end - sub.p, cn, i
+    if n > SHORT_MAX or n == 0:
+        return read_str(sub)
+    cdef uint64_t h = 14695981039346656037ULL
+    for i in range(n):
+        h = (h ^ sub.p[i]) * 1099511628211ULL
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (SHORT_SLOTS - 1))
+    cached = _short_strs[slot]
+    cdef const char* cp
+    if cached is not None and _short_hashes[slot] == h:
+        cp = PyUnicode_AsUTF8AndSize(cached, &cn)
+        if cn == n and memcmp(cp, sub.p, n) == 0:
+            return <str>cached
+    text = read_str(sub)
+    _short_strs[slot] = text
+    _short_hashes[slot] = h
+    return text
+
+
 cdef inline bytes raw(Reader* sub):
     return PyBytes_FromStringAndSize(<const char*>sub.p, sub.end - sub.p)
 
@@ -108,9 +138,9 @@ cdef dict decode_uid(Reader sub, dict cache):
         if (field == 1 or field == 2) and wt == 2:
             read_sub(&sub, &s)
             if field == 1:
-                type_name = read_str(&s)
+                type_name = read_short_str(&s)
             else:
-                uid_id = read_str(&s)
+                uid_id = read_short_str(&s)
         else:
             skip_field(&sub, wt)
     if not type_name:
@@ -145,7 +175,7 @@ cdef object decode_value(Reader sub, int depth, int max_depth):
             result = <int64_t>n
         elif field == 3 and wt == 2:
             read_sub(&sub, &s)
-            result = read_str(&s)
+            result = read_short_str(&s)
         elif field == 4 and wt == 0:
             read_varint(&sub, &v)
             result = v != 0
@@ -199,7 +229,7 @@ cdef dict decode_struct(Reader sub, int depth, int max_depth):
             read_tag(&entry, &efield, &ewt)
             if efield == 1 and ewt == 2:
                 read_sub(&entry, &s)
-                key = read_str(&s)
+                key = read_short_str(&s)
             elif efield == 2 and ewt == 2:
                 if has_value:  # protobuf would merge the two values
                     raise _Unusual()
@@ -463,7 +493,7 @@ cdef dict decode_peer(Reader sub):
                         read_tag(&sock, &sfield, &swt)
                         if sfield == 2 and swt == 2:
                             read_sub(&sock, &s)
-                            address = read_str(&s)
+                            address = read_short_str(&s)
                         elif sfield == 3 and swt == 0:
                             read_varint(&sock, &v)
                             port = <uint32_t>v
@@ -480,7 +510,7 @@ cdef dict decode_peer(Reader sub):
                     skip_field(&addr, awt)
         elif field == 4 and wt == 2:
             read_sub(&sub, &s)
-            principal = read_str(&s)
+            principal = read_short_str(&s)
         elif (field == 2 or field == 5) and wt == 2:
             read_sub(&sub, &s)
             read_str(&s)  # valid UTF-8, as protobuf requires
@@ -503,9 +533,9 @@ cdef int decode_string_map_entry(Reader entry, dict out) except -1:
         if (field == 1 or field == 2) and wt == 2:
             read_sub(&entry, &s)
             if field == 1:
-                key = read_str(&s)
+                key = read_short_str(&s)
             else:
-                value = read_str(&s)
+                value = read_short_str(&s)
         elif field <= 2:
             raise _Unusual()
         else:
@@ -525,9 +555,9 @@ cdef int decode_header_value(Reader sub, dict out) except -1:
         if 1 <= field <= 3 and wt == 2:
             read_sub(&sub, &s)
             if field == 1:
-                key = read_str(&s)
+                key = read_short_str(&s)
             elif field == 2:
-                value = read_str(&s)
+                value = read_short_str(&s)
             else:
                 raw_value = raw(&s)
         elif field <= 3:
@@ -620,18 +650,18 @@ cdef tuple _decode_envoy_check(bytes data, Py_ssize_t max_headers):
             continue
         read_sub(&http, &s)
         if field == 2:
-            method = read_str(&s)
+            method = read_short_str(&s)
         elif field == 3:
             n_map += 1
             if n_map > max_headers:
                 raise _Unusual()
             decode_string_map_entry(s, headers)
         elif field == 4:
-            path = read_str(&s)
+            path = read_short_str(&s)
         elif field == 5:
-            host = read_str(&s)
+            host = read_short_str(&s)
         elif field == 6:
-            scheme = read_str(&s)
+            scheme = read_short_str(&s)
         elif field == 11:
             body_len = len(read_str(&s))  # in characters, as len(http.body) counts
             body = raw(&s)
