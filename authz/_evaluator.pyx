@@ -960,10 +960,9 @@ cdef class Generation:
 
     # -- expressions --
     cdef object ev(self, Py_ssize_t* pos, Request r):
+        """Evaluates the expression at pos[0] (moving past it): a dispatcher without Python locals of
+        its own (their set-up and clean-up cost every call), each kind of node in its own method."""
         cdef uint8_t op = self.u8(pos[0])
-        cdef uint8_t var, kind, fn
-        cdef uint32_t n, i, t
-        cdef Py_ssize_t skip, kn, koff
         pos[0] += 1
         if op == OP_STR:
             pos[0] += 4
@@ -971,66 +970,113 @@ cdef class Generation:
         if op == OP_LIT:
             return self.decode(pos)
         if op == OP_VAR:
-            var = self.u8(pos[0])
-            pos[0] += 1
-            if var == 0: return r.principal
-            if var == 1: return r.action
-            if var == 2: return r.resource
-            if r.context is None:
-                r.context = to_value(self, r.raw_context, 0)
-            return r.context
+            return self.ev_var(pos, r)
         if op == OP_GETATTR or op == OP_HAS:
-            if self.u8(pos[0]) == OP_VAR and self.u8(pos[0] + 1) == 3:
-                # `context.x` / `context has x`: read the one value, don't convert the whole context.
-                n = self.u32(pos[0] + 2)
-                pos[0] += 6
-                key = self.string_at(n)
-                if op == OP_HAS:
-                    return key in r.raw_context
-                # r.context: the context as a Cedar record, when built or when the caller's is one (make_request).
-                value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
-                if value is _MISSING:
-                    raise EvalError(f"record does not have the attribute `{key}`")
-                return value if r.context is not None else to_value(self, value, 1)
-            var = self.u8(pos[0] + 1) if self.u8(pos[0]) == OP_VAR else 3
-            if var < 3:
-                # `principal.x`, `action.x`, `resource.x`: the variable is read here, not by a call.
-                left = r.principal if var == 0 else (r.action if var == 1 else r.resource)
-                pos[0] += 2
-            else:
-                left = self.ev(pos, r)
-            n = self.u32(pos[0])
-            pos[0] += 4
-            if type(left) is Uid:
-                koff = self.string_offset(n)
-                self.str_span(koff, &kn)
-                if op == OP_GETATTR:
-                    return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
-                if not self.is_entity(<Uid>left):
-                    return False
-                return self.find_in_block(self.u32(self.uid_record((<Uid>left).idx) + UID_ATTRS),
-                                          <const char*>self.base + koff + 4, kn) >= 0
-            if type(left) is dict:
-                key = self.string_at(n)
-                if op == OP_HAS:
-                    return key in <dict>left
-                if key not in <dict>left:
-                    raise EvalError(f"record does not have the attribute `{key}`")
-                return (<dict>left)[key]
-            type_error("entity or record", left)
+            return self.ev_attr(op, pos, r)
         if op == OP_AND or op == OP_OR:
+            return self.ev_and_or(op, pos, r)
+        if (op == OP_EQ or op == OP_NE) and self.u8(pos[0]) == OP_GETATTR and self.u8(pos[0] + 1) == OP_VAR \
+                and self.u8(pos[0] + 2) == 3 and self.u8(pos[0] + 7) == OP_STR:
+            return self.ev_context_eq(op, pos, r)
+        if OP_EQ <= op <= OP_GET_TAG:
+            return self.ev_binary(op, pos, r)
+        return self.ev_other(op, pos, r)
+
+    cdef object ev_var(self, Py_ssize_t* pos, Request r):
+        cdef uint8_t var = self.u8(pos[0])
+        pos[0] += 1
+        if var == 0: return r.principal
+        if var == 1: return r.action
+        if var == 2: return r.resource
+        if r.context is None:
+            r.context = to_value(self, r.raw_context, 0)
+        return r.context
+
+    cdef object ev_attr(self, uint8_t op, Py_ssize_t* pos, Request r):
+        """`e.x` and `e has x`."""
+        cdef uint8_t var
+        cdef uint32_t n
+        cdef Py_ssize_t kn, koff
+        if self.u8(pos[0]) == OP_VAR and self.u8(pos[0] + 1) == 3:
+            # `context.x` / `context has x`: read the one value, don't convert the whole context.
+            n = self.u32(pos[0] + 2)
+            pos[0] += 6
+            key = self.string_at(n)
+            if op == OP_HAS:
+                return key in r.raw_context
+            # r.context: the context as a Cedar record, when built or when the caller's is one (make_request).
+            value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
+            if value is _MISSING:
+                raise EvalError(f"record does not have the attribute `{key}`")
+            return value if r.context is not None else to_value(self, value, 1)
+        var = self.u8(pos[0] + 1) if self.u8(pos[0]) == OP_VAR else 3
+        if var < 3:
+            # `principal.x`, `action.x`, `resource.x`: the variable is read here, not by a call.
+            left = r.principal if var == 0 else (r.action if var == 1 else r.resource)
+            pos[0] += 2
+        else:
             left = self.ev(pos, r)
-            if type(left) is not bool:
-                type_error("bool", left)
-            skip = self.u32(pos[0])
-            pos[0] += 4
-            if (op == OP_AND and not left) or (op == OP_OR and left):
-                pos[0] += skip
-                return left
-            right = self.ev(pos, r)
-            if type(right) is not bool:
-                type_error("bool", right)
-            return right
+        n = self.u32(pos[0])
+        pos[0] += 4
+        if type(left) is Uid:
+            koff = self.string_offset(n)
+            self.str_span(koff, &kn)
+            if op == OP_GETATTR:
+                return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
+            if not self.is_entity(<Uid>left):
+                return False
+            return self.find_in_block(self.u32(self.uid_record((<Uid>left).idx) + UID_ATTRS),
+                                      <const char*>self.base + koff + 4, kn) >= 0
+        if type(left) is dict:
+            key = self.string_at(n)
+            if op == OP_HAS:
+                return key in <dict>left
+            if key not in <dict>left:
+                raise EvalError(f"record does not have the attribute `{key}`")
+            return (<dict>left)[key]
+        type_error("entity or record", left)
+
+    cdef object ev_and_or(self, uint8_t op, Py_ssize_t* pos, Request r):
+        left = self.ev(pos, r)
+        if type(left) is not bool:
+            type_error("bool", left)
+        cdef Py_ssize_t skip = self.u32(pos[0])
+        pos[0] += 4
+        if (op == OP_AND and not left) or (op == OP_OR and left):
+            pos[0] += skip
+            return left
+        right = self.ev(pos, r)
+        if type(right) is not bool:
+            type_error("bool", right)
+        return right
+
+    cdef object ev_context_eq(self, uint8_t op, Py_ssize_t* pos, Request r):
+        """`context.x == "s"` (or !=), the commonest condition: the same steps as ev_binary (context.x
+        first, with its error; then the literal), without three nested calls."""
+        key = self.string_at(self.u32(pos[0] + 3))
+        literal = self.string_at(self.u32(pos[0] + 8))
+        pos[0] += 12
+        value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
+        if value is _MISSING:
+            raise EvalError(f"record does not have the attribute `{key}`")
+        cdef bint equal
+        if type(value) is str:
+            equal = <str>value == <str>literal
+        else:
+            equal = cedar_eq(value if r.context is not None else to_value(self, value, 1), literal)
+        return equal if op == OP_EQ else not equal
+
+    cdef object ev_binary(self, uint8_t op, Py_ssize_t* pos, Request r):
+        # both operands are always evaluated, left first
+        left = self.ev(pos, r)
+        right = self.ev(pos, r)
+        return self.binary(op, left, right)
+
+    cdef object ev_other(self, uint8_t op, Py_ssize_t* pos, Request r):
+        """if-then-else, the unary operators, `is`, `like`, set and record literals, extension calls."""
+        cdef uint8_t kind, fn
+        cdef uint32_t n, i, t
+        cdef Py_ssize_t skip
         if op == OP_IF:
             cond = self.ev(pos, r)
             if type(cond) is not bool:
@@ -1101,25 +1147,7 @@ cdef class Generation:
             pos[0] += 2
             args = [self.ev(pos, r) for i in range(n)]
             return call_ext(fn, args)
-        if (op == OP_EQ or op == OP_NE) and self.u8(pos[0]) == OP_GETATTR and self.u8(pos[0] + 1) == OP_VAR \
-                and self.u8(pos[0] + 2) == 3 and self.u8(pos[0] + 7) == OP_STR:
-            # `context.x == "s"` (or !=), the commonest condition: the same steps as the general path
-            # below (context.x first, with its error; then the literal), without three nested calls.
-            key = self.string_at(self.u32(pos[0] + 3))
-            literal = self.string_at(self.u32(pos[0] + 8))
-            pos[0] += 12
-            value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
-            if value is _MISSING:
-                raise EvalError(f"record does not have the attribute `{key}`")
-            if type(value) is str:
-                equal = <str>value == <str>literal
-            else:
-                equal = cedar_eq(value if r.context is not None else to_value(self, value, 1), literal)
-            return equal if op == OP_EQ else not equal
-        # binary operators: both operands are always evaluated, left first
-        left = self.ev(pos, r)
-        right = self.ev(pos, r)
-        return self.binary(op, left, right)
+        return self.ev_binary(op, pos, r)  # an unknown opcode: binary() refuses it after its operands
 
     cdef object binary(self, uint8_t op, object left, object right):
         cdef type tl = type(left), tr = type(right)
