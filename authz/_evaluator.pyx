@@ -1703,9 +1703,11 @@ cdef bint validate_context(Generation g, object context) except -1:
     return validate_value(g, context, 0)
 
 
-cdef Request new_request(Uid principal, Uid action, Uid resource, object context, bint plain):
-    """A request of resolved uids and a context checked by validate_context (`plain`: its result)."""
-    cdef Request r = Request.__new__(Request)
+cdef Request new_request(Uid principal, Uid action, Uid resource, object context, bint plain, Request r=None):
+    """A request of resolved uids and a context checked by validate_context (`plain`: its result),
+    written into `r` when given (check_batch reuses one Request for its items)."""
+    if r is None:
+        r = Request.__new__(Request)
     r.principal = principal
     r.action = action
     r.resource = resource
@@ -1773,6 +1775,8 @@ cdef class EngineCore:
         cdef object last_p = _MISSING, last_a = _MISSING, last_r = _MISSING, last_c = _MISSING
         cdef Uid p = None, a = None, r = None
         cdef bint plain = False
+        # One Request for every item: nothing keeps it past decide(), and it is this call's own.
+        cdef Request scratch = Request.__new__(Request)
         for n, req in enumerate(requests):
             if type(req) is not dict:
                 raise RequestError(f"request {n}: expected an object")
@@ -1789,5 +1793,5 @@ cdef class EngineCore:
                     plain, last_c = validate_context(g, context), context
             except RequestError as err:
                 raise RequestError(f"request {n}: {err}") from None
-            out.append(g.decide(new_request(p, a, r, context, plain)))
+            out.append(g.decide(new_request(p, a, r, context, plain, scratch)))
         return out
