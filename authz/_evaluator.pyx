@@ -578,7 +578,6 @@ DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
-DEF VALUE_STR_CACHE_SIZE = 65536  # offset -> decoded string value, per generation
 DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per generation
 
 
@@ -658,7 +657,6 @@ cdef class Generation:
     cdef list policy_ids
     cdef list strings
     cdef dict uid_cache
-    cdef dict value_strs      # offset of a string value -> the str (see value_str)
     cdef dict uid_by_type
     cdef Py_ssize_t uid_by_type_n
 
@@ -702,7 +700,6 @@ cdef class Generation:
         self.uid_objects = [None] * self.n_uids
         self.policy_ids = [None] * self.n_policies
         self.uid_cache = {}
-        self.value_strs = {}
         self.uid_by_type = {}
         self.strings = [None] * self.n_strings
 
@@ -760,19 +757,6 @@ cdef class Generation:
         cdef Py_ssize_t start = self.str_span(pos[0], &n)
         pos[0] = start + n
         return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
-
-    cdef str value_str(self, Py_ssize_t* pos):
-        """read_str for a string value (an attribute, tag or literal): decoded once per generation."""
-        cdef Py_ssize_t at = pos[0], n
-        cached = self.value_strs.get(at)
-        if cached is not None:
-            pos[0] = self.str_span(at, &n) + n
-            return <str>cached
-        value = self.read_str(pos)
-        if len(self.value_strs) >= VALUE_STR_CACHE_SIZE:
-            self.value_strs.clear()
-        self.value_strs[at] = value
-        return value
 
     # -- symbols --
     cdef inline str type_name(self, uint32_t t):
@@ -908,7 +892,7 @@ cdef class Generation:
             pos[0] += 8
             return self.i64(pos[0] - 8)
         if tag == V_STR:
-            return self.value_str(pos)
+            return self.read_str(pos)
         if tag == V_UID:
             pos[0] += 4
             return self.uid_at(self.u32(pos[0] - 4))
