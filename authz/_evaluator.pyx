@@ -765,15 +765,21 @@ cdef class Generation:
             raise IndexFormatError("type index out of range")
         return <str>self.type_names[t]
 
-    cdef inline Py_ssize_t uid_record(self, uint32_t idx) except -1:
-        if idx >= self.n_uids:
-            return format_error(b"uid index out of range")
-        cdef Py_ssize_t off = self.uids_off + 4 * <Py_ssize_t>idx
+    cdef inline Py_ssize_t table_entry(self, Py_ssize_t table, uint32_t idx, uint32_t count,
+                                       const char* out_of_range) noexcept:
+        """Entry `idx` (u32) of the offset table at `table`, which has `count` entries; -1 with
+        IndexFormatError set when it is not there (its callers' error value, checked by theirs)."""
+        if idx >= count:
+            return format_error(out_of_range)
+        cdef Py_ssize_t off = table + 4 * <Py_ssize_t>idx
         cdef uint32_t v
         if off + 4 > self.size:
             return out_of_bounds()
         memcpy(&v, self.base + off, 4)
         return v
+
+    cdef inline Py_ssize_t uid_record(self, uint32_t idx) except -1:
+        return self.table_entry(self.uids_off, idx, self.n_uids, b"uid index out of range")
 
     cdef Uid uid_at(self, uint32_t idx):
         cached = self.uid_objects[idx] if idx < self.n_uids else None
@@ -1366,14 +1372,7 @@ cdef class Generation:
                 free(rkeys)
 
     cdef inline Py_ssize_t string_offset(self, uint32_t idx) except -1:
-        if idx >= self.n_strings:
-            return format_error(b"string index out of range")
-        cdef Py_ssize_t off = self.strings_off + 4 * <Py_ssize_t>idx
-        cdef uint32_t v
-        if off + 4 > self.size:
-            return out_of_bounds()
-        memcpy(&v, self.base + off, 4)
-        return v
+        return self.table_entry(self.strings_off, idx, self.n_strings, b"string index out of range")
 
     cdef str string_at(self, uint32_t idx):
         cached = self.strings[idx] if idx < self.n_strings else None

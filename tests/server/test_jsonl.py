@@ -82,15 +82,20 @@ _result = st.one_of(st.builds(FakeDecision, st.booleans(), st.lists(_text, max_s
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(_request, _result), max_size=6), st.integers(0, 2 ** 44))
 def test_decided_batch_same_json_as_its_events(tmp_path_factory, items, first):
-    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     batch = DecisionBatch("0a1b2c3d4e5f", first, [r for r, _ in items], [d for _, d in items])
+    fast, reference = _formatted_both_ways(tmp_path_factory, batch)
+    assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
+
+
+def _formatted_both_ways(tmp_path_factory, batch) -> tuple:
+    """(format_decisions' bytes, the Python formatter's bytes) of a DecisionBatch."""
+    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     try:
         fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
                                 GENERATION, lambda i: _python_line(log, batch.event(i)))
-        reference = _python_lines(log, [batch.event(i) for i in range(len(items))])
+        return fast, _python_lines(log, [batch.event(i) for i in range(len(batch))])
     finally:
         log.close()
-    assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
 
 
 @settings(max_examples=300, deadline=None)
@@ -115,14 +120,8 @@ _shared_uids = [{"type": "Agent", "id": 'a"1'}, {"type": "Action", "id": "call\n
 def test_batch_items_sharing_uid_objects(tmp_path_factory, items):
     """Items sharing their principal / action objects (as BatchCheck's do) write each line in full,
     also after an item whose line was cut short (a lone surrogate) and taken by the fallback."""
-    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     requests = [{"principal": _shared_uids[p], "action": _shared_uids[a], "resource": r, "context": {}}
                 for p, a, r, _ in items]
-    batch = DecisionBatch("0a1b2c3d4e5f", 1, requests, [d for *_, d in items])
-    try:
-        fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
-                                GENERATION, lambda i: _python_line(log, batch.event(i)))
-        reference = _python_lines(log, [batch.event(i) for i in range(len(items))])
-    finally:
-        log.close()
+    fast, reference = _formatted_both_ways(tmp_path_factory, DecisionBatch("0a1b2c3d4e5f", 1, requests,
+                                                                           [d for *_, d in items]))
     assert fast == reference
