@@ -708,8 +708,9 @@ cdef class Generation:
 
     # -- bounds-checked readers --
     # Each is a few instructions that inline: nothing in them raises as far as Cython knows, so it
-    # emits no error path; a read out of bounds sets IndexFormatError (out_of_bounds, not inlined)
-    # and returns the declared error value, which the caller's `except?` check then sees.
+    # emits no error path; a read out of bounds sets IndexFormatError through format_error (a C
+    # call Cython does not see raising) and returns the declared error value, which the caller's
+    # `except?` check then sees.
     cdef inline uint32_t u32(self, Py_ssize_t off) except? 0xFFFFFFFF:
         cdef uint32_t v
         if off < 0 or off + 4 > self.size:

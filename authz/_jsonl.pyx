@@ -171,7 +171,7 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
             raise ValueError("time out of range")
         strftime(last_when, sizeof(last_when), "%Y-%m-%dT%H:%M:%S", &parts)
         last_second = second
-    cdef Py_ssize_t n, i
+    cdef Py_ssize_t n
     cdef const char* ap = PyUnicode_AsUTF8AndSize(api, &n)
     if n > 64:
         raise ValueError("api name too long")
