@@ -16,6 +16,7 @@ SerializeToString() gives for the same message (tests/server/test_wire.py checks
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport calloc, free
 from libc.math cimport floor
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -124,12 +125,95 @@ cdef inline bytes raw(Reader* sub):
     return PyBytes_FromStringAndSize(<const char*>sub.p, sub.end - sub.p)
 
 
-cdef dict decode_uid(Reader sub, dict cache):
+# Parts repeated across the items of a batch (the same resource, the same context) are decoded
+# once: a table of the encodings met in this batch, keyed by their bytes in the request (no copy).
+DEF SEEN_SLOTS = 512     # a power of two
+DEF SEEN_MAX = 384       # encodings remembered per batch; past that, parts are just decoded
+
+
+cdef struct SeenEntry:
+    const uint8_t* p
+    Py_ssize_t n
+    uint64_t h
+    uint64_t kind        # KIND_UID or KIND_CONTEXT: the same bytes decode differently
+    void* obj            # borrowed: Seen.keep holds it
+
+
+cdef struct SeenTable:
+    SeenEntry slots[SEEN_SLOTS]
+    int count
+
+
+cdef inline uint64_t bytes_hash(const uint8_t* p, Py_ssize_t n, uint64_t kind) noexcept nogil:
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>n * 0x100000001B3ULL) ^ kind, w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * 0x100000001B3ULL
+        h ^= h >> 29
+        p += 8
+        n -= 8
+    w = 0
+    memcpy(&w, p, n)
+    h = (h ^ w) * 0x100000001B3ULL
+    return h ^ (h >> 32)
+
+
+cdef class Seen:
+    """The encodings met in one batch and what each was decoded to."""
+    cdef SeenTable* table
+    cdef list keep
+
+    def __cinit__(self):
+        self.table = <SeenTable*>calloc(1, sizeof(SeenTable))
+        if self.table == NULL:
+            raise MemoryError()
+        self.keep = []
+
+    def __dealloc__(self):
+        free(self.table)
+
+    cdef object get(self, Reader* sub, uint64_t kind, SeenEntry** free_slot):
+        """What the bytes of `sub` (a part of type `kind`) were decoded to, or None; then
+        free_slot[0] is where to remember them (NULL when the table is full)."""
+        cdef Py_ssize_t n = sub.end - sub.p
+        cdef uint64_t h = bytes_hash(sub.p, n, kind)
+        cdef uint32_t i = <uint32_t>h & (SEEN_SLOTS - 1), probe
+        cdef SeenEntry* e
+        free_slot[0] = NULL
+        for probe in range(SEEN_SLOTS):
+            e = &self.table.slots[i]
+            if e.obj == NULL:
+                if self.table.count < SEEN_MAX:
+                    e.h = h
+                    e.kind = kind
+                    free_slot[0] = e
+                return None
+            if e.h == h and e.kind == kind and e.n == n and memcmp(e.p, sub.p, n) == 0:
+                return <object>e.obj
+            i = (i + 1) & (SEEN_SLOTS - 1)
+        return None
+
+    cdef void put(self, SeenEntry* slot, Reader* sub, object obj):
+        if slot == NULL:
+            return
+        self.keep.append(obj)
+        slot.p = sub.p
+        slot.n = sub.end - sub.p
+        slot.obj = <void*>obj
+        self.table.count += 1
+
+
+DEF KIND_UID = 1
+DEF KIND_CONTEXT = 2
+
+
+cdef dict decode_uid(Reader sub, Seen seen):
     """An EntityUid as {type, id}; one dict per distinct encoding in a batch (the engine only reads it)."""
-    key = raw(&sub)
-    cached = cache.get(key)
+    cdef SeenEntry* slot
+    cached = seen.get(&sub, KIND_UID, &slot)
     if cached is not None:
         return <dict>cached
+    cdef Reader whole = sub
     cdef uint32_t field, wt
     cdef Reader s
     cdef str type_name = "", uid_id = ""
@@ -146,7 +230,7 @@ cdef dict decode_uid(Reader sub, dict cache):
     if not type_name:
         raise _Unusual()
     cdef dict d = {"type": type_name, "id": uid_id}
-    cache[key] = d
+    seen.put(slot, &whole, d)
     return d
 
 
@@ -243,14 +327,14 @@ cdef dict decode_struct(Reader sub, int depth, int max_depth):
     return out
 
 
-cdef dict decode_context(Reader sub, dict cache, int max_depth):
+cdef dict decode_context(Reader sub, Seen seen, int max_depth):
     """An item's context Struct; one record per distinct encoding in a batch (the engine only reads it)."""
-    key = raw(&sub)
-    cached = cache.get(key)
+    cdef SeenEntry* slot
+    cached = seen.get(&sub, KIND_CONTEXT, &slot)
     if cached is not None:
         return <dict>cached
     cdef dict d = decode_struct(sub, 1, max_depth)
-    cache[key] = d
+    seen.put(slot, &sub, d)
     return d
 
 
@@ -272,7 +356,7 @@ cdef tuple _decode_batch_check(bytes data, int max_depth, bint principal_optiona
     cdef uint32_t field, wt, ifield, iwt
     cdef uint64_t v
     cdef int semantic = 0, n_items = 0
-    cdef dict uids = {}, contexts = {}
+    cdef Seen seen = Seen()
     cdef list defaults = [None, None, None, None]
     r.p = <const uint8_t*>PyBytes_AS_STRING(data)
     r.end = r.p + PyBytes_GET_SIZE(data)
@@ -284,7 +368,7 @@ cdef tuple _decode_batch_check(bytes data, int max_depth, bint principal_optiona
             if defaults[field - 1] is not None:
                 raise _Unusual()  # a repeated singular message: protobuf merges them
             read_sub(&r, &s)
-            defaults[field - 1] = decode_uid(s, uids) if field <= 3 else decode_struct(s, 1, max_depth)
+            defaults[field - 1] = decode_uid(s, seen) if field <= 3 else decode_struct(s, 1, max_depth)
         elif field == 5 and wt == 2:
             read_sub(&r, &s)
             n_items += 1
@@ -315,13 +399,13 @@ cdef tuple _decode_batch_check(bytes data, int max_depth, bint principal_optiona
             if 1 <= ifield <= 4 and iwt == 2:
                 read_sub(&item, &s)
                 if ifield == 1 and principal is None:
-                    principal = decode_uid(s, uids)
+                    principal = decode_uid(s, seen)
                 elif ifield == 2 and action is None:
-                    action = decode_uid(s, uids)
+                    action = decode_uid(s, seen)
                 elif ifield == 3 and resource is None:
-                    resource = decode_uid(s, uids)
+                    resource = decode_uid(s, seen)
                 elif ifield == 4 and context is None:
-                    context = decode_context(s, contexts, max_depth)
+                    context = decode_context(s, seen, max_depth)
                 else:
                     raise _Unusual()
             elif 1 <= ifield <= 4:

@@ -46,6 +46,25 @@ def test_decode_plain_batch_matches_protobuf_path():
     assert requests[0]["resource"] is requests[2]["resource"]
 
 
+def test_decode_large_batch_of_repeated_and_distinct_parts():
+    """More distinct parts than the per-batch table remembers, with repeats among them: the same
+    requests as the protobuf path, repeats shared while the table has room."""
+    msg = pb.BatchCheckRequest(principal=uid("Agent", "a1"), action=uid("Action", "call"))
+    for i in range(1500):
+        item = msg.items.add(resource=uid("Tool", f"t{i % 700}"))
+        item.context.update({"i": str(i % 450)})
+    semantic, n, requests = decode_batch_check(msg.SerializeToString(), DEPTH, False)
+    assert n == 1500 and requests == slow_requests(msg)
+    assert requests[700]["resource"] is requests[0]["resource"]
+    assert requests[450]["context"] is requests[0]["context"]
+    # An empty context next to items without one.
+    msg = pb.BatchCheckRequest(principal=uid("Agent", "a1"), action=uid("Action", "call"))
+    msg.items.add(resource=uid("Tool", "t"), context=struct({}))
+    msg.items.add(resource=uid("Tool", "t"))
+    decoded = decode_batch_check(msg.SerializeToString(), DEPTH, False)[2]
+    assert decoded == slow_requests(msg) and decoded[0]["context"] == {}
+
+
 def test_decode_without_items_is_one_request():
     msg = pb.BatchCheckRequest(principal=uid("Agent", "a"), action=uid("Action", "x"), resource=uid("Tool", "t"))
     assert decode_batch_check(msg.SerializeToString(), DEPTH, False) == (0, 0, slow_requests(msg))
