@@ -1409,6 +1409,8 @@ cdef class Generation:
         cdef uint32_t p, cond_len
         cdef uint8_t effect
         cdef int i, n_sat = 0, n_forbid = 0
+        cdef Py_ssize_t start
+        cdef CVal cv
         for i in range(n):
             p = cands[i]
             pos = self.u32(self.policies_off + 4 * <Py_ssize_t>p)
@@ -1423,6 +1425,15 @@ cdef class Generation:
             cond_len = self.u32(pos)
             pos += 4
             if cond_len:
+                start = pos
+                if cv_eval(self, &pos, r, &cv, 0) == 1 and cv.kind == CV_BOOL:
+                    if not cv.i:
+                        continue
+                    satisfied[n_sat] = p
+                    n_sat += 1
+                    n_forbid += effect
+                    continue
+                pos = start
                 try:
                     v = self.ev(&pos, r)
                     if type(v) is not bool:
@@ -1465,6 +1476,9 @@ cdef class Generation:
             d.errors = [{"policy": self.policy_id(p), "message": msg} for p, msg in errors]
         PyObject_GC_UnTrack(d.errors)
         return d
+
+
+include "_scalar.pxi"
 
 
 # ---- requests ----
