@@ -966,9 +966,6 @@ cdef class Generation:
             return self.ev_attr(op, pos, r)
         if op == OP_AND or op == OP_OR:
             return self.ev_and_or(op, pos, r)
-        if (op == OP_EQ or op == OP_NE) and self.u8(pos[0]) == OP_GETATTR and self.u8(pos[0] + 1) == OP_VAR \
-                and self.u8(pos[0] + 2) == 3 and self.u8(pos[0] + 7) == OP_STR:
-            return self.ev_context_eq(op, pos, r)
         if OP_EQ <= op <= OP_GET_TAG:
             return self.ev_binary(op, pos, r)
         return self.ev_other(op, pos, r)
@@ -1040,22 +1037,6 @@ cdef class Generation:
         if type(right) is not bool:
             type_error("bool", right)
         return right
-
-    cdef object ev_context_eq(self, uint8_t op, Py_ssize_t* pos, Request r):
-        """`context.x == "s"` (or !=), the commonest condition: the same steps as ev_binary (context.x
-        first, with its error; then the literal), without three nested calls."""
-        key = self.string_at(self.u32(pos[0] + 3))
-        literal = self.string_at(self.u32(pos[0] + 8))
-        pos[0] += 12
-        value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
-        if value is _MISSING:
-            raise EvalError(f"record does not have the attribute `{key}`")
-        cdef bint equal
-        if type(value) is str:
-            equal = <str>value == <str>literal
-        else:
-            equal = cedar_eq(value if r.context is not None else to_value(self, value, 1), literal)
-        return equal if op == OP_EQ else not equal
 
     cdef object ev_binary(self, uint8_t op, Py_ssize_t* pos, Request r):
         # both operands are always evaluated, left first

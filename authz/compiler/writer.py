@@ -129,18 +129,24 @@ class _Blob:
             return 0
         return self.add(struct.pack(f"<I{len(items)}I", len(items), *items))
 
-    def add_block(self, mapping, symbols):
-        """attrs/tags block: u32 count, then per entry str key, u32 value length, value."""
-        if not mapping:
-            return 0
-        out = bytearray(U32.pack(len(mapping)))
-        for key, value in mapping.items():
-            pack_str(out, key)
-            value_bytes = bytearray()
-            encode_value(value_bytes, value, symbols)
-            out += U32.pack(len(value_bytes))
-            out += value_bytes
-        return self.add(out)
+
+
+def encode_block(mapping, symbols):
+    """An attrs/tags block: u32 count, then per entry str key, u32 value length, value (b"" when empty)."""
+    if not mapping:
+        return b""
+    out = bytearray(U32.pack(len(mapping)))
+    for key, value in mapping.items():
+        pack_str(out, key)
+        value_bytes = bytearray()
+        encode_value(value_bytes, value, symbols)
+        out += U32.pack(len(value_bytes))
+        out += value_bytes
+    return bytes(out)
+
+
+def _list_bytes(items):
+    return struct.pack(f"<I{len(items)}I", len(items), *items) if items else b""
 
 
 def build_generation(records, ids, entities, symbols):
@@ -154,8 +160,8 @@ def build_generation(records, ids, entities, symbols):
     for uid, entity in entities.items():
         index = symbols.uid_index(*uid)
         entity_data[index] = entity
-    # Encoding attributes may intern more uids, so blocks are written before the uid table is final.
-    blocks = {idx: (blob.add_block(e.attrs, symbols), blob.add_block(e.tags, symbols)) for idx, e in entity_data.items()}
+    # Encoding attributes may intern more uids, so blocks are encoded before the uid table is final.
+    blocks = {idx: (encode_block(e.attrs, symbols), encode_block(e.tags, symbols)) for idx, e in entity_data.items()}
     ancestors = {idx: sorted(symbols.uid_index(*a) for a in e.ancestors) for idx, e in entity_data.items()}
 
     if len(symbols.uids) >= L.TYPE_KEY or len(symbols.types) >= L.TYPE_KEY:
@@ -185,20 +191,28 @@ def build_generation(records, ids, entities, symbols):
         out += _MASKS.pack(*masks.get(L.TYPE_KEY | t, (0, 0)))
         type_offsets.append(blob.add(out))
 
+    # A uid's record is followed by its ancestors, attrs and tags: a request reads them together.
     uid_keys = list(symbols.uids)
     uid_offsets = []
     for idx, (type_name, uid_id) in enumerate(uid_keys):
         entity = entity_data.get(idx)
-        attrs, tags = blocks.get(idx, (0, 0))
+        id_bytes = bytearray()
+        pack_str(id_bytes, uid_id)
+        parts = [_list_bytes(ancestors.get(idx)), *blocks.get(idx, (b"", b"")), _list_bytes(by_action.get(idx))]
+        at = blob.here() + _UID_FIXED.size + len(id_bytes)
+        offsets = []
+        for part in parts:
+            offsets.append(at if part else 0)
+            at += len(part)
         out = bytearray(_UID_FIXED.pack(
             symbols.types[type_name],
             (L.UID_IS_ENTITY if entity is not None else 0) | key_roles.get(idx, 0),
             *masks.get(idx, (0, 0)),
-            blob.add_list(ancestors.get(idx)),
-            attrs, tags,
-            blob.add_list(by_action.get(idx)),
+            *offsets,
         ))
-        pack_str(out, uid_id)
+        out += id_bytes
+        for part in parts:
+            out += part
         uid_offsets.append(blob.add(out))
 
     def table(offsets):
