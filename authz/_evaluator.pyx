@@ -1226,7 +1226,11 @@ cdef class Generation:
             return False
         raise IndexFormatError(f"unknown scope operator {op}")
 
-    cdef int add_list(self, Py_ssize_t lst, uint32_t* out, int n, int cap) except -1:
+    cdef int add_list(self, Py_ssize_t lst, uint32_t* out, int n, int cap, bint dedupe) except -1:
+        """Appends the policies of list `lst` to out (up to cap; returns the count past it). Only the action
+        lists need `dedupe` (a policy of `action in [A, B]` is filed under A and B, and a request's action
+        may reach both): each policy is filed under one index pair or in the list of all, so that part
+        needs no `seen` table, whose random reads grow with the policy count."""
         if lst == 0:
             return n
         cdef uint32_t count = self.u32(lst), i, p
@@ -1234,11 +1238,13 @@ cdef class Generation:
             p = self.u32(lst + 4 + 4 * <Py_ssize_t>i)
             if p >= self.n_policies:
                 raise IndexFormatError("policy index out of range")
-            if self.seen[p] != self.stamp:
+            if dedupe:
+                if self.seen[p] == self.stamp:
+                    continue
                 self.seen[p] = self.stamp
-                if n < cap:
-                    out[n] = p
-                n += 1
+            if n < cap:
+                out[n] = p
+            n += 1
         return n
 
     cdef int keys_of(self, Uid u, uint8_t role, IndexKey* keys, int cap) except -1:
@@ -1329,7 +1335,7 @@ cdef class Generation:
         try:
             np = self.all_keys_of(r.principal, KEY_IS_PRINCIPAL, &pkeys)
             nr = self.all_keys_of(r.resource, KEY_IS_RESOURCE, &rkeys)
-            n = self.add_list(self.all_list_off, out, 0, cap)
+            n = self.add_list(self.all_list_off, out, 0, cap, False)
             # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
             # is probed only if both keys' partner masks admit it (most pairs are not in the index).
             for i in range(np):
@@ -1337,15 +1343,15 @@ cdef class Generation:
                 pbit = pkeys[i].bit
                 for j in range(1 if i == 0 else 0, nr):
                     if (pmask & rkeys[j].bit) and (rkeys[j].mask & pbit):
-                        n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap)
+                        n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap, False)
             # Policies constrained by their action only.
             if r.action.idx >= 0:
-                n = self.add_list(self.u32(self.uid_record(r.action.idx) + UID_ALIST), out, n, cap)
+                n = self.add_list(self.u32(self.uid_record(r.action.idx) + UID_ALIST), out, n, cap, True)
                 anc = self.u32(self.uid_record(r.action.idx) + UID_ANC)
                 if anc:
                     count = self.u32(anc)
                     for k in range(count):
-                        n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>k)) + UID_ALIST), out, n, cap)
+                        n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>k)) + UID_ALIST), out, n, cap, True)
             return n
         finally:
             if pkeys != pstack:
@@ -1436,15 +1442,21 @@ cdef class Generation:
             n_forbid += effect
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = n_forbid == 0 and n_sat > 0
-        # The reasons: the satisfied forbids if any, else the satisfied permits, in policy order.
-        cdef int n_reasons = 0, j
+        # The reasons: the satisfied forbids if any, else the satisfied permits, in policy order, each once
+        # (a well-formed index yields each candidate once; a policy filed twice is still reported once).
+        cdef int n_reasons = 0, j, k
         for i in range(n_sat):
             p = satisfied[i]
             if (n_forbid > 0) == (self.u8(self.u32(self.policies_off + 4 * <Py_ssize_t>p)) == 1):
                 j = n_reasons
                 while j > 0 and satisfied[j - 1] > p:
-                    satisfied[j] = satisfied[j - 1]
                     j -= 1
+                if j > 0 and satisfied[j - 1] == p:
+                    continue
+                k = n_reasons
+                while k > j:
+                    satisfied[k] = satisfied[k - 1]
+                    k -= 1
                 satisfied[j] = p
                 n_reasons += 1
         d.policies = [self.policy_id(satisfied[i]) for i in range(n_reasons)]
@@ -1454,7 +1466,8 @@ cdef class Generation:
             d.errors = []
         else:
             errors.sort()
-            d.errors = [{"policy": self.policy_id(p), "message": msg} for p, msg in errors]
+            d.errors = [{"policy": self.policy_id(errors[i][0]), "message": errors[i][1]}
+                        for i in range(len(errors)) if i == 0 or errors[i][0] != errors[i - 1][0]]
         PyObject_GC_UnTrack(d.errors)
         return d
 

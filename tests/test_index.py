@@ -147,3 +147,33 @@ def test_mask_pruning_is_exact(tmp_path):
                 assert ours.allowed == theirs.allowed, request
                 assert sorted(ours.policies) == sorted(
                     f"p.cedar:{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons), request
+
+
+def test_a_policy_filed_twice_is_reported_once(tmp_path, monkeypatch):
+    # The evaluator keeps no `seen` table for the pair lists and the list of all (a well-formed index
+    # files each policy once there); an index that files a policy twice still reports it once.
+    from authz.compiler import writer
+
+    (tmp_path / "p.cedar").write_text(
+        '@id("by-user") permit(principal == User::"a", action, resource);\n'
+        '@id("broken") permit(principal == User::"a", action, resource) when { principal.nope };\n'
+        '@id("by-folder") forbid(principal, action, resource in Folder::"f") when { context.deny };\n')
+    (tmp_path / "entities.json").write_text(json.dumps([
+        {"uid": {"type": "User", "id": "a"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]}]))
+    requests = [{"principal": 'User::"a"', "action": 'Action::"read"', "resource": 'Doc::"d"', "context": {"deny": deny}}
+                for deny in (False, True)]
+    authz.compile([str(tmp_path)], db=str(tmp_path / "once"))
+    filed = writer.file_policies
+
+    def file_twice(policy_keys):
+        pairs, by_action, everyone = filed(policy_keys)
+        return pairs, by_action, everyone + [p for ps in pairs.values() for p in ps]
+
+    monkeypatch.setattr(writer, "file_policies", file_twice)
+    authz.compile([str(tmp_path)], db=str(tmp_path / "twice"))
+    with authz.Engine(str(tmp_path / "once")) as once, authz.Engine(str(tmp_path / "twice")) as twice:
+        for request in requests:
+            expected = once.check(**request)
+            assert twice.check(**request) == expected
+            assert len(expected.policies) == 1 and [e["policy"] for e in expected.errors] == ["broken"]
