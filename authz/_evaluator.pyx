@@ -22,7 +22,7 @@ cdef extern from "Python.h":
 # ---- layout constants (mirror of authz/compiler/layout.py) ----
 MAGIC = b"AUTHZGEN"
 cdef bytes MAGIC_C = MAGIC
-DEF FORMAT_VERSION_C = 2
+DEF FORMAT_VERSION_C = 3
 FORMAT_VERSION = FORMAT_VERSION_C
 DEF N_HEADER = 20
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
@@ -34,14 +34,17 @@ DEF KEY_IS_RESOURCE = 4
 # paired with; as a resource key, the OR of key_bit(pk) over its principal keys. A request probes the
 # pair (pk, rk) only if each key's mask holds the other's bit: a filter with no false negatives.
 # A uid record: type u32 @0, flags u8 @4, partner masks u64 @5 (as principal) and @13 (as resource),
-# then u32 offsets: ancestors @21, attrs @25, tags @29, policies filed under it as an action @33;
-# then the id str @37. A type record: name str, flags u8, then the same two masks.
+# then u32 offsets: ancestors @21, attrs @25, tags @29, policies filed under it as an action @33,
+# ancestor keys @37; then the id str @41. A type record: name str, flags u8, then the same two masks.
+# An ancestor key: uid index u32 @0, flags u8 @4, masks u64 @5 and @13.
 DEF UID_MASKS = 5
 DEF UID_ANC = 21
 DEF UID_ATTRS = 25
 DEF UID_TAGS = 29
 DEF UID_ALIST = 33
-DEF UID_FIXED = 37
+DEF UID_AKEYS = 37
+DEF UID_FIXED = 41
+DEF ANCESTOR_KEY = 21
 
 cdef enum:
     V_FALSE, V_TRUE, V_LONG, V_STR, V_UID, V_SET, V_RECORD, V_EXT
@@ -57,7 +60,7 @@ cdef enum:
 LAYOUT = {
     "FORMAT_VERSION": FORMAT_VERSION_C, "HEADER_SIZE": HEADER_SIZE, "UID_IS_ENTITY": 1,
     "KEY_IS_PRINCIPAL": KEY_IS_PRINCIPAL, "KEY_IS_RESOURCE": KEY_IS_RESOURCE, "TYPE_KEY": TYPE_KEY, "ANY_KEY": ANY_KEY,
-    "UID_MASKS": UID_MASKS, "UID_FIXED": UID_FIXED,
+    "UID_MASKS": UID_MASKS, "UID_FIXED": UID_FIXED, "ANCESTOR_KEY": ANCESTOR_KEY,
     "OP_LIT": OP_LIT, "OP_VAR": OP_VAR, "OP_GETATTR": OP_GETATTR, "OP_HAS": OP_HAS, "OP_EQ": OP_EQ, "OP_NE": OP_NE, "OP_LT": OP_LT, "OP_LE": OP_LE, "OP_GT": OP_GT, "OP_GE": OP_GE, "OP_ADD": OP_ADD, "OP_SUB": OP_SUB, "OP_MUL": OP_MUL, "OP_IN": OP_IN, "OP_CONTAINS": OP_CONTAINS, "OP_CONTAINS_ALL": OP_CONTAINS_ALL, "OP_CONTAINS_ANY": OP_CONTAINS_ANY, "OP_HAS_TAG": OP_HAS_TAG, "OP_GET_TAG": OP_GET_TAG, "OP_AND": OP_AND, "OP_OR": OP_OR, "OP_NOT": OP_NOT, "OP_NEG": OP_NEG, "OP_IS_EMPTY": OP_IS_EMPTY, "OP_IF": OP_IF, "OP_LIKE": OP_LIKE, "OP_IS": OP_IS, "OP_SET": OP_SET, "OP_RECORD": OP_RECORD, "OP_CALL": OP_CALL, "OP_STR": OP_STR,
     "V_FALSE": V_FALSE, "V_TRUE": V_TRUE, "V_LONG": V_LONG, "V_STR": V_STR, "V_UID": V_UID, "V_SET": V_SET, "V_RECORD": V_RECORD, "V_EXT": V_EXT,
     "S_ALL": S_ALL, "S_EQ": S_EQ, "S_IN": S_IN, "S_IS": S_IS, "S_IS_IN": S_IS_IN, "S_IN_LIST": S_IN_LIST,
@@ -142,6 +145,7 @@ cdef class Uid:
     cdef readonly str id
     cdef int idx
     cdef int type_idx
+    cdef Py_ssize_t rec   # when idx >= 0: the offset of its record in that generation (no table read per use)
 
     def __eq__(self, other):
         return isinstance(other, Uid) and (<Uid>other).type == self.type and (<Uid>other).id == self.id
@@ -792,6 +796,7 @@ cdef class Generation:
         u.type = self.type_name(u.type_idx)
         u.id = self.read_str_at(rec + UID_FIXED)
         u.idx = idx
+        u.rec = rec
         self.uid_objects[idx] = u
         return u
 
@@ -844,14 +849,21 @@ cdef class Generation:
         u.type = type_name
         u.id = uid_id
         u.idx = -1
+        u.rec = -1
         u.type_idx = self.find_type(type_name)
         return u
 
     cdef bint has_ancestor(self, int idx, int target) except -1:
-        """`target` is in the transitive ancestors of uid `idx` (sorted list: binary search)."""
+        """`target` is in the transitive ancestors of uid `idx`."""
         if idx < 0 or target < 0:
             return False
-        cdef Py_ssize_t lst = self.u32(self.uid_record(idx) + UID_ANC)
+        return self.has_ancestor_at(self.uid_record(idx), target)
+
+    cdef bint has_ancestor_at(self, Py_ssize_t rec, int target) except -1:
+        """`target` is in the transitive ancestors of the uid whose record is at `rec` (sorted: binary search)."""
+        if target < 0:
+            return False
+        cdef Py_ssize_t lst = self.u32(rec + UID_ANC)
         if lst == 0:
             return False
         cdef Py_ssize_t lo = 0, hi = <Py_ssize_t>self.u32(lst) - 1, mid
@@ -868,7 +880,7 @@ cdef class Generation:
         return False
 
     cdef inline bint is_entity(self, Uid u) except -1:
-        return u.idx >= 0 and (self.u8(self.uid_record(u.idx) + 4) & 1)
+        return u.idx >= 0 and (self.u8(u.rec + 4) & 1)
 
     cdef Py_ssize_t find_in_block(self, Py_ssize_t block, const char* key, Py_ssize_t kn) except -2:
         """Offset of the value named `key` in an attrs/tags block (u32 count, then str key, u32 len, value), or -1."""
@@ -929,7 +941,7 @@ cdef class Generation:
         cdef Py_ssize_t koff = self.str_span(pos_key, &kn)
         if not self.is_entity(u):
             raise EvalError(f"entity `{u!r}` does not exist")
-        cdef Py_ssize_t at = self.find_in_block(self.u32(self.uid_record(u.idx) + field), <const char*>self.base + koff, kn)
+        cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + field), <const char*>self.base + koff, kn)
         if at < 0:
             what = "attribute" if is_attr else "tag"
             raise EvalError(f"`{u!r}` does not have the {what} `{self.read_str_at(pos_key)}`")
@@ -942,7 +954,7 @@ cdef class Generation:
             if want_value:
                 raise EvalError(f"entity `{u!r}` does not exist")
             return False
-        cdef Py_ssize_t at = self.find_in_block(self.u32(self.uid_record(u.idx) + UID_TAGS), kp, kn)
+        cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + UID_TAGS), kp, kn)
         if not want_value:
             return at >= 0
         if at < 0:
@@ -1013,7 +1025,7 @@ cdef class Generation:
                 return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
             if not self.is_entity(<Uid>left):
                 return False
-            return self.find_in_block(self.u32(self.uid_record((<Uid>left).idx) + UID_ATTRS),
+            return self.find_in_block(self.u32((<Uid>left).rec + UID_ATTRS),
                                       <const char*>self.base + koff + 4, kn) >= 0
         if type(left) is dict:
             key = self.string_at(n)
@@ -1192,12 +1204,12 @@ cdef class Generation:
 
     cdef bint uid_in(self, Uid a, Uid b) except -1:
         if a.idx >= 0 and b.idx >= 0:
-            return a.idx == b.idx or self.has_ancestor(a.idx, b.idx)
+            return a.idx == b.idx or self.has_ancestor_at(a.rec, b.idx)
         return a.type == b.type and a.id == b.id
 
     # -- scopes, candidates, decisions --
     cdef inline bint uid_matches(self, Uid u, uint32_t target) except -1:
-        return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor(u.idx, target))
+        return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor_at(u.rec, target))
 
     cdef bint scope(self, Py_ssize_t* pos, Uid u) except -1:
         cdef Py_ssize_t at = pos[0]
@@ -1250,9 +1262,10 @@ cdef class Generation:
     cdef int keys_of(self, Uid u, uint8_t role, IndexKey* keys, int cap) except -1:
         """The index keys a request uid matches in `role` (principal or resource), each with its
         partner mask in that role and its own bit: ANY first, then its type, itself and its
-        ancestors, each only if some index pair uses it in that role."""
+        ancestors, each only if some index pair uses it in that role. The ancestors' roles and masks
+        are in the uid's own ancestor keys: no ancestor record is read."""
         cdef int n = 1
-        cdef Py_ssize_t anc, rec, sn, at
+        cdef Py_ssize_t at, rec, sn, akeys
         cdef uint32_t count, i, a
         # The mask of a key in `role` is at +0 of its masks (principal) or +8 (resource).
         cdef Py_ssize_t which = 0 if role == KEY_IS_PRINCIPAL else 8
@@ -1269,24 +1282,25 @@ cdef class Generation:
                 keys[n].bit = key_bit_c(a)
                 n += 1
         if u.idx >= 0:
-            rec = self.uid_record(u.idx)
+            rec = u.rec
             if self.u8(rec + 4) & role:
                 keys[n].key = u.idx
                 keys[n].mask = self.u64(rec + UID_MASKS + which)
                 keys[n].bit = key_bit_c(u.idx)
                 n += 1
-            anc = self.u32(rec + UID_ANC)
-            if anc:
-                count = self.u32(anc)
+            akeys = self.u32(rec + UID_AKEYS)
+            if akeys:
+                count = self.u32(akeys)
+                at = akeys + 4
                 for i in range(count):
-                    a = self.u32(anc + 4 + 4 * <Py_ssize_t>i)
-                    rec = self.uid_record(a)
-                    if self.u8(rec + 4) & role:
+                    if self.u8(at + 4) & role:
                         if n < cap:
+                            a = self.u32(at)
                             keys[n].key = a
-                            keys[n].mask = self.u64(rec + UID_MASKS + which)
+                            keys[n].mask = self.u64(at + 5 + which)
                             keys[n].bit = key_bit_c(a)
                         n += 1
+                    at += ANCESTOR_KEY
         return n
 
     cdef int all_keys_of(self, Uid u, uint8_t role, IndexKey** keys) except -1:
@@ -1346,8 +1360,8 @@ cdef class Generation:
                         n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap, False)
             # Policies constrained by their action only.
             if r.action.idx >= 0:
-                n = self.add_list(self.u32(self.uid_record(r.action.idx) + UID_ALIST), out, n, cap, True)
-                anc = self.u32(self.uid_record(r.action.idx) + UID_ANC)
+                n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
+                anc = self.u32(r.action.rec + UID_ANC)
                 if anc:
                     count = self.u32(anc)
                     for k in range(count):

@@ -145,7 +145,7 @@ cdef int cv_attr(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out
         if not g.is_entity(u):
             out.i = 0
             return op == OP_HAS  # a missing entity has no attributes; reading one is an error
-        at = g.find_in_block(g.u32(g.uid_record(u.idx) + UID_ATTRS), <const char*>g.base + key, kn)
+        at = g.find_in_block(g.u32(u.rec + UID_ATTRS), <const char*>g.base + key, kn)
         if op == OP_HAS:
             out.i = at >= 0
             return 1
@@ -246,7 +246,7 @@ cdef int cv_tag(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out,
     if not g.is_entity(u):
         out.i = 0
         return op == OP_HAS_TAG  # a missing entity has no tags; reading one is an error
-    at = g.find_in_block(g.u32(g.uid_record(u.idx) + UID_TAGS), key.s, key.n)
+    at = g.find_in_block(g.u32(u.rec + UID_TAGS), key.s, key.n)
     if op == OP_HAS_TAG:
         out.i = at >= 0
         return 1

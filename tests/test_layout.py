@@ -25,3 +25,30 @@ def test_uid_record_shape_matches_the_writer():
     assert writer._UID_FIXED.size == layout.UID_FIXED
     # type u32, flags u8, then the two partner masks
     assert layout.UID_MASKS == 5 and writer._MASKS.size == 16
+    assert writer._ANCESTOR_KEY.size == layout.ANCESTOR_KEY
+
+
+def test_ancestor_keys_carry_roles_and_masks(tmp_path):
+    # A uid's ancestor keys list exactly its ancestors that are index keys, with their flags and masks.
+    import json
+    import struct
+
+    from authz.compiler import compile_generation
+    (tmp_path / "p.cedar").write_text('permit(principal in Group::"g", action, resource in Folder::"f");\n')
+    (tmp_path / "entities.json").write_text(json.dumps([
+        {"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}, {"type": "Team", "id": "t"}]},
+        {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": []}]))
+    blob = compile_generation([str(tmp_path)])
+    header = dict(zip(layout.HEADER_FIELDS, struct.unpack_from(f"<{len(layout.HEADER_FIELDS)}I", blob, 12)))
+    records = {}
+    for i in range(header["n_uids"]):
+        rec = struct.unpack_from("<I", blob, header["uids_off"] + 4 * i)[0]
+        n = struct.unpack_from("<I", blob, rec + layout.UID_FIXED)[0]
+        records[blob[rec + layout.UID_FIXED + 4:rec + layout.UID_FIXED + 4 + n].decode()] = (i, rec)
+    g_index, g_rec = records["g"]
+    akeys = struct.unpack_from("<I", blob, records["u"][1] + layout.UID_FIXED - 4)[0]
+    assert struct.unpack_from("<I", blob, akeys)[0] == 1  # Team::"t" is no index key
+    key, flags, pmask, rmask = struct.unpack_from("<IBQQ", blob, akeys + 4)
+    assert (key, flags) == (g_index, layout.KEY_IS_PRINCIPAL)
+    assert (pmask, rmask) == struct.unpack_from("<QQ", blob, g_rec + layout.UID_MASKS) and pmask

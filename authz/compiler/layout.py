@@ -9,8 +9,12 @@ A generation is one blob (one LMDB value), read in place through a memoryview:
     types       per type: name (str), a u8 of KEY_IS_* flags, then the partner masks of its TYPE_KEY
                 (u64 as principal, u64 as resource); `type_hash` maps name -> type index
     uids        per uid: type index (u32), flags (u8), its partner masks (u64 as principal, u64 as
-                resource), then u32 offsets (0 = none) of its ancestors (u32 list), attrs, tags and
-                the policies filed under it as an action; then its id (str)
+                resource), then u32 offsets (0 = none) of its ancestors (u32 list), attrs, tags, the
+                policies filed under it as an action, and its ancestor keys; then its id (str). Those
+                parts follow the record, so a request reads them from adjacent lines.
+    ancestor keys  the ancestors that are index keys, each with what a request needs of it: u32
+                count, then per ancestor u32 uid index, u8 KEY_IS_* flags, u64 principal mask, u64
+                resource mask (ANCESTOR_KEY bytes), so that gathering keys reads no ancestor's record
     pair index  (principal key, resource key) -> policies, open addressing, 12-byte entries
     policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
     policy ids  per policy: id (str)
@@ -29,7 +33,7 @@ key_bit(pk), so the masks prune probes and never lose a pair.
 """
 
 MAGIC = b"AUTHZGEN"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",
@@ -87,9 +91,10 @@ UID_IS_ENTITY = 1
 KEY_IS_PRINCIPAL = 2   # the key is the principal key of some (principal, resource) index pair
 KEY_IS_RESOURCE = 4    # the key is the resource key of some pair
 
-# A uid record: the byte offset of its partner masks and of its id str.
+# A uid record: the byte offset of its partner masks and of its id str; the size of an ancestor key.
 UID_MASKS = 5
-UID_FIXED = 37
+UID_FIXED = 41
+ANCESTOR_KEY = 21
 
 # Index keys of a principal/resource scope: a uid index, TYPE_KEY | a type index, or ANY_KEY.
 TYPE_KEY = 0x80000000

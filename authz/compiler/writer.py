@@ -11,7 +11,8 @@ from ..errors import CompileError, IndexUnavailableError
 from . import layout as L
 from .encode import U32, encode_value, pack_str
 
-_UID_FIXED = struct.Struct("<IBQQIIII")
+_UID_FIXED = struct.Struct("<IBQQIIIII")
+_ANCESTOR_KEY = struct.Struct("<IBQQ")
 _MASKS = struct.Struct("<QQ")
 CURRENT_KEY = b"current"
 # Address space reserved for the map (the file grows only as needed). A generation of 100,000
@@ -145,6 +146,17 @@ def encode_block(mapping, symbols):
     return bytes(out)
 
 
+def _ancestor_keys(ancestors, key_roles, masks):
+    """The ancestors that are index keys, with their roles and partner masks (layout.py)."""
+    keys = [a for a in ancestors or () if key_roles.get(a)]
+    if not keys:
+        return b""
+    out = bytearray(U32.pack(len(keys)))
+    for a in keys:
+        out += _ANCESTOR_KEY.pack(a, key_roles[a], *masks[a])
+    return bytes(out)
+
+
 def _list_bytes(items):
     return struct.pack(f"<I{len(items)}I", len(items), *items) if items else b""
 
@@ -191,27 +203,30 @@ def build_generation(records, ids, entities, symbols):
         out += _MASKS.pack(*masks.get(L.TYPE_KEY | t, (0, 0)))
         type_offsets.append(blob.add(out))
 
-    # A uid's record is followed by its ancestors, attrs and tags: a request reads them together.
+    # A uid's record is followed by its ancestor keys, ancestors, attrs and tags: a request reads them together.
     uid_keys = list(symbols.uids)
     uid_offsets = []
     for idx, (type_name, uid_id) in enumerate(uid_keys):
         entity = entity_data.get(idx)
         id_bytes = bytearray()
         pack_str(id_bytes, uid_id)
-        parts = [_list_bytes(ancestors.get(idx)), *blocks.get(idx, (b"", b"")), _list_bytes(by_action.get(idx))]
+        # In the order a request reads them: ancestor keys (gathering index keys), ancestors (scopes), attrs, tags.
+        parts = {"akeys": _ancestor_keys(ancestors.get(idx), key_roles, masks), "anc": _list_bytes(ancestors.get(idx))}
+        parts["attrs"], parts["tags"] = blocks.get(idx, (b"", b""))
+        parts["alist"] = _list_bytes(by_action.get(idx))
         at = blob.here() + _UID_FIXED.size + len(id_bytes)
-        offsets = []
-        for part in parts:
-            offsets.append(at if part else 0)
+        offsets = {}
+        for name, part in parts.items():
+            offsets[name] = at if part else 0
             at += len(part)
         out = bytearray(_UID_FIXED.pack(
             symbols.types[type_name],
             (L.UID_IS_ENTITY if entity is not None else 0) | key_roles.get(idx, 0),
             *masks.get(idx, (0, 0)),
-            *offsets,
+            *(offsets[name] for name in ("anc", "attrs", "tags", "alist", "akeys")),
         ))
         out += id_bytes
-        for part in parts:
+        for part in parts.values():
             out += part
         uid_offsets.append(blob.add(out))
 
