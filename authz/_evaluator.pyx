@@ -1239,23 +1239,24 @@ cdef class Generation:
         raise IndexFormatError(f"unknown scope operator {op}")
 
     cdef int add_list(self, Py_ssize_t lst, uint32_t* out, int n, int cap, bint dedupe) except -1:
-        """Appends the policies of list `lst` to out (up to cap; returns the count past it). Only the action
-        lists need `dedupe` (a policy of `action in [A, B]` is filed under A and B, and a request's action
-        may reach both): each policy is filed under one index pair or in the list of all, so that part
-        needs no `seen` table, whose random reads grow with the policy count."""
+        """Appends the policies of list `lst` (their body offsets) to out (up to cap; returns the count
+        past it). Only the action lists need `dedupe` (a policy of `action in [A, B]` is filed under A and
+        B, and a request's action may reach both): each policy is filed under one index pair or in the
+        list of all, so that part needs no `seen` table, whose random reads grow with the policy count."""
         if lst == 0:
             return n
-        cdef uint32_t count = self.u32(lst), i, p
+        cdef uint32_t count = self.u32(lst), i, body, p
         for i in range(count):
-            p = self.u32(lst + 4 + 4 * <Py_ssize_t>i)
-            if p >= self.n_policies:
-                raise IndexFormatError("policy index out of range")
+            body = self.u32(lst + 4 + 4 * <Py_ssize_t>i)
             if dedupe:
+                p = self.u32(body)
+                if p >= self.n_policies:
+                    raise IndexFormatError("policy index out of range")
                 if self.seen[p] == self.stamp:
                     continue
                 self.seen[p] = self.stamp
             if n < cap:
-                out[n] = p
+                out[n] = body
             n += 1
         return n
 
@@ -1332,7 +1333,8 @@ cdef class Generation:
         raise IndexFormatError("pair hash table has no empty slot")
 
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
-        """Candidate policies of a request (each once); returns how many there are, even past `cap`."""
+        """The candidate policies of a request (their body offsets, each once); returns how many there are,
+        even past `cap`."""
         cdef IndexKey pstack[STACK_KEYS]
         cdef IndexKey rstack[STACK_KEYS]
         cdef IndexKey* pkeys = pstack
@@ -1413,10 +1415,12 @@ cdef class Generation:
         cdef Py_ssize_t start
         cdef CVal cv
         for i in range(n):
-            p = cands[i]
-            pos = self.u32(self.policies_off + 4 * <Py_ssize_t>p)
-            effect = self.u8(pos)
-            pos += 1
+            pos = cands[i]
+            p = self.u32(pos)
+            if p >= self.n_policies:
+                raise IndexFormatError("policy index out of range")
+            effect = self.u8(pos + 4)
+            pos += 5
             if not self.scope(&pos, r.principal):
                 continue
             if not self.scope(&pos, r.action):
@@ -1430,7 +1434,7 @@ cdef class Generation:
                 if cv_eval(self, &pos, r, &cv, 0) == 1 and cv.kind == CV_BOOL:
                     if not cv.i:
                         continue
-                    satisfied[n_sat] = p
+                    satisfied[n_sat] = p | (<uint32_t>(effect == 1) << 31)
                     n_sat += 1
                     n_forbid += effect
                     continue
@@ -1451,7 +1455,7 @@ cdef class Generation:
                     continue
                 if not v:
                     continue
-            satisfied[n_sat] = p
+            satisfied[n_sat] = p | (<uint32_t>(effect == 1) << 31)
             n_sat += 1
             n_forbid += effect
         cdef Decision d = Decision.__new__(Decision)
@@ -1460,8 +1464,9 @@ cdef class Generation:
         # (a well-formed index yields each candidate once; a policy filed twice is still reported once).
         cdef int n_reasons = 0, j, k
         for i in range(n_sat):
-            p = satisfied[i]
-            if (n_forbid > 0) == (self.u8(self.u32(self.policies_off + 4 * <Py_ssize_t>p)) == 1):
+            # A satisfied entry: the policy index, with bit 31 set for a forbid.
+            p = satisfied[i] & 0x7FFFFFFF
+            if (n_forbid > 0) == (satisfied[i] >> 31 == 1):
                 j = n_reasons
                 while j > 0 and satisfied[j - 1] > p:
                     j -= 1

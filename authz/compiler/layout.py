@@ -16,7 +16,9 @@ A generation is one blob (one LMDB value), read in place through a memoryview:
                 count, then per ancestor u32 uid index, u8 KEY_IS_* flags, u64 principal mask, u64
                 resource mask (ANCESTOR_KEY bytes), so that gathering keys reads no ancestor's record
     pair index  (principal key, resource key) -> policies, open addressing, 12-byte entries
-    policies    per policy: effect (u8), principal/action/resource scope, condition bytecode
+    policies    per policy: its index (u32), effect (u8), principal/action/resource scope, condition
+                bytecode. The index's policy lists (pairs, actions, all) hold the offsets of these
+                bodies, so that a candidate is read without a table lookup
     policy ids  per policy: id (str)
     strings     attribute names and string literals of the bytecode (str), by index
 

@@ -80,17 +80,18 @@ def _table_size(n):
 
 
 def _pair_table(pairs, blob):
-    """Open-addressing table of (principal key u32, resource key u32, list offset u32) entries."""
+    """Open-addressing table of (principal key u32, resource key u32, list offset u32) entries;
+    `pairs` maps each key pair to its policies' body offsets."""
     if not pairs:
         return 0, b""
     size = _table_size(len(pairs))
     entries = [None] * size
     mask = size - 1
-    for (pk, rk), policies in pairs.items():
+    for (pk, rk), bodies in pairs.items():
         slot = _evaluator.pair_hash(pk, rk) & mask
         while entries[slot] is not None:
             slot = (slot + 1) & mask
-        entries[slot] = (pk, rk, blob.add_list(policies))
+        entries[slot] = (pk, rk, blob.add_list(bodies))
     out = bytearray(12 * size)
     for slot, entry in enumerate(entries):
         if entry is not None:
@@ -181,7 +182,11 @@ def build_generation(records, ids, entities, symbols):
     pairs, by_action, all_list = file_policies([keys for _, keys in records])
     key_roles, masks = partner_masks(pairs)
 
-    policy_offsets = [blob.add(record) for record, _ in records]
+    policy_offsets = [blob.add(U32.pack(p) + record) for p, (record, _) in enumerate(records)]
+    # The index's lists hold body offsets (layout.py), not policy indexes.
+    pairs = {key: [policy_offsets[p] for p in ps] for key, ps in pairs.items()}
+    by_action = {uid: [policy_offsets[p] for p in ps] for uid, ps in by_action.items()}
+    all_list = [policy_offsets[p] for p in all_list]
     id_offsets = []
     for policy_id in ids:
         out = bytearray()
