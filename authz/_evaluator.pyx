@@ -1624,8 +1624,21 @@ cdef int validate_value(Generation g, object v, int depth) except -1:
         if not fits_long(v):
             raise RequestError("context: integer does not fit in a 64-bit Long")
         return 1
+    if t is list and depth <= MAX_CONTEXT_DEPTH:
+        # A set (never its own Cedar value): its strings, bools and Longs are checked here, the rest by
+        # convert_value, which raises where to_value would.
+        for item in <list>v:
+            t = type(item)
+            if t is str or t is bool:
+                continue
+            if t is int:
+                if not fits_long(item):
+                    raise RequestError("context: integer does not fit in a 64-bit Long")
+                continue
+            convert_value(g, item, depth + 1, False)
+        return 0
     if t is not dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
-        # sets, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
+        # tuples, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
         return convert_value(g, v, depth, False) is True
     cdef int plain = 1
     for key, item in (<dict>v).items():

@@ -73,3 +73,28 @@ def test_batch_error_names_its_item_after_shared_objects(engine):
     for bad, field in ((bad_context, "integer does not fit"), (bad_resource, "`resource`")):
         with pytest.raises(authz.RequestError, match=f"request 2: .*{field}"):
             engine.check_batch([good, good, bad, good])
+
+
+def _nested_sets(depth, leaf):
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 125, 126, 127, 128])
+@pytest.mark.parametrize("leaf", ["s", 1, True, 2 ** 63, 1.5, None], ids=repr)
+def test_sets_in_the_context_are_checked_as_cedarpy_checks_them(engine, depth, leaf):
+    # validate_value checks a set's strings, bools and Longs itself: the same requests must be refused
+    # (too deep, a Long out of range, a float, null) and accepted as cedarpy's.
+    policies = 'permit(principal, action, resource) when { context has a };'
+    request = {"principal": 'User::"u"', "action": 'Action::"h"', "resource": 'Doc::"d"',
+               "context": {"a": _nested_sets(depth, leaf)}}
+    theirs = cedarpy.is_authorized(request, policies, "[]")
+    refused = any("failed to build request" in e for e in theirs.diagnostics.errors)
+    try:
+        engine.check(**request)
+    except authz.RequestError:
+        assert refused
+    else:
+        assert not refused
