@@ -1617,25 +1617,15 @@ cdef int validate_value(Generation g, object v, int depth) except -1:
     """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context);
     returns whether `v` is already its own Cedar value (1: records of strings, bools, Longs and such
     records: no sets, no escapes), which the evaluator may then read as it is, or not (0)."""
+    if is_scalar(v):
+        return 1
     cdef type t = type(v)
-    if t is str or t is bool:
-        return 1
-    if t is int:
-        if not fits_long(v):
-            raise RequestError("context: integer does not fit in a 64-bit Long")
-        return 1
     if t is list and depth <= MAX_CONTEXT_DEPTH:
         # A set (never its own Cedar value): its strings, bools and Longs are checked here, the rest by
         # convert_value, which raises where to_value would.
         for item in <list>v:
-            t = type(item)
-            if t is str or t is bool:
-                continue
-            if t is int:
-                if not fits_long(item):
-                    raise RequestError("context: integer does not fit in a 64-bit Long")
-                continue
-            convert_value(g, item, depth + 1, False)
+            if not is_scalar(item):
+                convert_value(g, item, depth + 1, False)
         return 0
     if t is not dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
         # tuples, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
@@ -1644,15 +1634,21 @@ cdef int validate_value(Generation g, object v, int depth) except -1:
     for key, item in (<dict>v).items():
         if type(key) is not str:
             raise RequestError("context: record keys must be strings")
-        t = type(item)
-        if t is str or t is bool:
-            continue
-        if t is int:
-            if not fits_long(item):
-                raise RequestError("context: integer does not fit in a 64-bit Long")
-            continue
-        plain &= validate_value(g, item, depth + 1)
+        if not is_scalar(item):
+            plain &= validate_value(g, item, depth + 1)
     return plain
+
+
+cdef inline bint is_scalar(object v) except -1:
+    """`v` is a str, a bool or an int, and if an int, a Long (RequestError if it is out of range)."""
+    cdef type t = type(v)
+    if t is str or t is bool:
+        return True
+    if t is int:
+        if not fits_long(v):
+            raise RequestError("context: integer does not fit in a 64-bit Long")
+        return True
+    return False
 
 
 _EXTENSION_FUNCTIONS = LAYOUT["FN_IDS"]
