@@ -137,6 +137,12 @@ def hash_key(bytes type_name, bytes uid_id=None):
 
 # ---- Cedar values ----
 
+cdef struct IndexKey:
+    uint32_t key     # a uid index, TYPE_KEY | a type index, or ANY_KEY
+    uint64_t mask    # its partner mask in the role it was gathered for
+    uint64_t bit     # key_bit_c(key)
+
+
 @cython.final
 @cython.no_gc
 cdef class Uid:
@@ -146,6 +152,15 @@ cdef class Uid:
     cdef int idx
     cdef int type_idx
     cdef Py_ssize_t rec   # when idx >= 0: the offset of its record in that generation (no table read per use)
+    # Its index keys as a principal and as a resource in that generation, made on first use (index_keys).
+    cdef IndexKey* principal_keys
+    cdef IndexKey* resource_keys
+    cdef int n_principal_keys
+    cdef int n_resource_keys
+
+    def __dealloc__(self):
+        free(self.principal_keys)
+        free(self.resource_keys)
 
     def __eq__(self, other):
         return isinstance(other, Uid) and (<Uid>other).type == self.type and (<Uid>other).id == self.id
@@ -633,12 +648,6 @@ cdef int format_error(const char* message) noexcept:
 
 cdef inline int out_of_bounds() noexcept:
     return format_error(b"read past the end of the generation")
-
-
-cdef struct IndexKey:
-    uint32_t key     # a uid index, TYPE_KEY | a type index, or ANY_KEY
-    uint64_t mask    # its partner mask in the role it was gathered for
-    uint64_t bit     # key_bit_c(key)
 
 
 @cython.final
@@ -1304,15 +1313,30 @@ cdef class Generation:
                     at += ANCESTOR_KEY
         return n
 
-    cdef int all_keys_of(self, Uid u, uint8_t role, IndexKey** keys) except -1:
-        """keys_of into keys[0] (a STACK_KEYS buffer), or into a malloc'd one when there are more keys."""
-        cdef int n = self.keys_of(u, role, keys[0], STACK_KEYS)
-        if n > STACK_KEYS:
-            keys[0] = <IndexKey*>malloc(n * sizeof(IndexKey))
-            if keys[0] == NULL:
+    cdef IndexKey* index_keys(self, Uid u, uint8_t role, int* count) except NULL:
+        """keys_of `u` in `role`, made once per Uid: a Uid belongs to the generation that resolved it."""
+        cdef IndexKey stack[STACK_KEYS]
+        cdef IndexKey* keys = u.principal_keys if role == KEY_IS_PRINCIPAL else u.resource_keys
+        cdef int n
+        if keys == NULL:
+            n = self.keys_of(u, role, stack, STACK_KEYS)  # at least ANY
+            keys = <IndexKey*>malloc(n * sizeof(IndexKey))
+            if keys == NULL:
                 raise MemoryError()
-            self.keys_of(u, role, keys[0], n)
-        return n
+            if n <= STACK_KEYS:
+                memcpy(keys, stack, n * sizeof(IndexKey))
+            else:
+                try:
+                    self.keys_of(u, role, keys, n)
+                except BaseException:
+                    free(keys)
+                    raise
+            if role == KEY_IS_PRINCIPAL:
+                u.principal_keys, u.n_principal_keys = keys, n
+            else:
+                u.resource_keys, u.n_resource_keys = keys, n
+        count[0] = u.n_principal_keys if role == KEY_IS_PRINCIPAL else u.n_resource_keys
+        return keys
 
     cdef Py_ssize_t pair_list(self, uint32_t pk, uint32_t rk) except -1:
         """Offset of the policy list filed under (pk, rk), or 0."""
@@ -1335,10 +1359,8 @@ cdef class Generation:
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
         """The candidate policies of a request (their body offsets, each once); returns how many there are,
         even past `cap`."""
-        cdef IndexKey pstack[STACK_KEYS]
-        cdef IndexKey rstack[STACK_KEYS]
-        cdef IndexKey* pkeys = pstack
-        cdef IndexKey* rkeys = rstack
+        cdef IndexKey* pkeys
+        cdef IndexKey* rkeys
         cdef uint64_t pmask, pbit
         cdef int np, nr, n, i, j
         cdef Py_ssize_t anc
@@ -1348,32 +1370,26 @@ cdef class Generation:
             for i in range(self.n_policies + 1):
                 self.seen[i] = 0
             self.stamp = 1
-        try:
-            np = self.all_keys_of(r.principal, KEY_IS_PRINCIPAL, &pkeys)
-            nr = self.all_keys_of(r.resource, KEY_IS_RESOURCE, &rkeys)
-            n = self.add_list(self.all_list_off, out, 0, cap, False)
-            # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
-            # is probed only if both keys' partner masks admit it (most pairs are not in the index).
-            for i in range(np):
-                pmask = pkeys[i].mask
-                pbit = pkeys[i].bit
-                for j in range(1 if i == 0 else 0, nr):
-                    if (pmask & rkeys[j].bit) and (rkeys[j].mask & pbit):
-                        n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap, False)
-            # Policies constrained by their action only.
-            if r.action.idx >= 0:
-                n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
-                anc = self.u32(r.action.rec + UID_ANC)
-                if anc:
-                    count = self.u32(anc)
-                    for k in range(count):
-                        n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>k)) + UID_ALIST), out, n, cap, True)
-            return n
-        finally:
-            if pkeys != pstack:
-                free(pkeys)
-            if rkeys != rstack:
-                free(rkeys)
+        pkeys = self.index_keys(r.principal, KEY_IS_PRINCIPAL, &np)
+        rkeys = self.index_keys(r.resource, KEY_IS_RESOURCE, &nr)
+        n = self.add_list(self.all_list_off, out, 0, cap, False)
+        # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
+        # is probed only if both keys' partner masks admit it (most pairs are not in the index).
+        for i in range(np):
+            pmask = pkeys[i].mask
+            pbit = pkeys[i].bit
+            for j in range(1 if i == 0 else 0, nr):
+                if (pmask & rkeys[j].bit) and (rkeys[j].mask & pbit):
+                    n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap, False)
+        # Policies constrained by their action only.
+        if r.action.idx >= 0:
+            n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
+            anc = self.u32(r.action.rec + UID_ANC)
+            if anc:
+                count = self.u32(anc)
+                for k in range(count):
+                    n = self.add_list(self.u32(self.uid_record(self.u32(anc + 4 + 4 * <Py_ssize_t>k)) + UID_ALIST), out, n, cap, True)
+        return n
 
     cdef inline Py_ssize_t string_offset(self, uint32_t idx) except -1:
         return self.table_entry(self.strings_off, idx, self.n_strings, b"string index out of range")
