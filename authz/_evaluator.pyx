@@ -24,7 +24,7 @@ MAGIC = b"AUTHZGEN"
 cdef bytes MAGIC_C = MAGIC
 DEF FORMAT_VERSION_C = 3
 FORMAT_VERSION = FORMAT_VERSION_C
-DEF N_HEADER = 20
+DEF N_HEADER = 19
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
 DEF TYPE_KEY = 0x80000000     # index keys: a uid index, TYPE_KEY | a type index, or ANY_KEY
 DEF ANY_KEY = 0xFFFFFFFF
@@ -546,33 +546,41 @@ cdef bint ip_in_range(Ext a, Ext b):
     return (b.a & ~host_b) <= (a.a & ~host_a) and (a.a | host_a) <= (b.a | host_b)
 
 
-cdef bint like_match(str s, list segs):
-    """Cedar `like`: literal segments and wildcards (None), matched over code points."""
-    cdef Py_ssize_t n = len(segs), pos = 0, k, i
-    if n == 0:
-        return len(s) == 0
-    first = segs[0]
-    last = segs[n - 1]
-    if first is not None:
-        if not s.startswith(first):
+cdef Py_ssize_t find_bytes(const char* s, Py_ssize_t start, Py_ssize_t end, const char* p, Py_ssize_t m) noexcept:
+    cdef Py_ssize_t k
+    for k in range(start, end - m + 1):
+        if memcmp(s + k, p, m) == 0:
+            return k
+    return -1
+
+
+cdef bint like_bytes(const char* s, Py_ssize_t n, const char** seg, Py_ssize_t* seg_n, int count) noexcept:
+    """Cedar `like` over UTF-8 bytes: literal segments and wildcards (seg_n[i] < 0). UTF-8 is
+    self-synchronising, so a literal found at a byte offset starts and ends on code points: the same
+    matches as over code points."""
+    cdef Py_ssize_t pos = 0, end = n, k
+    cdef int i, lo = 0, hi = count
+    if count == 0:
+        return n == 0
+    if seg_n[0] >= 0:
+        if seg_n[0] > n or memcmp(s, seg[0], seg_n[0]) != 0:
             return False
-        pos = len(first)
-        if n == 1:
-            return len(s) == pos
-    if last is not None and n > 1:
-        if len(s) - len(last) < pos or not s.endswith(last):
+        pos = seg_n[0]
+        if count == 1:
+            return n == pos
+        lo = 1
+    if seg_n[count - 1] >= 0 and count > 1:
+        if n - seg_n[count - 1] < pos or memcmp(s + n - seg_n[count - 1], seg[count - 1], seg_n[count - 1]) != 0:
             return False
-        end = len(s) - len(last)
-    else:
-        end = len(s)
-    for i in range(1 if first is not None else 0, n - 1 if (last is not None and n > 1) else n):
-        seg = segs[i]
-        if seg is None:
+        end = n - seg_n[count - 1]
+        hi = count - 1
+    for i in range(lo, hi):
+        if seg_n[i] < 0:
             continue
-        k = s.find(seg, pos, end)
+        k = find_bytes(s, pos, end, seg[i], seg_n[i])
         if k < 0:
             return False
-        pos = k + len(seg)
+        pos = k + seg_n[i]
     return pos <= end
 
 
@@ -596,6 +604,7 @@ cdef inline int64_t monotonic_ns() noexcept nogil:
 DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
+DEF STACK_SEGS = 32          # `like` segments kept on the stack
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
 DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per generation
 
@@ -660,7 +669,7 @@ cdef class Generation:
     cdef readonly object number
     cdef uint32_t n_types, types_off, type_hash_off, type_hash_size
     cdef uint32_t n_uids, uids_off, uid_hash_off, uid_hash_size
-    cdef uint32_t n_policies, policies_off, policy_ids_off, all_list_off, n_strings, strings_off
+    cdef uint32_t n_policies, policy_ids_off, all_list_off, n_strings, strings_off
     cdef uint32_t pair_hash_off, pair_hash_size
     cdef uint64_t any_pmask, any_rmask   # ANY's partner masks (it has no record: they are in the header)
     cdef uint32_t* seen
@@ -692,11 +701,11 @@ cdef class Generation:
             h[i] = self.u32(12 + 4 * i)
         (self.n_types, self.types_off, self.type_hash_off, self.type_hash_size,
          self.n_uids, self.uids_off, self.uid_hash_off, self.uid_hash_size,
-         self.n_policies, self.policies_off, self.policy_ids_off, self.all_list_off,
+         self.n_policies, self.policy_ids_off, self.all_list_off,
          self.n_strings, self.strings_off, self.pair_hash_off, self.pair_hash_size) = (
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15])
-        self.any_pmask = (<uint64_t>h[17] << 32) | h[16]
-        self.any_rmask = (<uint64_t>h[19] << 32) | h[18]
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13], h[14])
+        self.any_pmask = (<uint64_t>h[16] << 32) | h[15]
+        self.any_rmask = (<uint64_t>h[18] << 32) | h[17]
         if self.pair_hash_size & (self.pair_hash_size - 1) or self.type_hash_size & (self.type_hash_size - 1) \
                 or self.uid_hash_size & (self.uid_hash_size - 1):
             raise IndexFormatError("hash table sizes must be powers of two")
@@ -1107,20 +1116,10 @@ cdef class Generation:
             return (<Uid>v).type == self.type_name(t)
         if op == OP_LIKE:
             v = self.ev(pos, r)
-            n = self.u32(pos[0])
-            pos[0] += 4
-            segs = []
-            for i in range(n):
-                kind = self.u8(pos[0])
-                pos[0] += 1
-                if kind:
-                    segs.append(self.string_at(self.u32(pos[0])))
-                    pos[0] += 4
-                else:
-                    segs.append(None)
             if type(v) is not str:
                 type_error("string", v)
-            return like_match(<str>v, segs)
+            text = (<str>v).encode("utf-8", "surrogatepass")  # as the map stores the pattern's literals
+            return self.like(pos, text, len(text))
         if op == OP_SET:
             n = self.u32(pos[0])
             pos[0] += 4
@@ -1141,6 +1140,36 @@ cdef class Generation:
             args = [self.ev(pos, r) for i in range(n)]
             return call_ext(fn, args)
         return self.ev_binary(op, pos, r)  # an unknown opcode: binary() refuses it after its operands
+
+    cdef bint like(self, Py_ssize_t* pos, const char* s, Py_ssize_t n) except -1:
+        """Matches UTF-8 `s` against the `like` pattern at pos[0] (u32 count, then per segment a u8 kind
+        and, for a literal, its string index), moving past it."""
+        cdef const char* stack_seg[STACK_SEGS]
+        cdef Py_ssize_t stack_n[STACK_SEGS]
+        cdef const char** seg = stack_seg
+        cdef Py_ssize_t* seg_n = stack_n
+        cdef uint32_t count = self.u32(pos[0]), i
+        pos[0] += 4
+        if count > STACK_SEGS:
+            seg = <const char**>malloc(count * sizeof(const char*))
+            seg_n = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
+            if seg == NULL or seg_n == NULL:
+                free(seg)
+                free(seg_n)
+                raise MemoryError()
+        try:
+            for i in range(count):
+                if self.u8(pos[0]):
+                    seg[i] = <const char*>self.base + self.str_span(self.string_offset(self.u32(pos[0] + 1)), &seg_n[i])
+                    pos[0] += 5
+                else:
+                    seg_n[i] = -1
+                    pos[0] += 1
+            return like_bytes(s, n, seg, seg_n, count)
+        finally:
+            if seg != stack_seg:
+                free(seg)
+                free(seg_n)
 
     cdef object binary(self, uint8_t op, object left, object right):
         cdef type tl = type(left), tr = type(right)
@@ -1672,13 +1701,9 @@ _EXTENSION_FUNCTIONS = LAYOUT["FN_IDS"]
 
 cdef object convert_value(Generation g, object v, int depth, bint build):
     """to_value (build) or validate_value (not build: True for a value that is its own Cedar value)."""
+    if is_scalar(v):
+        return v if build else True
     cdef type t = type(v)
-    if t is str or t is bool:
-        return v if build else True
-    if t is int:
-        if not fits_long(v):
-            raise RequestError("context: integer does not fit in a 64-bit Long")
-        return v if build else True
     if depth > MAX_CONTEXT_DEPTH:
         raise RequestError("context: nested too deeply")
     if t is list or t is tuple:

@@ -21,7 +21,6 @@ cdef enum:
 
 DEF CV_MAX_DEPTH = 48   # deeper expressions take the general path
 DEF CV_MAX_SET = 16     # as do set literals of more elements
-DEF CV_MAX_SEGS = 32    # and `like` patterns of more segments
 
 
 cdef struct CVal:
@@ -253,61 +252,10 @@ cdef int cv_tag(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out,
     return at >= 0 and cv_value_at(g, &at, out) == 1
 
 
-cdef Py_ssize_t find_bytes(const char* s, Py_ssize_t start, Py_ssize_t end, const char* p, Py_ssize_t m) noexcept:
-    cdef Py_ssize_t k
-    for k in range(start, end - m + 1):
-        if memcmp(s + k, p, m) == 0:
-            return k
-    return -1
-
-
-cdef bint like_bytes(const char* s, Py_ssize_t n, const char** seg, Py_ssize_t* seg_n, int count) noexcept:
-    """like_match over UTF-8 bytes (seg_n[i] < 0: a wildcard). UTF-8 is self-synchronising, so a literal
-    found at a byte offset starts and ends on code points: the same matches as over code points."""
-    cdef Py_ssize_t pos = 0, end = n, k
-    cdef int i, lo = 0, hi = count
-    if count == 0:
-        return n == 0
-    if seg_n[0] >= 0:
-        if seg_n[0] > n or memcmp(s, seg[0], seg_n[0]) != 0:
-            return False
-        pos = seg_n[0]
-        if count == 1:
-            return n == pos
-        lo = 1
-    if seg_n[count - 1] >= 0 and count > 1:
-        if n - seg_n[count - 1] < pos or memcmp(s + n - seg_n[count - 1], seg[count - 1], seg_n[count - 1]) != 0:
-            return False
-        end = n - seg_n[count - 1]
-        hi = count - 1
-    for i in range(lo, hi):
-        if seg_n[i] < 0:
-            continue
-        k = find_bytes(s, pos, end, seg[i], seg_n[i])
-        if k < 0:
-            return False
-        pos = k + seg_n[i]
-    return pos <= end
-
-
 cdef int cv_like(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth) except -2:
-    cdef const char* seg[CV_MAX_SEGS]
-    cdef Py_ssize_t seg_n[CV_MAX_SEGS]
-    cdef uint32_t count, i
     if cv_eval(g, pos, r, out, depth + 1) != 1 or out.kind != CV_STR:
         return 0
-    count = g.u32(pos[0])
-    pos[0] += 4
-    if count > CV_MAX_SEGS:
-        return 0
-    for i in range(count):
-        if g.u8(pos[0]):
-            seg[i] = <const char*>g.base + g.str_span(g.string_offset(g.u32(pos[0] + 1)), &seg_n[i])
-            pos[0] += 5
-        else:
-            seg_n[i] = -1
-            pos[0] += 1
-    out.i = like_bytes(out.s, out.n, seg, seg_n, count)
+    out.i = g.like(pos, out.s, out.n)
     out.kind = CV_BOOL
     return 1
 

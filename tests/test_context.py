@@ -98,3 +98,21 @@ def test_sets_in_the_context_are_checked_as_cedarpy_checks_them(engine, depth, l
         assert refused
     else:
         assert not refused
+
+
+@pytest.mark.parametrize("text", ["", "a", "ab" * 30, "é😀" * 25 + "x", "a*b", "😀" * 40])
+def test_like_on_the_general_path_agrees_with_cedarpy(tmp_path, text):
+    # `if` keeps the value off the scalar path: the general evaluator matches `like` itself, here with
+    # patterns of more segments than it keeps on the stack, and non-ASCII literals.
+    policies = "".join(
+        f'@id("p{i}") permit(principal, action, resource) when {{ (if true then context.s else "") like "{pattern}" }};\n'
+        for i, pattern in enumerate(["*", "", "a*", "*b", "a\\*b", "*" + "a*" * 35, "é*😀*x", "*😀" * 36, "😀*" * 40]))
+    (tmp_path / "p.cedar").write_text(policies)
+    (tmp_path / "e.entities.json").write_text("[]")
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    request = {"principal": 'User::"u"', "action": 'Action::"a"', "resource": 'Doc::"d"', "context": {"s": text}}
+    theirs = cedarpy.is_authorized(request, policies, "[]")
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        ours = engine.check(**request)
+    assert not theirs.diagnostics.errors and not ours.errors
+    assert sorted(ours.policies) == sorted(f"p{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons)

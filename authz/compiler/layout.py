@@ -40,7 +40,7 @@ FORMAT_VERSION = 3
 HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",
     "n_uids", "uids_off", "uid_hash_off", "uid_hash_size",
-    "n_policies", "policies_off", "policy_ids_off",
+    "n_policies", "policy_ids_off",
     "all_list_off", "n_strings", "strings_off", "pair_hash_off", "pair_hash_size",
     "any_pmask_lo", "any_pmask_hi", "any_rmask_lo", "any_rmask_hi",
 )

@@ -244,7 +244,6 @@ def build_generation(records, ids, entities, symbols):
         "n_uids": len(uid_keys),
         "uids_off": table(uid_offsets),
         "n_policies": len(records),
-        "policies_off": table(policy_offsets),
         "policy_ids_off": table(id_offsets),
         "all_list_off": blob.add_list(all_list),
         "n_strings": len(symbols.strings),
