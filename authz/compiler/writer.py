@@ -127,9 +127,7 @@ class _Blob:
         return at
 
     def add_list(self, items):
-        if not items:
-            return 0
-        return self.add(struct.pack(f"<I{len(items)}I", len(items), *items))
+        return self.add(_list_bytes(items)) if items else 0
 
 
 
@@ -182,11 +180,11 @@ def build_generation(records, ids, entities, symbols):
     pairs, by_action, all_list = file_policies([keys for _, keys in records])
     key_roles, masks = partner_masks(pairs)
 
-    policy_offsets = [blob.add(U32.pack(p) + record) for p, (record, _) in enumerate(records)]
+    bodies = [blob.add(U32.pack(p) + record) for p, (record, _) in enumerate(records)]
     # The index's lists hold body offsets (layout.py), not policy indexes.
-    pairs = {key: [policy_offsets[p] for p in ps] for key, ps in pairs.items()}
-    by_action = {uid: [policy_offsets[p] for p in ps] for uid, ps in by_action.items()}
-    all_list = [policy_offsets[p] for p in all_list]
+    pairs = {key: [bodies[p] for p in ps] for key, ps in pairs.items()}
+    by_action = {uid: [bodies[p] for p in ps] for uid, ps in by_action.items()}
+    all_list = [bodies[p] for p in all_list]
     id_offsets = []
     for policy_id in ids:
         out = bytearray()
@@ -208,14 +206,14 @@ def build_generation(records, ids, entities, symbols):
         out += _MASKS.pack(*masks.get(L.TYPE_KEY | t, (0, 0)))
         type_offsets.append(blob.add(out))
 
-    # A uid's record is followed by its ancestor keys, ancestors, attrs and tags: a request reads them together.
     uid_keys = list(symbols.uids)
     uid_offsets = []
     for idx, (type_name, uid_id) in enumerate(uid_keys):
         entity = entity_data.get(idx)
         id_bytes = bytearray()
         pack_str(id_bytes, uid_id)
-        # In the order a request reads them: ancestor keys (gathering index keys), ancestors (scopes), attrs, tags.
+        # A uid's record is followed by its parts, in the order a request reads them: ancestor keys
+        # (gathering index keys), ancestors (scopes), attrs, tags.
         parts = {"akeys": _ancestor_keys(ancestors.get(idx), key_roles, masks), "anc": _list_bytes(ancestors.get(idx))}
         parts["attrs"], parts["tags"] = blocks.get(idx, (b"", b""))
         parts["alist"] = _list_bytes(by_action.get(idx))
