@@ -22,7 +22,7 @@ cdef extern from "Python.h":
 # ---- layout constants (mirror of authz/compiler/layout.py) ----
 MAGIC = b"AUTHZGEN"
 cdef bytes MAGIC_C = MAGIC
-DEF FORMAT_VERSION_C = 3
+DEF FORMAT_VERSION_C = 4
 FORMAT_VERSION = FORMAT_VERSION_C
 DEF N_HEADER = 19
 DEF HEADER_SIZE = 8 + 4 + 4 * N_HEADER
@@ -626,7 +626,14 @@ cdef class Decision:
     """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`."""
     cdef readonly bint allowed
     cdef readonly list policies
-    cdef readonly list errors
+    cdef list _errors   # None when no policy errored: the empty list is made only if someone asks
+
+    @property
+    def errors(self):
+        """The policies that errored, each {"policy": id, "message": text}, in policy order."""
+        if self._errors is None:
+            self._errors = []
+        return self._errors
 
     @property
     def decision(self):
@@ -900,18 +907,31 @@ cdef class Generation:
     cdef inline bint is_entity(self, Uid u) except -1:
         return u.idx >= 0 and (self.u8(u.rec + 4) & 1)
 
-    cdef Py_ssize_t find_in_block(self, Py_ssize_t block, const char* key, Py_ssize_t kn) except -2:
-        """Offset of the value named `key` in an attrs/tags block (u32 count, then str key, u32 len, value), or -1."""
+    cdef Py_ssize_t find_in_block(self, Py_ssize_t block, uint32_t key) except -2:
+        """Offset of the value of key `key` (a string index) in an attrs/tags block, or -1. A block: u32
+        count, then per entry u32 key, u32 value length, value. The strings table holds each text once,
+        so a key is found by its index."""
+        if block == 0:
+            return -1
+        cdef uint32_t count = self.u32(block), i
+        cdef Py_ssize_t pos = block + 4
+        for i in range(count):
+            if self.u32(pos) == key:
+                return pos + 8
+            pos += 8 + <Py_ssize_t>self.u32(pos + 4)
+        return -1
+
+    cdef Py_ssize_t find_text_in_block(self, Py_ssize_t block, const char* key, Py_ssize_t kn) except -2:
+        """find_in_block for a key known by its text only (one computed while evaluating)."""
         if block == 0:
             return -1
         cdef uint32_t count = self.u32(block), i
         cdef Py_ssize_t pos = block + 4, soff, sn
         for i in range(count):
-            soff = self.str_span(pos, &sn)
-            pos = soff + sn
+            soff = self.str_span(self.string_offset(self.u32(pos)), &sn)
             if sn == kn and memcmp(self.base + soff, key, kn) == 0:
-                return pos + 4
-            pos += 4 + self.u32(pos)
+                return pos + 8
+            pos += 8 + <Py_ssize_t>self.u32(pos + 4)
         return -1
 
     # -- values --
@@ -953,16 +973,13 @@ cdef class Generation:
             return call_ext(fn, [self.decode(pos) for i in range(count)])
         raise IndexFormatError(f"unknown value tag {tag}")
 
-    cdef object entity_value(self, Uid u, Py_ssize_t field, Py_ssize_t pos_key, bint is_attr):
-        """The attribute or tag `key` (a str in the map at pos_key) of entity `u`; errors as Cedar does."""
-        cdef Py_ssize_t kn
-        cdef Py_ssize_t koff = self.str_span(pos_key, &kn)
+    cdef object entity_value(self, Uid u, uint32_t key):
+        """The attribute `key` (a string index) of entity `u`; errors as Cedar does."""
         if not self.is_entity(u):
             raise EvalError(f"entity `{u!r}` does not exist")
-        cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + field), <const char*>self.base + koff, kn)
+        cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + UID_ATTRS), key)
         if at < 0:
-            what = "attribute" if is_attr else "tag"
-            raise EvalError(f"`{u!r}` does not have the {what} `{self.read_str_at(pos_key)}`")
+            raise EvalError(f"`{u!r}` does not have the attribute `{self.string_at(key)}`")
         return self.decode(&at)
 
     cdef object tag_value(self, Uid u, str key, bint want_value):
@@ -972,7 +989,7 @@ cdef class Generation:
             if want_value:
                 raise EvalError(f"entity `{u!r}` does not exist")
             return False
-        cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + UID_TAGS), kp, kn)
+        cdef Py_ssize_t at = self.find_text_in_block(self.u32(u.rec + UID_TAGS), kp, kn)
         if not want_value:
             return at >= 0
         if at < 0:
@@ -1037,14 +1054,11 @@ cdef class Generation:
         n = self.u32(pos[0])
         pos[0] += 4
         if type(left) is Uid:
-            koff = self.string_offset(n)
-            self.str_span(koff, &kn)
             if op == OP_GETATTR:
-                return self.entity_value(<Uid>left, UID_ATTRS, koff, True)
+                return self.entity_value(<Uid>left, n)
             if not self.is_entity(<Uid>left):
                 return False
-            return self.find_in_block(self.u32((<Uid>left).rec + UID_ATTRS),
-                                      <const char*>self.base + koff + 4, kn) >= 0
+            return self.find_in_block(self.u32((<Uid>left).rec + UID_ATTRS), n) >= 0
         if type(left) is dict:
             key = self.string_at(n)
             if op == OP_HAS:
@@ -1526,13 +1540,11 @@ cdef class Generation:
         d.policies = [self.policy_id(satisfied[i]) for i in range(n_reasons)]
         # Lists of strings (and of records of strings) cannot be part of a cycle: keep them out of the GC.
         PyObject_GC_UnTrack(d.policies)
-        if errors is None:
-            d.errors = []
-        else:
+        if errors is not None:
             errors.sort()
-            d.errors = [{"policy": self.policy_id(errors[i][0]), "message": errors[i][1]}
-                        for i in range(len(errors)) if i == 0 or errors[i][0] != errors[i - 1][0]]
-        PyObject_GC_UnTrack(d.errors)
+            d._errors = [{"policy": self.policy_id(errors[i][0]), "message": errors[i][1]}
+                         for i in range(len(errors)) if i == 0 or errors[i][0] != errors[i - 1][0]]
+            PyObject_GC_UnTrack(d._errors)
         return d
 
 
@@ -1658,29 +1670,51 @@ cdef inline bint fits_long(object v) noexcept:
     return overflow == 0
 
 
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    void* type_of "Py_TYPE"(PyObject* o) noexcept
+    bint dict_next "PyDict_Next"(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    Py_ssize_t list_size "PyList_GET_SIZE"(object l) noexcept
+    PyObject* list_item "PyList_GET_ITEM"(object l, Py_ssize_t i) noexcept
+
+
+cdef inline int scalar_check(PyObject* v) except -1:
+    """is_scalar over a borrowed reference (validate_value walks the caller's context without taking any)."""
+    cdef void* t = type_of(v)
+    if t == <void*>str or t == <void*>bool:
+        return 1
+    if t == <void*>int:
+        return is_scalar(<object>v)
+    return 0
+
+
 cdef int validate_value(Generation g, object v, int depth) except -1:
     """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context);
     returns whether `v` is already its own Cedar value (1: records of strings, bools, Longs and such
     records: no sets, no escapes), which the evaluator may then read as it is, or not (0)."""
-    if is_scalar(v):
+    cdef void* t = type_of(<PyObject*>v)
+    cdef PyObject* key
+    cdef PyObject* item
+    cdef Py_ssize_t i = 0
+    cdef int plain = 1
+    if scalar_check(<PyObject*>v):
         return 1
-    cdef type t = type(v)
-    if t is list and depth <= MAX_CONTEXT_DEPTH:
+    if t == <void*>list and depth <= MAX_CONTEXT_DEPTH:
         # A set (never its own Cedar value): its strings, bools and Longs are checked here, the rest by
         # convert_value, which raises where to_value would.
-        for item in <list>v:
-            if not is_scalar(item):
-                convert_value(g, item, depth + 1, False)
+        for i in range(list_size(v)):
+            item = list_item(v, i)
+            if not scalar_check(item):
+                convert_value(g, <object>item, depth + 1, False)
         return 0
-    if t is not dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
+    if t != <void*>dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
         # tuples, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
         return convert_value(g, v, depth, False) is True
-    cdef int plain = 1
-    for key, item in (<dict>v).items():
-        if type(key) is not str:
+    while dict_next(v, &i, &key, &item):
+        if type_of(key) != <void*>str:
             raise RequestError("context: record keys must be strings")
-        if not is_scalar(item):
-            plain &= validate_value(g, item, depth + 1)
+        if not scalar_check(item):
+            plain &= validate_value(g, <object>item, depth + 1)
     return plain
 
 

@@ -25,7 +25,8 @@ DEF CV_MAX_SET = 16     # as do set literals of more elements
 
 cdef struct CVal:
     int kind
-    int64_t i           # a Long, a bool (0 or 1) or a uid index
+    int64_t i           # a Long, a bool (0 or 1), a uid index, or a string's index in the strings table
+                        # (-1 for a string that is not one of the table's)
     const char* s       # a string's UTF-8 (in the map or in a str of the request) ...
     Py_ssize_t n        # ... and its length in bytes
 
@@ -51,6 +52,7 @@ cdef int cv_of_object(object v, CVal* out) noexcept:
             PyErr_Clear()
             return -1
         out.kind = CV_STR
+        out.i = -1
         return 1
     if t is bool:
         out.kind = CV_BOOL
@@ -84,6 +86,7 @@ cdef int cv_value_at(Generation g, Py_ssize_t* pos, CVal* out) except -2:
         return 1
     if tag == V_STR:
         out.kind = CV_STR
+        out.i = -1
         out.s = <const char*>g.base + g.str_span(pos[0], &out.n)
         pos[0] = (out.s - <const char*>g.base) + out.n
         return 1
@@ -133,18 +136,17 @@ cdef int cv_attr(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out
     """`e.x` and `e has x` on an entity variable (read in the map) or a context path."""
     cdef uint8_t var = g.u8(pos[0] + 1) if g.u8(pos[0]) == OP_VAR else 3
     cdef uint32_t n
-    cdef Py_ssize_t kn, key, at
+    cdef Py_ssize_t at
     cdef Uid u
     if var < 3:
         u = request_var(r, var)
         n = g.u32(pos[0] + 2)
         pos[0] += 6
-        key = g.str_span(g.string_offset(n), &kn)
         out.kind = CV_BOOL
         if not g.is_entity(u):
             out.i = 0
             return op == OP_HAS  # a missing entity has no attributes; reading one is an error
-        at = g.find_in_block(g.u32(u.rec + UID_ATTRS), <const char*>g.base + key, kn)
+        at = g.find_in_block(g.u32(u.rec + UID_ATTRS), n)
         if op == OP_HAS:
             out.i = at >= 0
             return 1
@@ -245,7 +247,10 @@ cdef int cv_tag(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out,
     if not g.is_entity(u):
         out.i = 0
         return op == OP_HAS_TAG  # a missing entity has no tags; reading one is an error
-    at = g.find_in_block(g.u32(u.rec + UID_TAGS), key.s, key.n)
+    if key.i >= 0:
+        at = g.find_in_block(g.u32(u.rec + UID_TAGS), <uint32_t>key.i)
+    else:
+        at = g.find_text_in_block(g.u32(u.rec + UID_TAGS), key.s, key.n)
     if op == OP_HAS_TAG:
         out.i = at >= 0
         return 1
@@ -302,6 +307,7 @@ cdef int cv_eval(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth)
         pos[0] += 4
         out.kind = CV_STR
         out.s = <const char*>g.base + g.str_span(g.string_offset(n), &out.n)
+        out.i = n
         return 1
     if op == OP_GETATTR or op == OP_HAS:
         return cv_attr(g, op, pos, r, out, depth)

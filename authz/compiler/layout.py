@@ -20,7 +20,9 @@ A generation is one blob (one LMDB value), read in place through a memoryview:
                 bytecode. The index's policy lists (pairs, actions, all) hold the offsets of these
                 bodies, so that a candidate is read without a table lookup
     policy ids  per policy: id (str)
-    strings     attribute names and string literals of the bytecode (str), by index
+    strings     attribute and tag names and the string literals of the bytecode (str), by index,
+                each text once: so an attrs/tags block (u32 count, then per entry u32 key string
+                index, u32 value length, value) is searched by comparing indices
 
 str = u32 byte length + UTF-8 bytes. A u32 list = u32 count + count u32 items.
 
@@ -35,7 +37,7 @@ key_bit(pk), so the masks prune probes and never lose a pair.
 """
 
 MAGIC = b"AUTHZGEN"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 HEADER_FIELDS = (
     "n_types", "types_off", "type_hash_off", "type_hash_size",

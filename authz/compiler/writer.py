@@ -132,12 +132,13 @@ class _Blob:
 
 
 def encode_block(mapping, symbols):
-    """An attrs/tags block: u32 count, then per entry str key, u32 value length, value (b"" when empty)."""
+    """An attrs/tags block: u32 count, then per entry u32 key (its string index), u32 value length, value
+    (b"" when empty)."""
     if not mapping:
         return b""
     out = bytearray(U32.pack(len(mapping)))
     for key, value in mapping.items():
-        pack_str(out, key)
+        out += U32.pack(symbols.string_index(key))
         value_bytes = bytearray()
         encode_value(value_bytes, value, symbols)
         out += U32.pack(len(value_bytes))
