@@ -9,14 +9,20 @@ Policies, scopes, the index and entities are never turned into Python objects: t
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
 
 import re as _re
 import ipaddress as _ipaddress
 
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void* p) noexcept nogil
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    const char* utf8_or_null "PyUnicode_AsUTF8AndSize"(object s, Py_ssize_t* size) noexcept  # NULL: see PyErr
+    void PyErr_Clear() noexcept
     void PyObject_GC_UnTrack(object o)
 
 # ---- layout constants (mirror of authz/compiler/layout.py) ----
@@ -136,6 +142,34 @@ def hash_key(bytes type_name, bytes uid_id=None):
 
 
 # ---- Cedar values ----
+
+cdef inline uint64_t text_hash(const char* p, Py_ssize_t n) noexcept nogil:
+    """A fast 64-bit hash of a short byte string, 8 bytes a step (the uid text cache's)."""
+    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL, w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+        p += 8
+        n -= 8
+    w = 0
+    memcpy(&w, p, n)
+    h = (h ^ w) * 0x94D049BB133111EBULL
+    return h ^ (h >> 29)
+
+
+DEF UID_SLOTS = 4096        # the uid text cache: direct-mapped slots, per generation
+DEF UID_SLOT_TEXT = 44      # longer uid texts skip it
+
+
+cdef struct UidSlot:
+    # A request uid text (`Type::"id"`) and the Uid it resolved to (an owned reference, or NULL): one
+    # cache line, so that a hit reads nothing else before the Uid.
+    uint64_t hash
+    PyObject* uid
+    uint32_t n
+    char text[UID_SLOT_TEXT]
+
 
 cdef struct IndexKey:
     uint32_t key     # a uid index, TYPE_KEY | a type index, or ANY_KEY
@@ -604,6 +638,8 @@ cdef inline int64_t monotonic_ns() noexcept nogil:
 DEF STACK_KEYS = 64
 DEF MAX_CONTEXT_DEPTH = 126   # cedarpy refuses a context nested 128 deep (serde_json's limit)
 DEF STACK_CANDIDATES = 256
+DEF PROBE_BATCH = 16         # pair-index probes whose cache misses are overlapped
+DEF PREFETCH_CANDIDATES = 32 # candidate bodies prefetched before evaluation
 DEF STACK_SEGS = 32          # `like` segments kept on the stack
 DEF UID_CACHE_SIZE = 65536   # request uid text -> resolved Uid, per generation
 DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per generation
@@ -686,6 +722,7 @@ cdef class Generation:
     cdef list policy_ids
     cdef list strings
     cdef dict uid_cache
+    cdef UidSlot* uid_slots
     cdef dict uid_by_type
     cdef Py_ssize_t uid_by_type_n
 
@@ -720,7 +757,8 @@ cdef class Generation:
         if max(self.n_policies, self.n_uids, self.n_types, self.n_strings) > self.size // 4:
             raise IndexFormatError("generation header counts exceed its size")
         self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
-        if self.seen == NULL:
+        self.uid_slots = <UidSlot*>calloc(UID_SLOTS, sizeof(UidSlot))
+        if self.seen == NULL or self.uid_slots == NULL:
             raise MemoryError()
         for i in range(self.n_policies + 1):
             self.seen[i] = 0
@@ -734,6 +772,11 @@ cdef class Generation:
 
     def __dealloc__(self):
         free(self.seen)
+        cdef int i
+        if self.uid_slots != NULL:
+            for i in range(UID_SLOTS):
+                Py_XDECREF(self.uid_slots[i].uid)
+            free(self.uid_slots)
 
     # -- bounds-checked readers --
     # Each is a few instructions that inline: nothing in them raises as far as Cython knows, so it
@@ -849,8 +892,11 @@ cdef class Generation:
     cdef Uid resolve(self, str type_name, str uid_id):
         """The Uid for (type, id), interned if this generation knows it, else with idx -1."""
         cdef Py_ssize_t tn, idn, soff, sn
-        cdef const char* tp = PyUnicode_AsUTF8AndSize(type_name, &tn)
-        cdef const char* ip = PyUnicode_AsUTF8AndSize(uid_id, &idn)
+        cdef const char* tp = utf8_or_null(type_name, &tn)
+        cdef const char* ip = utf8_or_null(uid_id, &idn)
+        if tp == NULL or ip == NULL:
+            PyErr_Clear()
+            raise RequestError("entity uid is not valid Unicode (it holds a lone surrogate)")
         cdef uint64_t h = uid_hash(<const unsigned char*>tp, tn, <const unsigned char*>ip, idn)
         cdef uint32_t mask, slot, entry, probe
         cdef Py_ssize_t rec
@@ -1399,6 +1445,19 @@ cdef class Generation:
             slot = (slot + 1) & mask
         raise IndexFormatError("pair hash table has no empty slot")
 
+    cdef int add_pair_lists(self, uint32_t* pk, uint32_t* rk, int count, uint32_t* out, int n, int cap) except -1:
+        """add_list for the lists of `count` pairs (their slots prefetched): finds them all, prefetching
+        each, then adds them."""
+        cdef Py_ssize_t lists[PROBE_BATCH]
+        cdef int k
+        for k in range(count):
+            lists[k] = self.pair_list(pk[k], rk[k])
+            if lists[k]:
+                prefetch(self.base + lists[k])
+        for k in range(count):
+            n = self.add_list(lists[k], out, n, cap, False)
+        return n
+
     cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
         """The candidate policies of a request (their body offsets, each once); returns how many there are,
         even past `cap`."""
@@ -1418,12 +1477,26 @@ cdef class Generation:
         n = self.add_list(self.all_list_off, out, 0, cap, False)
         # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
         # is probed only if both keys' partner masks admit it (most pairs are not in the index).
+        # The admitted pairs are probed PROBE_BATCH at a time, in three passes (prefetch their slots,
+        # read them and prefetch their lists, add the lists), so that their cache misses overlap.
+        cdef uint32_t probe_pk[PROBE_BATCH]
+        cdef uint32_t probe_rk[PROBE_BATCH]
+        cdef int n_probes = 0
         for i in range(np):
             pmask = pkeys[i].mask
             pbit = pkeys[i].bit
             for j in range(1 if i == 0 else 0, nr):
                 if (pmask & rkeys[j].bit) and (rkeys[j].mask & pbit):
-                    n = self.add_list(self.pair_list(pkeys[i].key, rkeys[j].key), out, n, cap, False)
+                    if n_probes == PROBE_BATCH:
+                        n = self.add_pair_lists(probe_pk, probe_rk, n_probes, out, n, cap)
+                        n_probes = 0
+                    probe_pk[n_probes] = pkeys[i].key
+                    probe_rk[n_probes] = rkeys[j].key
+                    n_probes += 1
+                    if self.pair_hash_size:
+                        prefetch(self.base + self.pair_hash_off
+                                 + 12 * <Py_ssize_t>(pair_hash_c(pkeys[i].key, rkeys[j].key) & (self.pair_hash_size - 1)))
+        n = self.add_pair_lists(probe_pk, probe_rk, n_probes, out, n, cap)
         # Policies constrained by their action only.
         if r.action.idx >= 0:
             n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
@@ -1449,6 +1522,18 @@ cdef class Generation:
             cached = self.policy_ids[p] = self.read_str_at(self.u32(self.policy_ids_off + 4 * <Py_ssize_t>p))
         return cached
 
+    cdef inline void prefetch_parts(self, Uid u) noexcept:
+        """Prefetches the attrs and tags blocks of an entity of the request (the record is in cache)."""
+        cdef uint32_t attrs, tags
+        if u.idx < 0 or u.rec + UID_FIXED > self.size:
+            return
+        memcpy(&attrs, self.base + u.rec + UID_ATTRS, 4)
+        memcpy(&tags, self.base + u.rec + UID_TAGS, 4)
+        if attrs and attrs < self.size:
+            prefetch(self.base + attrs)
+        if tags and tags < self.size:
+            prefetch(self.base + tags)
+
     cdef Decision decide(self, Request r):
         cdef uint32_t stack_buf[2 * STACK_CANDIDATES]
         cdef uint32_t* cands = stack_buf
@@ -1458,6 +1543,12 @@ cdef class Generation:
             if cands == NULL:
                 raise MemoryError()
             self.collect(r, cands, n)
+        # Let the candidates' bodies and the request entities' attributes come in together.
+        cdef int i
+        for i in range(min(n, PREFETCH_CANDIDATES)):
+            prefetch(self.base + cands[i])
+        self.prefetch_parts(r.principal)
+        self.prefetch_parts(r.resource)
         try:
             return self.evaluate(r, cands, cands + n, n)
         finally:
@@ -1635,15 +1726,36 @@ cdef Uid resolve_cached(Generation g, str t, str i, str field):
 
 
 cdef Uid to_uid(Generation g, object v, str field):
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef UidSlot* slot = NULL
+    cdef uint64_t h
     if type(v) is str:
+        # The text cache first (no Python hash or dict), then the dict of all texts seen.
+        p = utf8_or_null(v, &n)
+        if p == NULL:
+            PyErr_Clear()  # no UTF-8 form (a lone surrogate): parse_uid_text says what is wrong
+        elif n <= UID_SLOT_TEXT:
+            h = text_hash(p, n)
+            slot = &g.uid_slots[h & (UID_SLOTS - 1)]
+            if slot.uid != NULL and slot.hash == h and slot.n == n and memcmp(slot.text, p, n) == 0:
+                return <Uid>slot.uid
         cached = g.uid_cache.get(v)
         if cached is not None:
-            return <Uid>cached
-        t, i = parse_uid_text(<str>v, field)
-        u = g.resolve(t, i)
-        if len(g.uid_cache) >= UID_CACHE_SIZE:
-            g.uid_cache.clear()
-        g.uid_cache[v] = u
+            u = <Uid>cached
+        else:
+            t, i = parse_uid_text(<str>v, field)
+            u = g.resolve(t, i)
+            if len(g.uid_cache) >= UID_CACHE_SIZE:
+                g.uid_cache.clear()
+            g.uid_cache[v] = u
+        if slot != NULL:
+            Py_XDECREF(slot.uid)
+            slot.uid = <PyObject*>u
+            Py_XINCREF(slot.uid)
+            slot.hash = h
+            slot.n = <uint32_t>n
+            memcpy(slot.text, p, n)
         return u
     if isinstance(v, dict):
         if len(<dict>v) == 1 and "__entity" in <dict>v:
@@ -1671,7 +1783,6 @@ cdef inline bint fits_long(object v) noexcept:
 
 
 cdef extern from "Python.h":
-    ctypedef struct PyObject
     void* type_of "Py_TYPE"(PyObject* o) noexcept
     bint dict_next "PyDict_Next"(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
     Py_ssize_t list_size "PyList_GET_SIZE"(object l) noexcept

@@ -9,10 +9,6 @@
 # with the general evaluator (Generation.ev), which gives Cedar's answer and errors. Evaluation has no side
 # effects, so evaluating again is safe; the differential tests against cedarpy check both paths.
 
-cdef extern from "Python.h":
-    const char* utf8_or_null "PyUnicode_AsUTF8AndSize"(object s, Py_ssize_t* size) noexcept
-    void PyErr_Clear() noexcept
-
 cdef enum:
     CV_BOOL = 1
     CV_LONG = 2

@@ -3,6 +3,7 @@
 import json
 
 import cedarpy
+import pytest
 
 import authz
 
@@ -177,3 +178,28 @@ def test_a_policy_filed_twice_is_reported_once(tmp_path, monkeypatch):
             expected = once.check(**request)
             assert twice.check(**request) == expected
             assert len(expected.policies) == 1 and [e["policy"] for e in expected.errors] == ["broken"]
+
+
+# -- the uid text cache: request uid texts (`Type::"id"`) -> resolved uids, in front of the dict --
+
+def test_uid_text_cache_resolves_each_text_to_its_own_uid(tmp_path):
+    # More distinct texts than the cache has slots (so slots are shared and replaced), texts that
+    # differ only past their first 8-byte word or only in length, and texts too long for a slot.
+    ids = [f"u{i}" for i in range(6000)] + ["abcdefgh-1", "abcdefgh-2", "abcdefgh", "abcdefgh-"]
+    ids += ["x" * 40, "x" * 41, "x" * 60, "é" * 20]
+    allowed = set(ids[::3])
+    policies = "".join(f'permit(principal == User::"{i}", action, resource);\n' for i in sorted(allowed))
+    (tmp_path / "p.cedar").write_text(policies)
+    authz.compile([str(tmp_path / "p.cedar")], db=str(tmp_path / "db"))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        for _ in range(2):  # the second pass hits the cache (or a slot another text took since)
+            for i in ids:
+                d = engine.check(f'User::"{i}"', 'Action::"a"', 'R::"r"', {})
+                assert d.allowed == (i in allowed), i
+        # A text that is not a uid still fails after valid ones filled the cache; a lone surrogate too.
+        for bad in ('User::"u1', 'User:"u1"', 'User::"\ud800"', {"type": "User", "id": "\ud800"}):
+            with pytest.raises(authz.RequestError):
+                engine.check(bad, 'Action::"a"', 'R::"r"', {})
+        batch = engine.check_batch([{"principal": f'User::"{i}"', "action": 'Action::"a"', "resource": 'R::"r"'}
+                                    for i in ids[:50]])
+        assert [d.allowed for d in batch] == [i in allowed for i in ids[:50]]
