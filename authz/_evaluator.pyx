@@ -1571,11 +1571,18 @@ cdef class Generation:
                 raise IndexFormatError("policy index out of range")
             effect = self.u8(pos + 4)
             pos += 5
-            if not self.scope(&pos, r.principal):
+            # Unconstrained scopes (S_ALL) are skipped here, without a call (scope() checks bounds).
+            if pos < self.size and self.base[pos] == S_ALL:
+                pos += 9
+            elif not self.scope(&pos, r.principal):
                 continue
-            if not self.scope(&pos, r.action):
+            if pos < self.size and self.base[pos] == S_ALL:
+                pos += 9
+            elif not self.scope(&pos, r.action):
                 continue
-            if not self.scope(&pos, r.resource):
+            if pos < self.size and self.base[pos] == S_ALL:
+                pos += 9
+            elif not self.scope(&pos, r.resource):
                 continue
             cond_len = self.u32(pos)
             pos += 4
@@ -1725,6 +1732,16 @@ cdef Uid resolve_cached(Generation g, str t, str i, str field):
     return u
 
 
+cdef inline void prefetch_uid(Generation g, Uid u) noexcept:
+    """Starts loading what deciding reads first of a request's uid: its index keys and its record."""
+    if u.principal_keys != NULL:
+        prefetch(u.principal_keys)
+    if u.resource_keys != NULL:
+        prefetch(u.resource_keys)
+    if u.idx >= 0 and u.rec < g.size:
+        prefetch(g.base + u.rec)
+
+
 cdef Uid to_uid(Generation g, object v, str field):
     cdef Py_ssize_t n
     cdef const char* p
@@ -1739,6 +1756,7 @@ cdef Uid to_uid(Generation g, object v, str field):
             h = text_hash(p, n)
             slot = &g.uid_slots[h & (UID_SLOTS - 1)]
             if slot.uid != NULL and slot.hash == h and slot.n == n and memcmp(slot.text, p, n) == 0:
+                prefetch_uid(g, <Uid>slot.uid)
                 return <Uid>slot.uid
         cached = g.uid_cache.get(v)
         if cached is not None:
