@@ -1561,7 +1561,7 @@ cdef class Generation:
         cdef Py_ssize_t pos
         cdef uint32_t p, cond_len
         cdef uint8_t effect
-        cdef int i, n_sat = 0, n_forbid = 0
+        cdef int i, outcome, n_sat = 0, n_forbid = 0
         cdef Py_ssize_t start
         cdef CVal cv
         for i in range(n):
@@ -1588,12 +1588,18 @@ cdef class Generation:
             pos += 4
             if cond_len:
                 start = pos
-                if cv_eval(self, &pos, r, &cv, 0) == 1 and cv.kind == CV_BOOL:
+                outcome = cv_eval(self, &pos, r, &cv, 0)
+                if outcome == 1 and cv.kind == CV_BOOL:
                     if not cv.i:
                         continue
                     satisfied[n_sat] = p | (<uint32_t>(effect == 1) << 31)
                     n_sat += 1
                     n_forbid += effect
+                    continue
+                if outcome == 2:
+                    if errors is None:
+                        errors = []
+                    errors.append((p, cv_error_message(self, r, &cv)))
                     continue
                 pos = start
                 try:

@@ -8,12 +8,22 @@
 # overflow, a construct it leaves out) returns 0 and the caller evaluates the condition again from its start
 # with the general evaluator (Generation.ev), which gives Cedar's answer and errors. Evaluation has no side
 # effects, so evaluating again is safe; the differential tests against cedarpy check both paths.
+#
+# The commonest errors (a missing attribute or tag, a missing entity) are answered here too: cv_eval then
+# returns 2 with the error in its CVal (kind CV_ERR_*), and the caller reports it as the general path would
+# (cv_error_message), without raising. cv_eval evaluates in Cedar's order and short-circuits as Cedar does,
+# and gives up (0) before anything it is not sure of, so an error it meets is the one Cedar meets.
 
 cdef enum:
     CV_BOOL = 1
     CV_LONG = 2
     CV_STR = 3
     CV_UID = 4    # an interned uid: i is its index (uids that are not interned take the general path)
+    # errors (cv_eval returned 2): i is the attribute's or tag's string index; n the variable (0, 1, 2)
+    CV_ERR_NO_ENTITY = 5    # the entity of variable n does not exist
+    CV_ERR_NO_ATTR = 6      # the entity of variable n has no attribute i
+    CV_ERR_NO_TAG = 7       # the entity of variable n has no tag i
+    CV_ERR_NO_MEMBER = 8    # a record of the context has no attribute i
 
 DEF CV_MAX_DEPTH = 48   # deeper expressions take the general path
 DEF CV_MAX_SET = 16     # as do set literals of more elements
@@ -101,9 +111,10 @@ cdef inline Uid request_var(Request r, uint8_t var):
     return r.principal if var == 0 else (r.action if var == 1 else r.resource)
 
 
-cdef object cv_record_path(Generation g, Py_ssize_t* pos, Request r, int depth):
+cdef object cv_record_path(Generation g, Py_ssize_t* pos, Request r, int depth, CVal* err):
     """The request's value of the operand at pos[0] when it is `context` or `context.a.b...` (moving past
-    it), as the request holds it; None when the operand is something else or a member is not there."""
+    it), as the request holds it; None when the operand is something else; _MISSING when a record on the
+    path has no such member (the error is then in `err`)."""
     cdef uint8_t op = g.u8(pos[0])
     cdef uint32_t n
     if op == OP_VAR:
@@ -114,12 +125,17 @@ cdef object cv_record_path(Generation g, Py_ssize_t* pos, Request r, int depth):
     if op != OP_GETATTR or depth > CV_MAX_DEPTH:
         return None
     pos[0] += 1
-    parent = cv_record_path(g, pos, r, depth + 1)
+    parent = cv_record_path(g, pos, r, depth + 1, err)
+    if parent is _MISSING:
+        return parent
     n = g.u32(pos[0])
     pos[0] += 4
     if not cv_is_record(parent, r):
         return None
-    return (<dict>parent).get(g.string_at(n))
+    value = (<dict>parent).get(g.string_at(n), _MISSING)
+    if value is _MISSING:
+        cv_error(err, CV_ERR_NO_MEMBER, 3, n)
+    return value
 
 
 cdef inline bint cv_is_record(object v, Request r) noexcept:
@@ -141,13 +157,19 @@ cdef int cv_attr(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out
         out.kind = CV_BOOL
         if not g.is_entity(u):
             out.i = 0
-            return op == OP_HAS  # a missing entity has no attributes; reading one is an error
+            if op == OP_HAS:
+                return 1  # a missing entity has no attributes; reading one is an error
+            return cv_error(out, CV_ERR_NO_ENTITY, var, n)
         at = g.find_in_block(g.u32(u.rec + UID_ATTRS), n)
         if op == OP_HAS:
             out.i = at >= 0
             return 1
-        return at >= 0 and cv_value_at(g, &at, out) == 1
-    record = cv_record_path(g, pos, r, depth + 1)
+        if at < 0:
+            return cv_error(out, CV_ERR_NO_ATTR, var, n)
+        return cv_value_at(g, &at, out) == 1
+    record = cv_record_path(g, pos, r, depth + 1, out)
+    if record is _MISSING:
+        return 2
     n = g.u32(pos[0])
     pos[0] += 4
     if not cv_is_record(record, r):
@@ -156,7 +178,10 @@ cdef int cv_attr(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out
         out.kind = CV_BOOL
         out.i = g.string_at(n) in <dict>record
         return 1
-    return cv_of_object((<dict>record).get(g.string_at(n)), out) == 1
+    value = (<dict>record).get(g.string_at(n), _MISSING)
+    if value is _MISSING:
+        return cv_error(out, CV_ERR_NO_MEMBER, 3, n)
+    return cv_of_object(value, out) == 1
 
 
 cdef int cv_set_literal(Generation g, Py_ssize_t* pos, Request r, CVal* items, int depth) except -2:
@@ -193,7 +218,9 @@ cdef int cv_contains(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal*
         out.kind = CV_BOOL
         out.i = found
         return 1
-    s = cv_record_path(g, pos, r, depth + 1)
+    s = cv_record_path(g, pos, r, depth + 1, out)
+    if s is _MISSING:
+        return 2
     if type(s) is list and r.context is None:
         items = <list>s
     elif type(s) is CedarSet:
@@ -235,14 +262,17 @@ cdef int cv_tag(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out,
     cdef Uid u
     if g.u8(pos[0]) != OP_VAR or g.u8(pos[0] + 1) >= 3:
         return 0
-    u = request_var(r, g.u8(pos[0] + 1))
+    cdef uint8_t var = g.u8(pos[0] + 1)
+    u = request_var(r, var)
     pos[0] += 2
     if cv_eval(g, pos, r, &key, depth + 1) != 1 or key.kind != CV_STR:
         return 0
     out.kind = CV_BOOL
     if not g.is_entity(u):
         out.i = 0
-        return op == OP_HAS_TAG  # a missing entity has no tags; reading one is an error
+        if op == OP_HAS_TAG:
+            return 1  # a missing entity has no tags; reading one is an error
+        return cv_error(out, CV_ERR_NO_ENTITY, var, 0)
     if key.i >= 0:
         at = g.find_in_block(g.u32(u.rec + UID_TAGS), <uint32_t>key.i)
     else:
@@ -250,11 +280,17 @@ cdef int cv_tag(Generation g, uint8_t op, Py_ssize_t* pos, Request r, CVal* out,
     if op == OP_HAS_TAG:
         out.i = at >= 0
         return 1
-    return at >= 0 and cv_value_at(g, &at, out) == 1
+    if at < 0:
+        # the message names the tag: known by its string index only when it is one of the table's
+        return cv_error(out, CV_ERR_NO_TAG, var, key.i) if key.i >= 0 else 0
+    return cv_value_at(g, &at, out) == 1
 
 
 cdef int cv_like(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth) except -2:
-    if cv_eval(g, pos, r, out, depth + 1) != 1 or out.kind != CV_STR:
+    cdef int k = cv_eval(g, pos, r, out, depth + 1)
+    if k != 1:
+        return k
+    if out.kind != CV_STR:
         return 0
     out.i = g.like(pos, out.s, out.n)
     out.kind = CV_BOOL
@@ -288,11 +324,32 @@ cdef int cv_binary(Generation g, uint8_t op, CVal* a, CVal* b) except -2:
     return 1
 
 
+cdef inline int cv_error(CVal* out, int kind, int var, int64_t key) noexcept:
+    """Records a Cedar error in `out`; returns 2, cv_eval's answer for an error."""
+    out.kind = kind
+    out.n = var
+    out.i = key
+    return 2
+
+
+cdef str cv_error_message(Generation g, Request r, CVal* err):
+    """The message of an error cv_eval answered (2), worded as the general evaluator words it."""
+    if err.kind == CV_ERR_NO_MEMBER:
+        return f"record does not have the attribute `{g.string_at(<uint32_t>err.i)}`"
+    u = request_var(r, <uint8_t>err.n)
+    if err.kind == CV_ERR_NO_ENTITY:
+        return f"entity `{u!r}` does not exist"
+    what = "attribute" if err.kind == CV_ERR_NO_ATTR else "tag"
+    return f"`{u!r}` does not have the {what} `{g.string_at(<uint32_t>err.i)}`"
+
+
 cdef int cv_eval(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth) except -2:
-    """Evaluates the expression at pos[0] (moving past it) to a scalar in `out`: 1, or 0 when it needs the
-    general evaluator (pos[0] is then anywhere in the expression)."""
+    """Evaluates the expression at pos[0] (moving past it) to a scalar in `out`: 1; 2 for a Cedar error
+    (described in `out`); or 0 when it needs the general evaluator (pos[0] is then anywhere in the
+    expression)."""
     cdef uint8_t op
     cdef uint32_t n
+    cdef int k
     cdef CVal right
     if depth > CV_MAX_DEPTH:
         return 0
@@ -308,16 +365,29 @@ cdef int cv_eval(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth)
     if op == OP_GETATTR or op == OP_HAS:
         return cv_attr(g, op, pos, r, out, depth)
     if op == OP_AND or op == OP_OR:
-        if cv_eval(g, pos, r, out, depth + 1) != 1 or out.kind != CV_BOOL:
+        k = cv_eval(g, pos, r, out, depth + 1)
+        if k != 1:
+            return k
+        if out.kind != CV_BOOL:
             return 0
         if (op == OP_AND) != (out.i != 0):  # false && ..., true || ...
             pos[0] += 4 + <Py_ssize_t>g.u32(pos[0])
             return 1
         pos[0] += 4
-        return cv_eval(g, pos, r, out, depth + 1) == 1 and out.kind == CV_BOOL
+        k = cv_eval(g, pos, r, out, depth + 1)
+        if k != 1:
+            return k
+        return out.kind == CV_BOOL
     if OP_EQ <= op <= OP_IN:
-        if cv_eval(g, pos, r, out, depth + 1) != 1 or cv_eval(g, pos, r, &right, depth + 1) != 1:
-            return 0
+        # Cedar evaluates both operands, then applies the operator.
+        k = cv_eval(g, pos, r, out, depth + 1)
+        if k != 1:
+            return k
+        k = cv_eval(g, pos, r, &right, depth + 1)
+        if k != 1:
+            if k == 2:
+                out[0] = right
+            return k
         return cv_binary(g, op, out, &right)
     if op == OP_LIT:
         return cv_value_at(g, pos, out)
@@ -325,7 +395,10 @@ cdef int cv_eval(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth)
         pos[0] += 1
         return g.u8(pos[0] - 1) < 3 and cv_of_object(request_var(r, g.u8(pos[0] - 1)), out) == 1
     if op == OP_NOT:
-        if cv_eval(g, pos, r, out, depth + 1) != 1 or out.kind != CV_BOOL:
+        k = cv_eval(g, pos, r, out, depth + 1)
+        if k != 1:
+            return k
+        if out.kind != CV_BOOL:
             return 0
         out.i = not out.i
         return 1

@@ -1,6 +1,7 @@
 """Context records: read in place when they are already Cedar values, converted when they hold sets or
 escapes, whichever way a policy reaches them (a member, or the whole context first)."""
 import json
+import re
 
 import cedarpy
 import pytest
@@ -116,3 +117,45 @@ def test_like_on_the_general_path_agrees_with_cedarpy(tmp_path, text):
         ours = engine.check(**request)
     assert not theirs.diagnostics.errors and not ours.errors
     assert sorted(ours.policies) == sorted(f"p{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons)
+
+
+ERRORING = [
+    'principal.missing == 1',                       # an attribute the entity does not have
+    'resource.n == 1',                              # an entity that does not exist
+    'principal.getTag("missing") == 1',             # a tag it does not have
+    'resource.getTag("t") == 1',                    # ... on an entity that does not exist
+    'context.missing == "a"',                       # a context member that is not there
+    'context.rec.missing == "a"',                   # ... in a nested record
+    'context.missing.x < 3',                        # ... on the way to a nested one
+    'context.missing.contains("a")',
+    'context.rec.missing.containsAny(["a"])',
+    'context.s == "a" || principal.missing == 1',   # after an operand that does not short-circuit
+    '1 == principal.missing',                       # on the right of a comparison
+    '!(principal.missing == 1)',
+    'principal.missing like "a*"',
+    'context.s like "a*" && (principal.n == 1 || context.missing)',
+]
+
+
+@pytest.mark.parametrize("condition", ERRORING)
+def test_errors_answered_on_the_scalar_path_read_as_on_the_general_path(tmp_path, condition):
+    # The same condition evaluated by the scalar path and, through `if`, by the general evaluator:
+    # the same policies error, with the same message, and cedarpy agrees on which.
+    policies = (f'@id("scalar") permit(principal, action, resource) when {{ {condition} }};\n'
+                f'@id("general") permit(principal, action, resource) when {{ if true then {condition} else false }};\n'
+                '@id("guarded") permit(principal, action, resource) when { false && principal.missing == 1 };\n')
+    entities = [{"uid": {"type": "User", "id": "u"}, "attrs": {"n": 0}, "parents": [], "tags": {"t": 1}}]
+    (tmp_path / "p.cedar").write_text(policies)
+    (tmp_path / "e.entities.json").write_text(json.dumps(entities))
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    request = {"principal": 'User::"u"', "action": 'Action::"a"', "resource": 'Doc::"d"',
+               "context": {"s": "abc", "rec": {"x": 1, "y": 2}}}
+    theirs = cedarpy.is_authorized(request, policies, json.dumps(entities))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        ours = engine.check(**request)
+    assert {e["policy"] for e in ours.errors} == {"scalar", "general"}
+    assert sorted(re.match(r"error while evaluating policy `(policy\d+)`", e).group(1)
+                  for e in theirs.diagnostics.errors) == ["policy0", "policy1"]
+    by_policy = {e["policy"]: e["message"] for e in ours.errors}
+    assert by_policy["scalar"] == by_policy["general"]
+    assert not ours.allowed
