@@ -647,6 +647,7 @@ DEF UID_CACHE_TYPES = 1024   # entity types in the {type, id} uid cache, per gen
 
 @cython.final
 @cython.no_gc
+@cython.freelist(8)
 cdef class Request:
     """A resolved request: principal/action/resource uids and the context record."""
     cdef Uid principal
@@ -658,6 +659,7 @@ cdef class Request:
 
 @cython.final
 @cython.no_gc
+@cython.freelist(1024)
 cdef class Decision:
     """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`."""
     cdef readonly bint allowed
@@ -1952,6 +1954,38 @@ cdef Request new_request(Uid principal, Uid action, Uid resource, object context
     return r
 
 
+@cython.final
+cdef class BatchReader:
+    """Reads the items of a batch into Requests. Items often share objects (authz.v1 BatchCheck's principal,
+    action and context): what was made of an item's object is reused for the same object in the next."""
+    cdef Generation g
+    cdef object last_p, last_a, last_r, last_c
+    cdef Uid p, a, r
+    cdef bint plain
+
+    def __cinit__(self, Generation g):
+        self.g = g
+        self.last_p = self.last_a = self.last_r = self.last_c = _MISSING
+
+    cdef Request read(self, Py_ssize_t n, object req, Request into):
+        if type(req) is not dict:
+            raise RequestError(f"request {n}: expected an object")
+        principal, action, resource = (<dict>req).get("principal"), (<dict>req).get("action"), (<dict>req).get("resource")
+        context = (<dict>req).get("context")
+        try:
+            if principal is not self.last_p:
+                self.p, self.last_p = to_uid(self.g, principal, "principal"), principal
+            if action is not self.last_a:
+                self.a, self.last_a = to_uid(self.g, action, "action"), action
+            if resource is not self.last_r:
+                self.r, self.last_r = to_uid(self.g, resource, "resource"), resource
+            if context is not self.last_c:
+                self.plain, self.last_c = validate_context(self.g, context), context
+        except RequestError as err:
+            raise RequestError(f"request {n}: {err}") from None
+        return new_request(self.p, self.a, self.r, context, self.plain, into)
+
+
 cdef class EngineCore:
     """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
     cdef Generation _gen
@@ -1999,29 +2033,20 @@ cdef class EngineCore:
     def check_batch(self, requests):
         """Decides each request (a dict with principal, action, resource and optional context), in order."""
         cdef Generation g = self.current()
+        cdef list items = requests if type(requests) is list else list(requests)
+        cdef Py_ssize_t count = len(items), n
         cdef list out = []
-        # Items of a batch often share objects (authz.v1 BatchCheck's principal, action and context):
-        # what was made of the previous item's object is reused for the same object.
-        cdef object last_p = _MISSING, last_a = _MISSING, last_r = _MISSING, last_c = _MISSING
-        cdef Uid p = None, a = None, r = None
-        cdef bint plain = False
-        # One Request for every item: nothing keeps it past decide(), and it is this call's own.
-        cdef Request scratch = Request.__new__(Request)
-        for n, req in enumerate(requests):
-            if type(req) is not dict:
-                raise RequestError(f"request {n}: expected an object")
-            principal, action, resource = (<dict>req).get("principal"), (<dict>req).get("action"), (<dict>req).get("resource")
-            context = (<dict>req).get("context")
-            try:
-                if principal is not last_p:
-                    p, last_p = to_uid(g, principal, "principal"), principal
-                if action is not last_a:
-                    a, last_a = to_uid(g, action, "action"), action
-                if resource is not last_r:
-                    r, last_r = to_uid(g, resource, "resource"), resource
-                if context is not last_c:
-                    plain, last_c = validate_context(g, context), context
-            except RequestError as err:
-                raise RequestError(f"request {n}: {err}") from None
-            out.append(g.decide(new_request(p, a, r, context, plain, scratch)))
+        if count == 0:
+            return out
+        cdef BatchReader reader = BatchReader.__new__(BatchReader, g)
+        # Two Requests, this item's and the next's: nothing keeps one past decide(), and they are this call's.
+        cdef Request current = reader.read(0, items[0], Request.__new__(Request))
+        cdef Request following = Request.__new__(Request)
+        for n in range(count):
+            if n + 1 < count:
+                # The next item is read before this one is decided, so that what its uid lookups prefetch
+                # (index keys, records) arrives while this one is decided.
+                following = reader.read(n + 1, items[n + 1], following)
+            out.append(g.decide(current))
+            current, following = following, current
         return out
