@@ -1825,6 +1825,16 @@ cdef inline int scalar_check(PyObject* v) except -1:
     return 0
 
 
+cdef inline bint is_escape(dict v) noexcept:
+    """A record of one member may be an `__entity` or `__extn` escape (convert_value reads those)."""
+    cdef PyObject* key
+    cdef PyObject* item
+    cdef Py_ssize_t i = 0
+    if not dict_next(v, &i, &key, &item) or type_of(key) != <void*>str:
+        return True  # not a record convert_value would pass: it says what is wrong
+    return <object>key == "__entity" or <object>key == "__extn"
+
+
 cdef int validate_value(Generation g, object v, int depth) except -1:
     """Raises RequestError where `to_value` would, building nothing (cedarpy checks the whole context);
     returns whether `v` is already its own Cedar value (1: records of strings, bools, Longs and such
@@ -1844,8 +1854,8 @@ cdef int validate_value(Generation g, object v, int depth) except -1:
             if not scalar_check(item):
                 convert_value(g, <object>item, depth + 1, False)
         return 0
-    if t != <void*>dict or len(<dict>v) == 1 or depth > MAX_CONTEXT_DEPTH:
-        # tuples, escapes and errors; a record of one member may be an `__entity` or `__extn` escape
+    if t != <void*>dict or depth > MAX_CONTEXT_DEPTH or (len(<dict>v) == 1 and is_escape(<dict>v)):
+        # tuples, escapes and errors
         return convert_value(g, v, depth, False) is True
     while dict_next(v, &i, &key, &item):
         if type_of(key) != <void*>str:
