@@ -7,7 +7,7 @@ Policies, scopes, the index and entities are never turned into Python objects: t
 """
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -158,7 +158,7 @@ cdef inline uint64_t text_hash(const char* p, Py_ssize_t n) noexcept nogil:
     return h ^ (h >> 29)
 
 
-DEF UID_SLOTS = 4096        # the uid text cache: direct-mapped slots, per generation
+DEF UID_SLOTS = 16384       # the uid text cache: direct-mapped slots (1 MiB, touched as used), per generation
 DEF UID_SLOT_TEXT = 44      # longer uid texts skip it
 
 
@@ -724,7 +724,8 @@ cdef class Generation:
     cdef list policy_ids
     cdef list strings
     cdef dict uid_cache
-    cdef UidSlot* uid_slots
+    cdef UidSlot* uid_slots      # aligned to a cache line, in uid_slots_mem
+    cdef void* uid_slots_mem
     cdef dict uid_by_type
     cdef Py_ssize_t uid_by_type_n
 
@@ -759,8 +760,9 @@ cdef class Generation:
         if max(self.n_policies, self.n_uids, self.n_types, self.n_strings) > self.size // 4:
             raise IndexFormatError("generation header counts exceed its size")
         self.seen = <uint32_t*>malloc((self.n_policies + 1) * sizeof(uint32_t))
-        self.uid_slots = <UidSlot*>calloc(UID_SLOTS, sizeof(UidSlot))
-        if self.seen == NULL or self.uid_slots == NULL:
+        self.uid_slots_mem = calloc(UID_SLOTS + 1, sizeof(UidSlot))
+        self.uid_slots = <UidSlot*>((<uintptr_t>self.uid_slots_mem + 63) & ~(<uintptr_t>63))
+        if self.seen == NULL or self.uid_slots_mem == NULL:
             raise MemoryError()
         for i in range(self.n_policies + 1):
             self.seen[i] = 0
@@ -775,10 +777,10 @@ cdef class Generation:
     def __dealloc__(self):
         free(self.seen)
         cdef int i
-        if self.uid_slots != NULL:
+        if self.uid_slots_mem != NULL:
             for i in range(UID_SLOTS):
                 Py_XDECREF(self.uid_slots[i].uid)
-            free(self.uid_slots)
+            free(self.uid_slots_mem)
 
     # -- bounds-checked readers --
     # Each is a few instructions that inline: nothing in them raises as far as Cython knows, so it
