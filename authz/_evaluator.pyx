@@ -12,6 +12,7 @@ from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
+from authz._hash cimport bytes_hash
 
 import re as _re
 import ipaddress as _ipaddress
@@ -142,21 +143,6 @@ def hash_key(bytes type_name, bytes uid_id=None):
 
 
 # ---- Cedar values ----
-
-cdef inline uint64_t text_hash(const char* p, Py_ssize_t n) noexcept nogil:
-    """A fast 64-bit hash of a short byte string, 8 bytes a step (the uid text cache's)."""
-    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL, w
-    while n >= 8:
-        memcpy(&w, p, 8)
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
-        h ^= h >> 31
-        p += 8
-        n -= 8
-    w = 0
-    memcpy(&w, p, n)
-    h = (h ^ w) * 0x94D049BB133111EBULL
-    return h ^ (h >> 29)
-
 
 DEF UID_SLOTS = 16384       # the uid text cache: direct-mapped slots (1 MiB, touched as used), per generation
 DEF UID_SLOT_TEXT = 44      # longer uid texts skip it
@@ -1763,7 +1749,7 @@ cdef Uid to_uid(Generation g, object v, str field):
         if p == NULL:
             PyErr_Clear()  # no UTF-8 form (a lone surrogate): parse_uid_text says what is wrong
         elif n <= UID_SLOT_TEXT:
-            h = text_hash(p, n)
+            h = bytes_hash(p, n, 0)
             slot = &g.uid_slots[h & (UID_SLOTS - 1)]
             if slot.uid != NULL and slot.hash == h and slot.n == n and memcmp(slot.text, p, n) == 0:
                 prefetch_uid(g, <Uid>slot.uid)

@@ -19,6 +19,7 @@ from libc.string cimport memcmp, memcpy
 from libc.stdlib cimport calloc, free
 from libc.math cimport floor
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
+from authz._hash cimport bytes_hash
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
 
@@ -142,20 +143,6 @@ cdef struct SeenEntry:
 cdef struct SeenTable:
     SeenEntry slots[SEEN_SLOTS]
     int count
-
-
-cdef inline uint64_t bytes_hash(const uint8_t* p, Py_ssize_t n, uint64_t kind) noexcept nogil:
-    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>n * 0x100000001B3ULL) ^ kind, w
-    while n >= 8:
-        memcpy(&w, p, 8)
-        h = (h ^ w) * 0x100000001B3ULL
-        h ^= h >> 29
-        p += 8
-        n -= 8
-    w = 0
-    memcpy(&w, p, n)
-    h = (h ^ w) * 0x100000001B3ULL
-    return h ^ (h >> 32)
 
 
 cdef class Seen:
