@@ -203,3 +203,25 @@ def test_uid_text_cache_resolves_each_text_to_its_own_uid(tmp_path):
         batch = engine.check_batch([{"principal": f'User::"{i}"', "action": 'Action::"a"', "resource": 'R::"r"'}
                                     for i in ids[:50]])
         assert [d.allowed for d in batch] == [i in allowed for i in ids[:50]]
+
+
+def test_more_index_pairs_than_one_probe_batch(tmp_path):
+    # 40 (group, folder) pairs for one request: more than the 16 pair probes the evaluator prefetches
+    # at a time, so its probe batches are flushed and refilled.
+    groups = 40
+    entities = [{"uid": {"type": "User", "id": "u"}, "attrs": {},
+                 "parents": [{"type": "Group", "id": f"g{i}"} for i in range(groups)]},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]}]
+    policies = "".join(f'permit(principal in Group::"g{i}", action, resource in Folder::"f");\n'
+                       f'forbid(principal in Group::"g{i}", action, resource in Folder::"other") when {{ {i} > 0 }};\n'
+                       for i in range(groups))
+    (tmp_path / "p.cedar").write_text(policies)
+    (tmp_path / "entities.json").write_text(json.dumps(entities))
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    request = {"principal": 'User::"u"', "action": 'Action::"a"', "resource": 'Doc::"d"', "context": {}}
+    theirs = cedarpy.is_authorized(request, policies, json.dumps(entities))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        ours = engine.check(**request)
+    assert ours.allowed and theirs.allowed
+    assert sorted(ours.policies) == sorted(f"p.cedar:{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons)
+    assert len(ours.policies) == groups
