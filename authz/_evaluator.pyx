@@ -1292,7 +1292,7 @@ cdef class Generation:
 
     cdef bint uid_in(self, Uid a, Uid b) except -1:
         if a.idx >= 0 and b.idx >= 0:
-            return a.idx == b.idx or self.has_ancestor_at(a.rec, b.idx)
+            return self.uid_matches(a, b.idx)
         return a.type == b.type and a.id == b.id
 
     # -- scopes, candidates, decisions --

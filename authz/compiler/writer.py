@@ -130,7 +130,6 @@ class _Blob:
         return self.add(_list_bytes(items)) if items else 0
 
 
-
 def encode_block(mapping, symbols):
     """An attrs/tags block: u32 count, then per entry u32 key (its string index), u32 value length, value
     (b"" when empty)."""
