@@ -238,3 +238,67 @@ def test_envoy_decode_declines_what_protobuf_handles():
     assert decode_envoy_check(meta.SerializeToString(), 10) is None
     bad_utf8 = b"\x0a\x07\x22\x05\x12\x03\x12\x01\xff"  # attributes.request.http.method = b"\xff"
     assert decode_envoy_check(bad_utf8, 10) is None
+
+
+# -- damaged bytes ----------------------------------------------------------------------------------
+# The decoders read untrusted bytes. Whatever they are given (a valid message cut short, bytes
+# flipped, inserted or deleted, or noise), they must not crash, and when they answer at all,
+# protobuf must accept the same bytes and the protobuf path must make the same of them.
+
+
+@st.composite
+def damaged(draw, data: bytes) -> bytes:
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["cut", "flip", "insert", "delete"]))
+        i = draw(st.integers(0, len(data)))
+        if op == "cut":
+            data = data[:i]
+        elif op == "flip" and i < len(data):
+            data = data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1:]
+        elif op == "insert":
+            data = data[:i] + draw(st.binary(min_size=1, max_size=6)) + data[i:]
+        elif op == "delete":
+            data = data[:i] + data[i + draw(st.integers(1, 4)):]
+    return data
+
+
+def parsed_or_none(message_type, data: bytes):
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except Exception:
+        return None
+    return message
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(check_requests().map(lambda r: r.SerializeToString()).flatmap(damaged), st.binary(max_size=64)))
+def test_envoy_decode_of_damaged_bytes_declines_or_agrees(data):
+    limits = Limits(max_headers=3)
+    view = decode_envoy_check(data, limits.max_headers)
+    if view is not None:
+        message = parsed_or_none(external_auth_pb2.CheckRequest, data)
+        assert message is not None, "accepted bytes that protobuf rejects"
+        assert view == check_view(message, limits)
+
+
+def _batches():
+    contexts = st.lists(st.dictionaries(st.text(max_size=4), _values, max_size=3), min_size=1, max_size=3)
+
+    def build(ctxs):
+        msg = pb.BatchCheckRequest(principal=uid("Agent", "a"), action=uid("Action", "x"), resource=uid("T", "t"))
+        for ctx in ctxs:
+            msg.items.add(context=struct(ctx), resource=uid("T", "u"))
+        return msg.SerializeToString()
+
+    return contexts.map(build)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_batches().flatmap(damaged), st.binary(max_size=64)))
+def test_batch_decode_of_damaged_bytes_declines_or_agrees(data):
+    decoded = decode_batch_check(data, DEPTH, False)
+    if decoded is not None:
+        message = parsed_or_none(pb.BatchCheckRequest, data)
+        assert message is not None, "accepted bytes that protobuf rejects"
+        assert decoded[2] == slow_requests(message, False)
