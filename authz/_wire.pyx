@@ -646,7 +646,9 @@ def decode_envoy_check(bytes data, Py_ssize_t max_headers):
     """A serialized ext_authz v3 CheckRequest -> (method, path, host, scheme, headers, number of
     headers, header bytes, body, source, destination, context_extensions), the parts the Envoy
     mapping reads (authz.server.envoy.check_view gives the same from a message), or None for the
-    protobuf path. `header bytes` is the HttpRequest's encoded size less its body; with more than
+    protobuf path. `header bytes` is the HttpRequest's size on the wire less its body: what
+    protobuf's ByteSize() gives for the parsed message unless a field appears more than once (protobuf
+    keeps the last, the wire holds each), so the limit on it is never looser here. With more than
     `max_headers` headers the answer is None (the protobuf path refuses the request)."""
     try:
         return _decode_envoy_check(data, max_headers)

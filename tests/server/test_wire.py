@@ -279,7 +279,11 @@ def test_envoy_decode_of_damaged_bytes_declines_or_agrees(data):
     if view is not None:
         message = parsed_or_none(external_auth_pb2.CheckRequest, data)
         assert message is not None, "accepted bytes that protobuf rejects"
-        assert view == check_view(message, limits)
+        reference = check_view(message, limits)
+        # Header bytes (6) count the wire, where a repeated field counts each time; protobuf's size
+        # counts the value it kept. The wire's is never the smaller, so its limit is never looser.
+        assert view[:6] + view[7:] == reference[:6] + reference[7:]
+        assert view[6] >= reference[6]
 
 
 def _batches():
