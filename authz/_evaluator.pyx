@@ -110,6 +110,11 @@ cdef inline uint64_t uid_hash(const unsigned char* t, Py_ssize_t tn, const unsig
     return fnv1a(i, inn, h)
 
 
+cdef inline bint implied_by_pair(uint8_t op) noexcept:
+    """A principal/resource scope that holds for every policy found under a request's key pair."""
+    return op == S_IN or op == S_IS
+
+
 cdef inline uint64_t pair_hash_c(uint32_t pk, uint32_t rk) noexcept nogil:
     cdef uint64_t h = (<uint64_t>pk * 0x9E3779B97F4A7C15ULL) ^ (<uint64_t>rk * 0xC2B2AE3D27D4EB4FULL)
     return h ^ (h >> 29)
@@ -1448,9 +1453,10 @@ cdef class Generation:
             n = self.add_list(lists[k], out, n, cap, False)
         return n
 
-    cdef int collect(self, Request r, uint32_t* out, int cap) except -1:
+    cdef int collect(self, Request r, uint32_t* out, int cap, int* n_pairs) except -1:
         """The candidate policies of a request (their body offsets, each once); returns how many there are,
-        even past `cap`."""
+        even past `cap`. The first `n_pairs[0]` came from the pair index: their principal and resource
+        scopes of `in` and `is` hold already (see `evaluate`)."""
         cdef IndexKey* pkeys
         cdef IndexKey* rkeys
         cdef uint64_t pmask, pbit
@@ -1464,7 +1470,7 @@ cdef class Generation:
             self.stamp = 1
         pkeys = self.index_keys(r.principal, KEY_IS_PRINCIPAL, &np)
         rkeys = self.index_keys(r.resource, KEY_IS_RESOURCE, &nr)
-        n = self.add_list(self.all_list_off, out, 0, cap, False)
+        n = 0
         # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
         # is probed only if both keys' partner masks admit it (most pairs are not in the index).
         # The admitted pairs are probed PROBE_BATCH at a time, in three passes (prefetch their slots,
@@ -1487,6 +1493,8 @@ cdef class Generation:
                         prefetch(self.base + self.pair_hash_off
                                  + 12 * <Py_ssize_t>(pair_hash_c(pkeys[i].key, rkeys[j].key) & (self.pair_hash_size - 1)))
         n = self.add_pair_lists(probe_pk, probe_rk, n_probes, out, n, cap)
+        n_pairs[0] = n
+        n = self.add_list(self.all_list_off, out, n, cap, False)
         # Policies constrained by their action only.
         if r.action.idx >= 0:
             n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
@@ -1527,12 +1535,13 @@ cdef class Generation:
     cdef Decision decide(self, Request r):
         cdef uint32_t stack_buf[2 * STACK_CANDIDATES]
         cdef uint32_t* cands = stack_buf
-        cdef int n = self.collect(r, cands, STACK_CANDIDATES)
+        cdef int n_pairs
+        cdef int n = self.collect(r, cands, STACK_CANDIDATES, &n_pairs)
         if n > STACK_CANDIDATES:
             cands = <uint32_t*>malloc(2 * n * sizeof(uint32_t))
             if cands == NULL:
                 raise MemoryError()
-            self.collect(r, cands, n)
+            self.collect(r, cands, n, &n_pairs)
         # Let the candidates' bodies and the request entities' attributes come in together.
         cdef int i
         for i in range(min(n, PREFETCH_CANDIDATES)):
@@ -1540,13 +1549,19 @@ cdef class Generation:
         self.prefetch_parts(r.principal)
         self.prefetch_parts(r.resource)
         try:
-            return self.evaluate(r, cands, cands + n, n)
+            return self.evaluate(r, cands, cands + n, n, n_pairs)
         finally:
             if cands != stack_buf:
                 free(cands)
 
-    cdef Decision evaluate(self, Request r, uint32_t* cands, uint32_t* satisfied, int n):
-        """Cedar's authorizer: forbids win, then permits, default deny; errored policies are skipped."""
+    cdef Decision evaluate(self, Request r, uint32_t* cands, uint32_t* satisfied, int n, int n_pairs):
+        """Cedar's authorizer: forbids win, then permits, default deny; errored policies are skipped.
+
+        The first `n_pairs` candidates were found under one of the request's (principal, resource) key
+        pairs, and each policy is filed under its own scopes' keys alone (`file_policies`): for them a
+        principal or resource scope `in E` (key E: the uid is E or has E as an ancestor) or `is T`
+        (key: the uid's type) holds already, and is skipped. `== E` is still tested (E's key is also
+        reached from E's descendants), and so is the type of `is T in E`."""
         cdef list errors = None
         cdef Py_ssize_t pos
         cdef uint32_t p, cond_len
@@ -1561,8 +1576,9 @@ cdef class Generation:
                 raise IndexFormatError("policy index out of range")
             effect = self.u8(pos + 4)
             pos += 5
-            # Unconstrained scopes (S_ALL) are skipped here, without a call (scope() checks bounds).
-            if pos < self.size and self.base[pos] == S_ALL:
+            # Unconstrained scopes (S_ALL), and the implied ones of pair candidates, are skipped here,
+            # without a call (scope() checks bounds).
+            if pos < self.size and (self.base[pos] == S_ALL or (i < n_pairs and implied_by_pair(self.base[pos]))):
                 pos += 9
             elif not self.scope(&pos, r.principal):
                 continue
@@ -1570,7 +1586,7 @@ cdef class Generation:
                 pos += 9
             elif not self.scope(&pos, r.action):
                 continue
-            if pos < self.size and self.base[pos] == S_ALL:
+            if pos < self.size and (self.base[pos] == S_ALL or (i < n_pairs and implied_by_pair(self.base[pos]))):
                 pos += 9
             elif not self.scope(&pos, r.resource):
                 continue
