@@ -225,3 +225,43 @@ def test_more_index_pairs_than_one_probe_batch(tmp_path):
     assert ours.allowed and theirs.allowed
     assert sorted(ours.policies) == sorted(f"p.cedar:{int(r[len('policy'):])}" for r in theirs.diagnostics.reasons)
     assert len(ours.policies) == groups
+
+
+def test_scopes_a_pair_key_proves_and_those_it_does_not(tmp_path):
+    # A policy found under a (principal, resource) key pair skips `in E` and `is T` (the key proves
+    # them) but still tests `== E` (E's key is reached from E's members too) and the type of
+    # `is T in E`. Every scope form, against members, non-members, E itself and other types.
+    policies = "\n".join([
+        '@id("eq-group") permit(principal == Group::"g", action, resource == Tool::"t");',
+        '@id("in-group") permit(principal in Group::"g", action, resource == Tool::"t");',
+        '@id("is-agent") permit(principal is Agent, action, resource in Folder::"f");',
+        '@id("is-agent-in-g") forbid(principal is Agent in Group::"g", action, resource == Tool::"x");',
+        '@id("eq-folder") permit(principal in Group::"g", action, resource == Folder::"f");',
+        '@id("user-in-f") permit(principal is User, action, resource is Doc in Folder::"f");',
+        '@id("any-x") permit(principal, action, resource == Tool::"x");',
+    ])
+    entities = [
+        {"uid": {"type": "Agent", "id": "a"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]},
+        {"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]},
+        {"uid": {"type": "Agent", "id": "out"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]},
+        {"uid": {"type": "Tool", "id": "in-f"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]},
+    ]
+    (tmp_path / "p.cedar").write_text(policies)
+    (tmp_path / "entities.json").write_text(json.dumps(entities))
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    principals = ['Agent::"a"', 'User::"u"', 'Agent::"out"', 'Group::"g"', 'Agent::"unknown"']
+    resources = ['Tool::"t"', 'Tool::"x"', 'Doc::"d"', 'Tool::"in-f"', 'Folder::"f"', 'Doc::"elsewhere"']
+    seen = set()
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        for principal in principals:
+            for resource in resources:
+                request = {"principal": principal, "action": 'Action::"a"', "resource": resource, "context": {}}
+                ours = engine.check(**request)
+                theirs = cedarpy.is_authorized(request, policies, json.dumps(entities))
+                assert ours.allowed == theirs.allowed, request
+                ids = [line.split('"')[1] for line in policies.splitlines()]  # cedarpy names them policyN
+                assert sorted(ours.policies) == sorted(ids[int(r[len("policy"):])] for r in theirs.diagnostics.reasons)
+                seen.update(ours.policies)
+    assert seen == {"eq-group", "in-group", "is-agent", "is-agent-in-g", "eq-folder", "user-in-f", "any-x"}
