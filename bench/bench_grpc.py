@@ -9,7 +9,8 @@ jobs on a shared machine disturb far less than throughput):
   1. ext_authz Check throughput: a no-op Authorization server on the same grpc.aio stack
      (same options, same worker count, same SO_REUSEPORT spawn pattern) vs `authz serve`,
      with 1 and 2 workers. Load: h2load (Debian `nghttp2-client`) replaying one gRPC frame.
-  2. authz.v1 BatchCheck of 100 items: decisions/s with 1 worker.
+  2. authz.v1 BatchCheck of 100 items: decisions/s with 1 worker (with the decision log, without
+     it, and with the log and the Prometheus endpoint on, as a production server runs).
   3. Envoy (direct_response upstream) without ext_authz vs with ext_authz -> authz (1 worker),
      load from wrk (Debian `wrk`): saturating throughput, and added p50/p99 latency at a
      moderate paced load (wrk Lua `delay`).
@@ -164,9 +165,10 @@ class Floor:
 class Authz:
     """`authz serve` (python -m authz.server) with the bench policies, or the bundled examples."""
 
-    def __init__(self, tmp, workers, decision_log=True, bench_policies=True):
+    def __init__(self, tmp, workers, decision_log=True, bench_policies=True, metrics=False):
         self.tmp, self.workers, self.decision_log = tmp, workers, decision_log
         self.bench_policies = bench_policies
+        self.metrics = metrics
 
     def __enter__(self):
         args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", str(self.workers),
@@ -179,6 +181,8 @@ class Authz:
             args += ["--policies", str(pol)]
         if not self.decision_log:
             args += ["--decision-log", ""]
+        if self.metrics:
+            args += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         line = self.proc.stdout.readline().decode()
@@ -419,13 +423,13 @@ def main():
             rows.append((f"{label}: worker CPU per request (µs; ratio = floor/authz)", f"{floor_cpu:,.0f}",
                          f"{authz_cpu:,.0f}", f"{floor_cpu / authz_cpu:.0%}"))
 
-        for log in (True, False):
-            sub = tmp / f"batch-{log}"
+        for log, metrics in ((True, False), (False, False), (True, True)):
+            sub = tmp / f"batch-{log}-{metrics}"
             sub.mkdir()
-            with Floor(1) as floor, Authz(sub, 1, decision_log=log) as server:
+            with Floor(1) as floor, Authz(sub, 1, decision_log=log, metrics=metrics) as server:
                 floor_rps, batch_rps, ratio, floor_cpu, authz_cpu = interleaved(
                     floor, server, batch_path, batch_body, duration, rounds, 2, 4)
-            label = f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'}"
+            label = f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'}{', metrics on' if metrics else ''}"
             rows.append((f"{label} (decisions/s)", f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}",
                          ratio_text(ratio)))
             rows.append((f"{label}: worker CPU per decision (µs; ratio = floor/authz)", f"{floor_cpu / 100:,.1f}",

@@ -227,18 +227,34 @@ class Decider:
         first = self._seq + 1
         self._seq += len(results)
         if self.metrics.enabled:
-            per_item_s = latency_ns / n / 1e9 if n else 0.0
-            for d in results:
-                if type(d) is tuple:
-                    self.metrics.request_error(api, d[0])
-                    self.metrics.decision(api, DENY, per_item_s)
-                else:
-                    self.metrics.decision(api, ALLOW if d.allowed else DENY, per_item_s)
+            self._count(api, results, latency_ns / n / 1e9 if n else 0.0)
         if self.decision_log is not None and results:
             # INVARIANT (DecisionBatch): nothing changes requests or results after this.
             self.decision_log.record_batch(api, latency_ns, generation,
                                            DecisionBatch(self._prefix, first, requests, results))
         return results, first, generation
+
+    def _count(self, api: str, results: list, per_item_s: float) -> None:
+        """The metrics of a decided batch: one update per outcome (and error code), not per item."""
+        allowed = denied = 0
+        errors = None
+        for d in results:
+            if type(d) is tuple:
+                denied += 1
+                if errors is None:
+                    errors = {}
+                errors[d[0]] = errors.get(d[0], 0) + 1
+            elif d.allowed:
+                allowed += 1
+            else:
+                denied += 1
+        if allowed:
+            self.metrics.decisions(api, ALLOW, allowed, per_item_s)
+        if denied:
+            self.metrics.decisions(api, DENY, denied, per_item_s)
+        if errors:
+            for code, count in errors.items():
+                self.metrics.request_error(api, code, count)
 
     @property
     def id_prefix(self) -> str:

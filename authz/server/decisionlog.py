@@ -52,7 +52,7 @@ class DecisionLog:
     Every `flush_interval_s` the queued events are formatted and written in chunks with one
     O_APPEND write each, so several worker processes can share one file without interleaving
     lines. When the queue holds `max_queue` events new ones are dropped and counted
-    (`dropped`) rather than growing memory.
+    (`dropped`, and `on_drop(count)` if given) rather than growing memory.
 
     With `loop` (a server worker's asyncio loop) the events are formatted on that loop, every
     `flush_interval_s` or on its next turn once 256 events wait (the responses are on their way by
@@ -222,8 +222,7 @@ class DecisionLog:
         """Count events dropped before formatting (called by the recording thread, or the loop's)."""
         self._dropped_unwritten += lines
         if self._on_drop is not None:
-            for _ in range(lines):
-                self._on_drop()
+            self._on_drop(lines)
 
     _second = -1
     _second_text = ""

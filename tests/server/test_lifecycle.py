@@ -72,9 +72,19 @@ def test_metrics_decision_log_and_sigterm_drain(tmp_path, policies_dir):
         with grpc.insecure_channel(server.address) as ch:
             stub = pbg.AuthorizerStub(ch)
             denied = stub.Check(pb.CheckRequest(**{**CALL, "resource": pb.EntityUid(type="Tool", id="rm")}))
+            # A batch is counted per item, in one update per outcome: 2 allows, a deny, a malformed item.
+            batch = stub.BatchCheck(pb.BatchCheckRequest(
+                action=CALL["action"], principal=CALL["principal"],
+                items=[pb.BatchCheckItem(resource=pb.EntityUid(type="Tool", id=t)) for t in ("t", "rm", "t")]
+                + [pb.BatchCheckItem(principal=pb.EntityUid(type="", id="x"), resource=CALL["resource"])]))
+            assert [r.decision for r in batch.results] == [pb.DECISION_ALLOW, pb.DECISION_DENY,
+                                                           pb.DECISION_ALLOW, pb.DECISION_DENY]
         text = _metrics(metrics_port)
-        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="allow"}') == 10
-        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="deny"}') == 1
+        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="allow"}') == 12
+        assert _metric_value(text, 'authz_decisions_total{api="v1",decision="deny"}') == 3
+        assert _metric_value(text, 'authz_request_errors_total{api="v1",code="request_parse_error"}') == 1
+        assert _metric_value(text, 'authz_decision_latency_seconds_count{api="v1"}') == 15
+        assert _metric_value(text, 'authz_decision_latency_seconds_bucket{api="v1",le="+Inf"}') == 15
         assert _metric_value(text, "authz_index_generation") == 1
         assert _metric_value(text, "authz_worker_generation") == 1
         assert 'authz_decision_latency_seconds_bucket{api="v1",le="0.001"}' in text

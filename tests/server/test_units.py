@@ -175,12 +175,12 @@ def test_from_json_depth_bound():
 def test_decision_log_writes_and_drops(tmp_path):
     path = tmp_path / "d" / "log.jsonl"
     drops = []
-    log = DecisionLog(str(path), max_queue=3, flush_interval_s=3600, on_drop=lambda: drops.append(1))
+    log = DecisionLog(str(path), max_queue=3, flush_interval_s=3600, on_drop=drops.append)
     uid = {"type": "Agent", "id": 'a"1'}
     for i in range(5):
         log.record(f"id{i}", "v1", uid, {"type": "Action", "id": "x"}, {"type": "Tool", "id": "t"}, "deny",
                    ["p"], [{"policy": "q", "message": "m"}], 1500, 7, None)
-    assert log.dropped == 2 and len(drops) == 2
+    assert log.dropped == 2 and sum(drops) == 2
     log.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["decision_id"] for x in lines] == ["id0", "id1", "id2"]
@@ -191,14 +191,14 @@ def test_decision_log_writes_and_drops(tmp_path):
 def test_decision_log_batch_shares_fields_and_drops_past_the_bound(tmp_path):
     path = tmp_path / "log.jsonl"
     drops = []
-    log = DecisionLog(str(path), max_queue=4, flush_interval_s=3600, on_drop=lambda: drops.append(1))
+    log = DecisionLog(str(path), max_queue=4, flush_interval_s=3600, on_drop=drops.append)
     agent, act = {"type": "Agent", "id": "a"}, {"type": "Action", "id": "call"}
     events = [(f"d{i}", agent, act, {"type": "Tool", "id": f"t{i}"}, "allow", [f"p{i}"], [], None, None)
               for i in range(3)]
     log.record_batch("v1", 2_050, 9, events)
     log.record_batch("v1", 100, 9, [("d3", agent, act, None, "deny", [], [], "request_parse_error", None),
                                     ("d4", agent, act, None, "deny", [], [], "request_parse_error", None)])
-    assert log.dropped == 1 and len(drops) == 1  # room for one of the second batch's two
+    assert log.dropped == 1 and drops == [1]  # room for one of the second batch's two
     log.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["decision_id"] for x in lines] == ["d0", "d1", "d2", "d3"]
@@ -316,3 +316,32 @@ def test_decision_log_on_an_event_loop_formats_there_and_bounds_what_waits(tmp_p
 
     log = asyncio.run(bounded())
     assert log.dropped == 1 and log.written == 0
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [0.0, 1e-5, 3e-5, 0.003, 0.1, 0.2, 7.0])
+def test_observe_many_records_what_observe_does(amount):
+    # observe_many() writes prometheus-client's histogram internals directly; it must leave the
+    # histogram exactly as `count` calls of observe() do, whatever the bucket.
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from authz.server.metrics import LATENCY_BUCKETS, observe_many
+
+    def exposition(record):
+        registry = CollectorRegistry()
+        h = Histogram("h", "h", ["api"], buckets=LATENCY_BUCKETS, registry=registry)
+        record(h.labels("v1"))
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    def one_by_one(child):
+        for _ in range(5):
+            child.observe(amount)
+        child.observe(0.004)
+
+    def many(child):
+        observe_many(child, amount, 5)
+        observe_many(child, 0.004, 1)
+
+    assert exposition(many) == exposition(one_by_one)
