@@ -125,7 +125,7 @@ def observe_many(histogram, amount: float, count: int) -> None:
     record them, in one update of its sum and of one bucket (prometheus-client keeps them in
     `_sum`, `_buckets` and `_upper_bounds`; tests/server/test_units.py checks the result against
     observe())."""
-    if count == 1 or not hasattr(histogram, "_buckets"):
+    if count == 1 or amount != amount or not hasattr(histogram, "_buckets"):  # (NaN: no bucket)
         for _ in range(count):
             histogram.observe(amount)
         return

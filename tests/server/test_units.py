@@ -321,7 +321,7 @@ def test_decision_log_on_an_event_loop_formats_there_and_bounds_what_waits(tmp_p
 # -- metrics ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("amount", [0.0, 1e-5, 3e-5, 0.003, 0.1, 0.2, 7.0])
+@pytest.mark.parametrize("amount", [0.0, 1e-5, 3e-5, 0.003, 0.1, 0.2, 7.0, float("nan")])
 def test_observe_many_records_what_observe_does(amount):
     # observe_many() writes prometheus-client's histogram internals directly; it must leave the
     # histogram exactly as `count` calls of observe() do, whatever the bucket.
