@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 
 import grpc
 
@@ -26,6 +27,7 @@ PERMIT_ON_FIRST_PERMIT = authz_pb2.EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT
 _SEMANTICS = {authz_pb2.EVALUATION_SEMANTIC_UNSPECIFIED, EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT}
 # Deny codes a response gives as its reason only: token and identity failures are not request errors.
 _PLAIN_CODES = frozenset(TOKEN_REASONS | IDENTITY_REASONS)
+_PRINCIPAL = operator.itemgetter("principal")  # of a decoded item
 
 
 def _uid(msg, field: str) -> dict:
@@ -192,7 +194,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         token = self.tokens.v1_token(context) if self.tokens is not None else None
         caller = self._caller(context, token)
         principal_optional = token is not None or caller is not None
-        if requests is not None and not principal_optional and any(r["principal"] is None for r in requests):
+        if requests is not None and not principal_optional and None in map(_PRINCIPAL, requests):
             requests = None  # the protobuf path names the missing principal
         if requests is None:
             if type(request) is bytes:

@@ -201,12 +201,15 @@ class Decider:
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         results: list = [None] * n
-        valid = []
-        for i, r in enumerate(requests):
-            if type(r) is Invalid:
-                results[i] = (r.code, r.message, r.field)
-            else:
-                valid.append(i)
+        if Invalid in map(type, requests):
+            valid = []
+            for i, r in enumerate(requests):
+                if type(r) is Invalid:
+                    results[i] = (r.code, r.message, r.field)
+                else:
+                    valid.append(i)
+        else:  # the common case, found without a Python loop: every item is a request
+            valid = range(n)
         if valid:
             engine = self.engine  # INVARIANT: opened by the worker's background task, never on the request path
             if engine is None:
@@ -268,6 +271,9 @@ class Decider:
                 r = requests[valid[0]]
                 results[valid[0]] = engine.check(principal=r["principal"], action=r["action"],
                                                  resource=r["resource"], context=r.get("context") or {})
+                return
+            if len(valid) == len(requests):
+                results[:] = engine.check_batch(requests)
                 return
             decisions = engine.check_batch([requests[i] for i in valid])
             for i, d in zip(valid, decisions):
