@@ -652,10 +652,8 @@ cdef class Request:
 @cython.no_gc
 @cython.freelist(1024)
 cdef class Decision:
-    """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`."""
-    cdef readonly bint allowed
-    cdef readonly list policies
-    cdef list _errors   # None when no policy errored: the empty list is made only if someone asks
+    """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`.
+    Its fields are declared in _evaluator.pxd."""
 
     @property
     def errors(self):

@@ -9,6 +9,7 @@ same JSON either way.
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset, strlen
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
+from authz._evaluator cimport Decision
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport floor
@@ -332,6 +333,7 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
     buf_init(&b)
     cdef Py_ssize_t i, mark
     cdef dict r
+    cdef Decision dd
     cdef UidSlot memo[3]  # principal, action, resource: items of a batch share these objects
     memset(memo, 0, sizeof(memo))
     try:
@@ -339,17 +341,18 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
             mark = b.n
             d = results[i]
             req = requests[i]
-            if type(req) is dict and type(d) is not tuple:
+            if type(req) is dict and type(d) is Decision:
                 r = <dict>req
+                dd = <Decision>d
                 ctx = r.get("context")
                 p, a, res = r.get("principal"), r.get("action"), r.get("resource")
                 # (a uid in a memo slot was checked when it was written)
                 if (not ctx or "delegation" not in ctx) and (<void*>p == memo[0].uid or plain_uid(p)) \
                         and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) \
-                        and plain_strings(d.policies):
+                        and plain_strings(dd.policies):
                     try:
-                        put_line(&b, None, prefix, first + i, &f, p, a, res, "allow" if d.allowed else "deny",
-                                 d.policies, d.errors, None, memo)
+                        put_line(&b, None, prefix, first + i, &f, p, a, res, "allow" if dd.allowed else "deny",
+                                 dd.policies, dd._errors, None, memo)
                         continue
                     except UnicodeEncodeError:
                         b.n = mark

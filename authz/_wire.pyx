@@ -19,6 +19,7 @@ from libc.string cimport memcmp, memcpy
 from libc.stdlib cimport calloc, free
 from libc.math cimport floor
 from authz._buf cimport Buf, buf_free, buf_init, put, reserve
+from authz._evaluator cimport Decision
 from authz._hash cimport bytes_hash
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
@@ -484,6 +485,11 @@ cdef int encode_result(Buf* b, object result, str decision_id, uint64_t generati
         policies = []
         errors = ()
         reason = code
+    elif type(result) is Decision:  # the engine's (fields read in C)
+        allowed = (<Decision>result).allowed
+        policies = (<Decision>result).policies
+        errors = (<Decision>result)._errors or ()
+        reason = "" if allowed else ("forbidden_by_policy" if policies else "no_permitting_policy")
     else:
         allowed = result.allowed
         policies = result.policies
