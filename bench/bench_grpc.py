@@ -165,10 +165,11 @@ class Floor:
 class Authz:
     """`authz serve` (python -m authz.server) with the bench policies, or the bundled examples."""
 
-    def __init__(self, tmp, workers, decision_log=True, bench_policies=True, metrics=False):
+    def __init__(self, tmp, workers, decision_log=True, bench_policies=True, metrics=False, root=ROOT):
         self.tmp, self.workers, self.decision_log = tmp, workers, decision_log
         self.bench_policies = bench_policies
         self.metrics = metrics
+        self.root = root  # the checkout whose authz is served
 
     def __enter__(self):
         args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", str(self.workers),
@@ -183,8 +184,10 @@ class Authz:
             args += ["--decision-log", ""]
         if self.metrics:
             args += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        env = dict(os.environ, PYTHONPATH=str(self.root))
+        # Run from the temporary folder: `python -m` puts the working directory first on sys.path,
+        # which would otherwise serve the checkout the bench was started from.
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
         line = self.proc.stdout.readline().decode()
         m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
         if not m:
