@@ -88,6 +88,20 @@ class IndexFormatError(Exception):
     """The mapped generation is not what the compiler writes (truncated or corrupted)."""
 
 
+# The wording of the Cedar errors that both evaluation paths report (Generation.ev and cv_error_message).
+cdef inline str no_entity_message(u):
+    return f"entity `{u!r}` does not exist"
+
+
+cdef inline str no_part_message(u, str what, str key):
+    """`what` is "attribute" or "tag"."""
+    return f"`{u!r}` does not have the {what} `{key}`"
+
+
+cdef inline str no_member_message(str key):
+    return f"record does not have the attribute `{key}`"
+
+
 class EvalError(Exception):
     """A Cedar evaluation error: the policy is skipped and reported."""
 
@@ -1015,10 +1029,10 @@ cdef class Generation:
     cdef object entity_value(self, Uid u, uint32_t key):
         """The attribute `key` (a string index) of entity `u`; errors as Cedar does."""
         if not self.is_entity(u):
-            raise EvalError(f"entity `{u!r}` does not exist")
+            raise EvalError(no_entity_message(u))
         cdef Py_ssize_t at = self.find_in_block(self.u32(u.rec + UID_ATTRS), key)
         if at < 0:
-            raise EvalError(f"`{u!r}` does not have the attribute `{self.string_at(key)}`")
+            raise EvalError(no_part_message(u, "attribute", self.string_at(key)))
         return self.decode(&at)
 
     cdef object tag_value(self, Uid u, str key, bint want_value):
@@ -1026,13 +1040,13 @@ cdef class Generation:
         cdef const char* kp = PyUnicode_AsUTF8AndSize(key, &kn)
         if not self.is_entity(u):
             if want_value:
-                raise EvalError(f"entity `{u!r}` does not exist")
+                raise EvalError(no_entity_message(u))
             return False
         cdef Py_ssize_t at = self.find_text_in_block(self.u32(u.rec + UID_TAGS), kp, kn)
         if not want_value:
             return at >= 0
         if at < 0:
-            raise EvalError(f"`{u!r}` does not have the tag `{key}`")
+            raise EvalError(no_part_message(u, "tag", key))
         return self.decode(&at)
 
     # -- expressions --
@@ -1081,7 +1095,7 @@ cdef class Generation:
             # r.context: the context as a Cedar record, when built or when the caller's is one (make_request).
             value = (r.raw_context if r.context is None else r.context).get(key, _MISSING)
             if value is _MISSING:
-                raise EvalError(f"record does not have the attribute `{key}`")
+                raise EvalError(no_member_message(key))
             return value if r.context is not None else to_value(self, value, 1)
         var = self.u8(pos[0] + 1) if self.u8(pos[0]) == OP_VAR else 3
         if var < 3:
@@ -1103,7 +1117,7 @@ cdef class Generation:
             if op == OP_HAS:
                 return key in <dict>left
             if key not in <dict>left:
-                raise EvalError(f"record does not have the attribute `{key}`")
+                raise EvalError(no_member_message(key))
             return (<dict>left)[key]
         type_error("entity or record", left)
 
@@ -1328,6 +1342,16 @@ cdef class Generation:
                     return True
             return False
         raise IndexFormatError(f"unknown scope operator {op}")
+
+    cdef inline bint skip_scope(self, Py_ssize_t* pos, bint from_pair) noexcept:
+        """Moves past the scope at pos[0] without a call when it needs no test: unconstrained (S_ALL), or
+        implied for a candidate from the pair index (see `evaluate`). False: scope() must test it (and
+        checks the bounds)."""
+        cdef Py_ssize_t at = pos[0]
+        if at < self.size and (self.base[at] == S_ALL or (from_pair and implied_by_pair(self.base[at]))):
+            pos[0] = at + 9
+            return True
+        return False
 
     cdef int add_list(self, Py_ssize_t lst, uint32_t* out, int n, int cap, bint dedupe) except -1:
         """Appends the policies of list `lst` (their body offsets) to out (up to cap; returns the count
@@ -1574,19 +1598,11 @@ cdef class Generation:
                 raise IndexFormatError("policy index out of range")
             effect = self.u8(pos + 4)
             pos += 5
-            # Unconstrained scopes (S_ALL), and the implied ones of pair candidates, are skipped here,
-            # without a call (scope() checks bounds).
-            if pos < self.size and (self.base[pos] == S_ALL or (i < n_pairs and implied_by_pair(self.base[pos]))):
-                pos += 9
-            elif not self.scope(&pos, r.principal):
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.principal)):
                 continue
-            if pos < self.size and self.base[pos] == S_ALL:
-                pos += 9
-            elif not self.scope(&pos, r.action):
+            if not (self.skip_scope(&pos, False) or self.scope(&pos, r.action)):
                 continue
-            if pos < self.size and (self.base[pos] == S_ALL or (i < n_pairs and implied_by_pair(self.base[pos]))):
-                pos += 9
-            elif not self.scope(&pos, r.resource):
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.resource)):
                 continue
             cond_len = self.u32(pos)
             pos += 4

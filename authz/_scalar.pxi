@@ -335,12 +335,11 @@ cdef inline int cv_error(CVal* out, int kind, int var, int64_t key) noexcept:
 cdef str cv_error_message(Generation g, Request r, CVal* err):
     """The message of an error cv_eval answered (2), worded as the general evaluator words it."""
     if err.kind == CV_ERR_NO_MEMBER:
-        return f"record does not have the attribute `{g.string_at(<uint32_t>err.i)}`"
+        return no_member_message(g.string_at(<uint32_t>err.i))
     u = request_var(r, <uint8_t>err.n)
     if err.kind == CV_ERR_NO_ENTITY:
-        return f"entity `{u!r}` does not exist"
-    what = "attribute" if err.kind == CV_ERR_NO_ATTR else "tag"
-    return f"`{u!r}` does not have the {what} `{g.string_at(<uint32_t>err.i)}`"
+        return no_entity_message(u)
+    return no_part_message(u, "attribute" if err.kind == CV_ERR_NO_ATTR else "tag", g.string_at(<uint32_t>err.i))
 
 
 cdef int cv_eval(Generation g, Py_ssize_t* pos, Request r, CVal* out, int depth) except -2:
