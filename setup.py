@@ -1,5 +1,5 @@
 """Builds the compiled extensions (Cython 3): authz._evaluator (the engine), authz._wire (authz.v1 BatchCheck
-on the wire) and authz._jsonl (decision log lines)."""
+and Envoy Check on the wire), authz._jsonl (decision log lines) and authz._envoy_map (the Envoy mapping)."""
 import os
 
 from Cython.Build import cythonize
@@ -20,7 +20,8 @@ setup(
     ext_modules=cythonize(
         [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"]),
          Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._jsonl", ["authz/_jsonl.pyx"], extra_compile_args=["-O2"])],
+         Extension("authz._jsonl", ["authz/_jsonl.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz._envoy_map", ["authz/_envoy_map.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),
     )

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""A growing byte buffer for the Cython writers (authz._wire, authz._jsonl): inline, no Python objects."""
+"""A growing byte buffer for the Cython writers (authz._wire, authz._jsonl), and the hex digits of decision
+ids: inline, no Python objects."""
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy
 
@@ -41,3 +42,15 @@ cdef inline int put(Buf* b, const char* p, Py_ssize_t n) except -1:
     memcpy(b.data + b.n, p, n)
     b.n += n
     return 0
+
+
+cdef inline int hex_seq(char* digits, unsigned long long seq) noexcept:
+    """`seq` as (at least) 10 lowercase hex digits, right-aligned in digits[16]: what f"{seq:010x}" gives
+    (the sequence part of a decision id). Returns how many digits."""
+    cdef const char* hexd = b"0123456789abcdef"
+    cdef int n = 0
+    while seq or n < 10:
+        digits[15 - n] = hexd[seq & 15]
+        seq >>= 4
+        n += 1
+    return n

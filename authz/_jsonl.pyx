@@ -8,7 +8,7 @@ same JSON either way.
 """
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset, strlen
-from authz._buf cimport Buf, buf_free, buf_init, put, reserve
+from authz._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
 from authz._evaluator cimport Decision
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
@@ -236,11 +236,7 @@ cdef bint plain_event(tuple ev):
 cdef int put_decision_id(Buf* b, str prefix, unsigned long long seq) except -1:
     """prefix + seq as (at least) 10 hex digits, a JSON string: what f"{prefix}{seq:010x}" gives."""
     cdef char digits[16]
-    cdef int n = 0
-    while seq or n < 10:
-        digits[15 - n] = HEX[seq & 15]
-        seq >>= 4
-        n += 1
+    cdef int n = hex_seq(digits, seq)
     cdef Py_ssize_t pn
     cdef const char* pp = PyUnicode_AsUTF8AndSize(prefix, &pn)
     put(b, b'"', 1)

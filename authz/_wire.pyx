@@ -18,7 +18,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy
 from libc.stdlib cimport calloc, free
 from libc.math cimport floor
-from authz._buf cimport Buf, buf_free, buf_init, put, reserve
+from authz._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
 from authz._evaluator cimport Decision
 from authz._hash cimport bytes_hash
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -472,13 +472,18 @@ cdef Py_ssize_t policy_error_size(dict e) except -1:
     return n
 
 
-cdef int encode_result(Buf* b, object result, str decision_id, uint64_t generation, frozenset plain_codes) except -1:
-    """One CheckResponse (as results[k] of the BatchCheckResponse): field 1 of the outer message."""
+cdef int encode_result(Buf* b, object result, const char* id_prefix, Py_ssize_t id_prefix_n, uint64_t seq,
+                       uint64_t generation, frozenset plain_codes) except -1:
+    """One CheckResponse (as results[k] of the BatchCheckResponse): field 1 of the outer message. Its
+    decision id is id_prefix followed by `seq` in hex (hex_seq)."""
     cdef bint allowed
     cdef list policies
     cdef object errors
     cdef str reason, code = None, message = "", field = ""
     cdef Py_ssize_t size = 0, esize
+    cdef char digits[16]
+    cdef int n_digits = hex_seq(digits, seq)
+    cdef Py_ssize_t id_n = id_prefix_n + n_digits
     if type(result) is tuple:
         code, message, field = result
         allowed = False
@@ -503,7 +508,7 @@ cdef int encode_result(Buf* b, object result, str decision_id, uint64_t generati
     for e in errors:
         esize = policy_error_size(<dict>e)
         size += 1 + varint_size(<uint64_t>esize) + esize
-    size += str_field_size(4, decision_id)
+    size += 1 + varint_size(<uint64_t>id_n) + id_n  # decision_id (field 4, never empty)
     if generation:
         size += 1 + varint_size(generation)
     if request_error:
@@ -519,7 +524,10 @@ cdef int encode_result(Buf* b, object result, str decision_id, uint64_t generati
         begin_message(b, 3, policy_error_size(<dict>e))
         put_str_field(b, 1, (<dict>e).get("policy", ""))
         put_str_field(b, 2, (<dict>e).get("message", ""))
-    put_str_field(b, 4, decision_id)
+    put_varint(b, 0x22)
+    put_varint(b, <uint64_t>id_n)
+    put(b, id_prefix, id_prefix_n)
+    put(b, digits + 16 - n_digits, n_digits)
     if generation:
         put_varint(b, 0x28)
         put_varint(b, generation)
@@ -540,11 +548,12 @@ def encode_check_results(list results, str id_prefix, uint64_t first_seq, uint64
     reason only, without a request_error."""
     cdef Buf b
     buf_init(&b)
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, prefix_n
+    cdef const char* prefix = PyUnicode_AsUTF8AndSize(id_prefix, &prefix_n)
     try:
         reserve(&b, 64 * len(results) + 64)
         for k in range(len(results)):
-            encode_result(&b, results[k], f"{id_prefix}{first_seq + k:010x}", generation, plain_codes)
+            encode_result(&b, results[k], prefix, prefix_n, first_seq + k, generation, plain_codes)
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
         buf_free(&b)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 
+from authz._envoy_map import ANONYMOUS
 from authz.errors import IdentityError, RequestError
 from authz.identity import ALGORITHMS, FileKeySet, Issuer, JwtVerifier, parse_spiffe_id, spiffe_id_from_certificate
 from authz.identity.spiffe import check_trust_domain
@@ -22,7 +23,6 @@ from authz.server.records import from_json
 log = logging.getLogger("authz.server")
 
 PRINCIPAL_TYPE = "Agent"
-ANONYMOUS = {"type": "Anonymous", "id": "anonymous"}
 CHECK_AS = {"type": "Action", "id": "authz::CheckAs"}
 PRINCIPAL_NOT_ALLOWED = "principal_not_allowed"
 UNAUTHENTICATED = "unauthenticated"

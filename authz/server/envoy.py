@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import urllib.parse
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -19,47 +17,18 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from authz._envoy_map import Limits, MappingError, map_view, parse_uid  # noqa: F401 - re-exported
 from authz._wire import decode_envoy_check
 from authz.errors import IdentityError
 from authz.server.decider import Invalid
-from authz.server.records import from_json
 
 log = logging.getLogger("authz.server")
 
 API = "envoy"
 SERVICE = "envoy.service.auth.v3.Authorization"
 DECISION_HEADER = "x-authz-decision-id"
-ANONYMOUS = {"type": "Anonymous", "id": "anonymous"}
-_UID = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"((?:[^"\\]|\\.)*)"$')
 _PERMISSION_DENIED = 7
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
-
-class Limits:
-    """Bounds on what one CheckRequest may carry."""
-
-    __slots__ = ("max_headers", "max_header_bytes", "max_batch_size", "max_context_depth")
-
-    def __init__(self, max_headers=256, max_header_bytes=64 * 1024, max_batch_size=1000, max_context_depth=32):
-        self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
-        self.max_batch_size, self.max_context_depth = max_batch_size, max_context_depth
-
-
-class MappingError(Exception):
-    """The CheckRequest cannot be mapped; `code` is the deny reason."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def parse_uid(text: str, default_type: str) -> dict:
-    """`Type::"id"` as {type, id}; a bare string is an id of `default_type`."""
-    m = _UID.match(text)
-    if m is None:
-        return {"type": default_type, "id": text}
-    raw = m.group(2)
-    return {"type": m.group(1), "id": json.loads(f'"{raw}"') if "\\" in raw else raw}
 
 
 def _peer(peer) -> dict:
@@ -91,121 +60,14 @@ def check_view(req, limits: Limits) -> tuple:
             _peer(attrs.destination), dict(attrs.context_extensions))
 
 
-def _query(query: str) -> dict:
-    out: dict = {}
-    for part in query.split("&"):
-        if not part:
-            continue
-        k, _, v = part.partition("=")
-        if "%" in part or "+" in part:
-            k = urllib.parse.unquote_plus(k)
-            v = urllib.parse.unquote_plus(v)
-        out[k] = f"{out[k]},{v}" if k in out else v
-    return out
-
-
-def _is_rpc(item) -> bool:
-    return isinstance(item, dict) and isinstance(item.get("method"), str)
-
-
-def _body_document(body: bytes, headers: dict):
-    """The parsed JSON body, or None when there is no JSON body; MappingError when it is JSON but broken."""
-    if not body:
-        return None
-    ctype = headers.get("content-type", "").lower()
-    looks_json = body.lstrip()[:1] in (b"{", b"[")
-    if not looks_json and "json" not in ctype:
-        return None
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        partial = headers.get("x-envoy-auth-partial-body") == "true"
-        raise MappingError("request_parse_error",
-                           "request body is truncated" if partial else "request body is not valid JSON") from None
-
-
 def map_check_request(req, limits: Limits) -> tuple[list, dict]:
     """Map a CheckRequest (a message, or check_view's tuple of its parts) to Cedar request dicts
-    (one, or one per JSON-RPC batch entry).
+    (one, or one per JSON-RPC batch entry) by the default mapping (authz._envoy_map).
 
     Returns (requests, summary) where summary holds principal/action/resource for logging a
     deny that happens before evaluation. Raises MappingError.
     """
-    view = req if type(req) is tuple else check_view(req, limits)
-    method, target, host, scheme, headers, n_headers, header_bytes, body, source, destination, extensions = view
-    if n_headers > limits.max_headers:
-        raise MappingError("request_too_large", f"more than {limits.max_headers} headers")
-    if header_bytes > limits.max_header_bytes:
-        raise MappingError("request_too_large", f"headers larger than {limits.max_header_bytes} bytes")
-    method = method or headers.get(":method", "")
-    target = target or headers.get(":path", "")
-    if not method:
-        raise MappingError("request_parse_error", "the request has no HTTP method")
-    if not target:
-        raise MappingError("request_parse_error", "the request has no path")
-    path, _, query = target.partition("?")
-    path = path.partition("#")[0]
-    query = query.partition("#")[0]
-    principal_text = source["principal"]
-    principal = {"type": "Agent", "id": principal_text} if principal_text else ANONYMOUS
-    action = {"type": "Action", "id": method}
-    resource = {"type": "Route", "id": path}
-    context = {
-        "http": {"method": method, "path": path, "host": host or headers.get(":authority", ""),
-                 "scheme": scheme, "query": _query(query) if query else {}, "headers": headers},
-        "source": source,
-        "destination": destination,
-        "extensions": extensions,
-    }
-    action_override = extensions.get("authz.action")
-    resource_override = extensions.get("authz.resource")
-    if action_override:
-        action = parse_uid(action_override, "Action")
-    if resource_override:
-        resource = parse_uid(resource_override, "Route")
-    summary = {"principal": principal, "action": action, "resource": resource}
-
-    doc = _body_document(body, headers)
-    if _is_rpc(doc):
-        entries = [doc]
-    elif isinstance(doc, list) and any(_is_rpc(x) for x in doc):
-        if len(doc) > limits.max_batch_size:
-            raise MappingError("request_too_large", f"JSON-RPC batch of more than {limits.max_batch_size} entries")
-        entries = doc
-    else:
-        return [{"principal": principal, "action": action, "resource": resource, "context": context}], summary
-
-    requests = []
-    for n, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise MappingError("request_parse_error", f"JSON-RPC batch entry {n} is not an object")
-        if not _is_rpc(entry):  # a JSON-RPC response travelling client -> server: plain HTTP mapping
-            requests.append({"principal": principal, "action": action, "resource": resource, "context": context})
-            continue
-        rpc_method = entry["method"]
-        params = entry.get("params")
-        mcp = {"method": rpc_method}
-        a = {"type": "Action", "id": rpc_method}
-        r = resource
-        if rpc_method == "tools/call":
-            name = params.get("name") if isinstance(params, dict) else None
-            if not isinstance(name, str) or not name:
-                raise MappingError("request_parse_error", "tools/call without a string `params.name`")
-            r = {"type": "Tool", "id": name}
-            mcp["tool"] = name
-            args = params.get("arguments")
-            mcp["arguments"] = from_json(args, limits.max_context_depth, "mcp.arguments") \
-                if isinstance(args, dict) else {}
-        elif isinstance(params, dict):
-            mcp["params"] = from_json(params, limits.max_context_depth, "mcp.params")
-        if action_override:
-            a = action
-        if resource_override:
-            r = resource
-        requests.append({"principal": principal, "action": a, "resource": r, "context": {**context, "mcp": mcp}})
-    first = requests[0]
-    summary = {"principal": principal, "action": first["action"], "resource": first["resource"]}
-    return requests, summary
+    return map_view(req if type(req) is tuple else check_view(req, limits), limits)
 
 
 def _header(key: str, value: str):

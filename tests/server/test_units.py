@@ -264,6 +264,13 @@ class _BrokenDecider:
         raise RuntimeError("injected failure")
 
 
+def test_decision_ids_are_the_prefix_then_at_least_ten_hex_digits():
+    from authz.server.decider import decision_id
+
+    for seq in (0, 1, 0xABCDEF, 2 ** 40 - 1, 2 ** 40, 2 ** 64 - 1):
+        assert decision_id("0123456789ab", seq) == f"0123456789ab{seq:010x}"
+
+
 def test_envoy_check_fails_closed_when_deciding_fails():
     from envoy.service.auth.v3 import external_auth_pb2
 
