@@ -317,6 +317,32 @@ def format_events(list events, double t, str api, long long latency_ns, unsigned
         buf_free(&b)
 
 
+cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, object req, object d,
+                      UidSlot* memo) except -1:
+    """The line of the decided request `req` (results `d`), with the decision id prefix + seq, if it is
+    a Decision on a request dict with plain uids and no task token in its context; False (nothing
+    written) for the fallback to write. `memo`: principal, action and resource slots that items of a
+    batch share."""
+    if type(req) is not dict or type(d) is not Decision:
+        return False
+    cdef dict r = <dict>req
+    cdef Decision dd = <Decision>d
+    cdef Py_ssize_t mark = b.n
+    ctx = r.get("context")
+    p, a, res = r.get("principal"), r.get("action"), r.get("resource")
+    # (a uid in a memo slot was checked when it was written)
+    if (not ctx or "delegation" not in ctx) and (<void*>p == memo[0].uid or plain_uid(p)) \
+            and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) and plain_strings(dd.policies):
+        try:
+            put_line(b, None, prefix, seq, f, p, a, res, "allow" if dd.allowed else "deny", dd.policies,
+                     dd._errors, None, memo)
+            return True
+        except UnicodeEncodeError:
+            b.n = mark
+            memset(memo, 0, 3 * sizeof(UidSlot))  # the text they point to is being overwritten
+    return False
+
+
 def format_decisions(str prefix, unsigned long long first, list requests, list results, double t, str api,
                      long long latency_ns, unsigned long long generation, object fallback):
     """format_events() of a decided batch, without event tuples: results[i] (an engine Decision, or a
@@ -327,33 +353,35 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
     batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b
     buf_init(&b)
-    cdef Py_ssize_t i, mark
-    cdef dict r
-    cdef Decision dd
+    cdef Py_ssize_t i
     cdef UidSlot memo[3]  # principal, action, resource: items of a batch share these objects
     memset(memo, 0, sizeof(memo))
     try:
         for i in range(len(results)):
-            mark = b.n
-            d = results[i]
-            req = requests[i]
-            if type(req) is dict and type(d) is Decision:
-                r = <dict>req
-                dd = <Decision>d
-                ctx = r.get("context")
-                p, a, res = r.get("principal"), r.get("action"), r.get("resource")
-                # (a uid in a memo slot was checked when it was written)
-                if (not ctx or "delegation" not in ctx) and (<void*>p == memo[0].uid or plain_uid(p)) \
-                        and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) \
-                        and plain_strings(dd.policies):
-                    try:
-                        put_line(&b, None, prefix, first + i, &f, p, a, res, "allow" if dd.allowed else "deny",
-                                 dd.policies, dd._errors, None, memo)
-                        continue
-                    except UnicodeEncodeError:
-                        b.n = mark
-                        memset(memo, 0, sizeof(memo))  # the text they point to is being overwritten
-            put_fallback(&b, fallback(i))
+            if not put_decided(&b, prefix, first + i, &f, requests[i], results[i], memo):
+                put_fallback(&b, fallback(i))
+        return PyBytes_FromStringAndSize(b.data, b.n)
+    finally:
+        buf_free(&b)
+
+
+def format_checks(str prefix, str api, list checks, object fallback):
+    """The lines of a run of requests decided one at a time (Envoy Checks), each its own batch: checks[k]
+    is (time, latency_ns, generation, seq, request, result), with the decision id prefix + seq.
+    `fallback(k)` gives the line of any check format_decisions would leave to its fallback."""
+    cdef Fields f
+    cdef Buf b
+    buf_init(&b)
+    cdef Py_ssize_t k
+    cdef tuple c
+    cdef UidSlot memo[3]  # (every check of the run is alive: a uid object's address is not reused meanwhile)
+    memset(memo, 0, sizeof(memo))
+    try:
+        for k in range(len(checks)):
+            c = <tuple>checks[k]
+            batch_fields(&f, c[0], api, c[1], c[2])
+            if not put_decided(&b, prefix, c[3], &f, c[4], c[5], memo):
+                put_fallback(&b, fallback(k))
         return PyBytes_FromStringAndSize(b.data, b.n)
     finally:
         buf_free(&b)

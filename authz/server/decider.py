@@ -172,8 +172,7 @@ class Decider:
         decision = ALLOW if o.allowed else DENY
         self.metrics.decision(api, decision, latency_ns / 1e9)
         if self.decision_log is not None:
-            self.decision_log.record_batch(api, latency_ns, generation,
-                                           DecisionBatch(self._prefix, self._seq, [request], [d]))
+            self.decision_log.record_check(api, latency_ns, generation, self._prefix, self._seq, request, d)
         return o
 
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:

@@ -1,10 +1,13 @@
 """authz._jsonl (the decision log's line writer) against the Python formatter it stands in for."""
+import functools
 import json
+import tempfile
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz._jsonl import format_decisions, format_events
+import authz
+from authz._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch, Invalid
 from authz.server.decisionlog import DecisionLog
 
@@ -74,7 +77,31 @@ _request = st.one_of(
                            "context": st.one_of(st.just({}), st.just({"delegation": {"chain": []},
                                                                      "token": {"jti": "j", "task": "t"}}))}),
     st.builds(lambda code, p: Invalid(code, "m", "f", p, None, None, None), st.sampled_from(["c1", "c2"]), _uid))
-_result = st.one_of(st.builds(FakeDecision, st.booleans(), st.lists(_text, max_size=2),
+
+
+@functools.lru_cache(maxsize=None)
+def _engine_decisions() -> tuple:
+    """Decisions made by a real engine (only those take authz._jsonl's C path): an allow, a deny by a
+    forbid, a default deny and a deny with a policy error; policy ids that need escaping."""
+    root = tempfile.mkdtemp(prefix="authz-jsonl-")
+    with open(f"{root}/p.cedar", "w") as f:
+        f.write('@id("permit \\"q\\"")\npermit(principal, action == Action::"call", resource);\n'
+                '@id("forbid\\nx")\nforbid(principal, action, resource == Tool::"x");\n'
+                '@id("errs")\npermit(principal, action == Action::"err", resource) when { principal.missing == 1 };\n')
+    with open(f"{root}/e.entities.json", "w") as f:
+        f.write('[{"uid": {"type": "Agent", "id": "a"}, "attrs": {}, "parents": []}]')
+    authz.compile([f"{root}/p.cedar", f"{root}/e.entities.json"], f"{root}/db")
+    with authz.Engine(f"{root}/db") as engine:
+        out = tuple(engine.check('Agent::"a"', f'Action::"{act}"', f'Tool::"{tool}"', {})
+                    for act, tool in (("call", "y"), ("call", "x"), ("other", "y"), ("err", "y")))
+    assert [(d.allowed, bool(d.policies), bool(d.errors)) for d in out] == [
+        (True, True, False), (False, True, False), (False, False, False), (False, False, True)]
+    return out
+
+
+_decision = st.integers(0, 3).map(lambda i: _engine_decisions()[i])
+_result = st.one_of(_decision,
+                    st.builds(FakeDecision, st.booleans(), st.lists(_text, max_size=2),
                               st.lists(st.fixed_dictionaries({"policy": _text, "message": _text}), max_size=1)),
                     st.tuples(st.sampled_from(["index_unavailable", "request_parse_error"]), _text, _text))
 
@@ -125,3 +152,72 @@ def test_batch_items_sharing_uid_objects(tmp_path_factory, items):
     fast, reference = _formatted_both_ways(tmp_path_factory, DecisionBatch("0a1b2c3d4e5f", 1, requests,
                                                                            [d for *_, d in items]))
     assert fast == reference
+
+
+_check = st.tuples(st.floats(0, 4e9), st.integers(0, 10 ** 13), st.integers(0, 2 ** 64 - 1), st.integers(0, 2 ** 44),
+                   _request, _decision)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_check, max_size=6), st.sampled_from(["envoy", 'a"b']))
+def test_check_run_same_json_as_its_events(tmp_path_factory, checks, api):
+    """format_checks (a run of single decisions, each with its own time, latency and generation) writes
+    what the Python formatter writes for each event."""
+    log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
+    prefix = "0a1b2c3d4e5f"
+
+    def python_line(k):
+        t, latency_ns, generation, seq, request, result = checks[k]
+        event = DecisionBatch(prefix, seq, [request], [result]).event(0)
+        return log._format_event(*log._batch_fields(t, api, latency_ns, generation), event)
+
+    try:
+        fast = format_checks(prefix, api, checks, python_line)
+        reference = "".join(python_line(k) for k in range(len(checks))).encode("utf-8", "replace")
+    finally:
+        log.close()
+    assert fast.count(b"\n") == len(checks)
+    assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
+
+
+def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
+    """Consecutive checks are one queued item; a batch recorded between them keeps its place in the file."""
+    import asyncio
+
+    allow, forbid, _, _ = _engine_decisions()
+    agent, call = {"type": "Agent", "id": "a"}, {"type": "Action", "id": "call"}
+    path = tmp_path / "d.jsonl"
+
+    def request(tool):
+        return {"principal": agent, "action": call, "resource": {"type": "Tool", "id": tool}, "context": {}}
+
+    async def main():
+        log = DecisionLog(str(path), flush_interval_s=3600, loop=asyncio.get_running_loop())
+        log.record_check("envoy", 1_000, 3, "p", 1, request("y"), allow)
+        log.record_check("envoy", 2_000, 3, "p", 2, request("x"), forbid)
+        assert len(log._queue) == 1
+        log.record_batch("v1", 3_000, 3, DecisionBatch("p", 3, [request("y")], [allow]))
+        log.record_check("envoy", 4_000, 4, "p", 4, request("y"), allow)
+        assert len(log._queue) == 3
+        log.close()
+
+    asyncio.run(main())
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(x["decision_id"], x["api"], x["decision"], x["latency_us"], x["generation"]) for x in lines] == [
+        ("p0000000001", "envoy", "allow", 1.0, 3), ("p0000000002", "envoy", "deny", 2.0, 3),
+        ("p0000000003", "v1", "allow", 3.0, 3), ("p0000000004", "envoy", "allow", 4.0, 4)]
+    assert lines[1]["policies"] == ["forbid\nx"] and lines[1]["resource"] == 'Tool::"x"'
+
+
+def test_record_check_counts_what_the_queue_has_no_room_for(tmp_path):
+    allow = _engine_decisions()[0]
+    dropped = []
+    log = DecisionLog(str(tmp_path / "d.jsonl"), max_queue=2, flush_interval_s=3600, on_drop=dropped.append)
+    r = {"principal": {"type": "Agent", "id": "a"}, "action": {"type": "Action", "id": "call"},
+         "resource": {"type": "Tool", "id": "y"}, "context": {}}
+    for seq in range(1, 5):
+        log.record_check("envoy", 1_000, 1, "p", seq, r, allow)
+    log.close()
+    assert log.dropped == 2 and dropped == [1, 1]
+    assert [json.loads(x)["decision_id"] for x in (tmp_path / "d.jsonl").read_text().splitlines()] == [
+        "p0000000001", "p0000000002"]
