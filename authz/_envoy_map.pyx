@@ -82,8 +82,7 @@ def map_view(tuple view, Limits limits):
     """Map the parts of a CheckRequest (method, path, host, scheme, headers, number of headers,
     header bytes, body, source, destination, context_extensions) to Cedar request dicts.
 
-    Returns (requests, summary) where summary holds principal/action/resource for logging a
-    deny that happens before evaluation. Raises MappingError.
+    Raises MappingError.
     """
     cdef str method, target, host, scheme, path, query, principal_text, rpc_method
     cdef dict headers, source, destination, extensions, context, principal, action, resource, mcp, a, r
@@ -119,7 +118,6 @@ def map_view(tuple view, Limits limits):
         action = parse_uid(action_override, "Action")
     if resource_override:
         resource = parse_uid(resource_override, "Route")
-    cdef dict summary = {"principal": principal, "action": action, "resource": resource}
 
     doc = body_document(body, headers)
     cdef list entries
@@ -130,7 +128,7 @@ def map_view(tuple view, Limits limits):
             raise MappingError("request_too_large", f"JSON-RPC batch of more than {limits.max_batch_size} entries")
         entries = <list>doc
     else:
-        return [{"principal": principal, "action": action, "resource": resource, "context": context}], summary
+        return [{"principal": principal, "action": action, "resource": resource, "context": context}]
 
     cdef list requests = []
     cdef Py_ssize_t n
@@ -161,6 +159,4 @@ def map_view(tuple view, Limits limits):
         if resource_override:
             r = resource
         requests.append({"principal": principal, "action": a, "resource": r, "context": {**context, "mcp": mcp}})
-    cdef dict first = requests[0]
-    summary = {"principal": principal, "action": first["action"], "resource": first["resource"]}
-    return requests, summary
+    return requests

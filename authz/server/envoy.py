@@ -60,12 +60,11 @@ def check_view(req, limits: Limits) -> tuple:
             _peer(attrs.destination), dict(attrs.context_extensions))
 
 
-def map_check_request(req, limits: Limits) -> tuple[list, dict]:
+def map_check_request(req, limits: Limits) -> list:
     """Map a CheckRequest (a message, or check_view's tuple of its parts) to Cedar request dicts
     (one, or one per JSON-RPC batch entry) by the default mapping (authz._envoy_map).
 
-    Returns (requests, summary) where summary holds principal/action/resource for logging a
-    deny that happens before evaluation. Raises MappingError.
+    Raises MappingError.
     """
     return map_view(req if type(req) is tuple else check_view(req, limits), limits)
 
@@ -172,7 +171,7 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             else:
                 mapped_from = request
             try:
-                requests, _ = map_check_request(mapped_from, self.limits)
+                requests = map_check_request(mapped_from, self.limits)
             except MappingError as e:
                 outcome = self.decider.decide([Invalid(e.code, str(e))], API)[0]
                 return deny_response(outcome.decision_id, outcome.code).SerializeToString()

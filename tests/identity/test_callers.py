@@ -69,7 +69,7 @@ def envoy_requests(headers=None, principal="", certificate=""):
         a.request.http.headers[k] = v
     a.source.principal = principal
     a.source.certificate = certificate
-    requests, _ = map_check_request(req, Limits())
+    requests = map_check_request(req, Limits())
     return requests, req
 
 
