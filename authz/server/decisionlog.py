@@ -165,8 +165,9 @@ class DecisionLog:
         (authz.server.decider.decision_id). Never blocks, never raises.
 
         On an event loop, consecutive checks are queued as one run and formatted by one call: a
-        queued item, a DecisionBatch and a formatting call of their own for each Check cost several
-        times the formatting itself (~28k instructions a Check in all, against ~5k now).
+        queued item, a DecisionBatch and a formatting call of their own for each Check cost more than
+        the formatting itself (the log's work a Check, in process: ~28.6k instructions then, ~14.8k
+        now, GC and freeing included).
         """
         if self._queued_in - self._queued_out >= self.max_queue:
             self._lost(1)
