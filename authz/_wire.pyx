@@ -663,7 +663,7 @@ cdef int decode_header_value(Reader sub, dict out) except -1:
 def decode_envoy_check(bytes data, Py_ssize_t max_headers):
     """A serialized ext_authz v3 CheckRequest -> (method, path, host, scheme, headers, number of
     headers, header bytes, body, source, destination, context_extensions), the parts the Envoy
-    mapping reads (authz.server.envoy.check_view gives the same from a message), or None for the
+    mapping reads (authz._envoy_map.check_view gives the same from a message), or None for the
     protobuf path. `header bytes` is the HttpRequest's size on the wire less its body: what
     protobuf's ByteSize() gives for the parsed message unless a field appears more than once (protobuf
     keeps the last, the wire holds each), so the limit on it is never looser here. With more than

@@ -17,7 +17,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from authz._envoy_map import Limits, MappingError, map_view, parse_uid  # noqa: F401 - re-exported
+from authz._envoy_map import Limits, MappingError, check_view, map_check_request, parse_uid  # noqa: F401
 from authz._wire import decode_envoy_check
 from authz.errors import IdentityError
 from authz.server.decider import Invalid
@@ -29,44 +29,6 @@ SERVICE = "envoy.service.auth.v3.Authorization"
 DECISION_HEADER = "x-authz-decision-id"
 _PERMISSION_DENIED = 7
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
-
-def _peer(peer) -> dict:
-    sa = peer.address.socket_address
-    return {"address": sa.address, "port": sa.port_value, "principal": peer.principal}
-
-
-def check_view(req, limits: Limits) -> tuple:
-    """What the mapping reads from a CheckRequest message: (method, path, host, scheme, headers,
-    number of headers, header bytes, body, source, destination, context_extensions), as
-    authz._wire.decode_envoy_check reads it from the wire. Headers beyond the limit are not read."""
-    attrs = req.attributes
-    http = attrs.request.http
-    if http.header_map.headers:  # encode_raw_headers: true
-        raw = http.header_map.headers
-        n = len(raw)
-        headers: dict = {}
-        for h in raw if n <= limits.max_headers else ():
-            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-            key = h.key.lower()
-            headers[key] = f"{headers[key]},{value}" if key in headers else value
-    else:
-        n = len(http.headers)
-        headers = dict(http.headers) if n <= limits.max_headers else {}
-    # The encoded size of everything but the body bounds the header bytes (computed in C, no Python loop).
-    header_bytes = http.ByteSize() - len(http.raw_body) - len(http.body)
-    body = http.raw_body or (http.body.encode("utf-8") if http.body else b"")
-    return (http.method, http.path, http.host, http.scheme, headers, n, header_bytes, body, _peer(attrs.source),
-            _peer(attrs.destination), dict(attrs.context_extensions))
-
-
-def map_check_request(req, limits: Limits) -> list:
-    """Map a CheckRequest (a message, or check_view's tuple of its parts) to Cedar request dicts
-    (one, or one per JSON-RPC batch entry) by the default mapping (authz._envoy_map).
-
-    Raises MappingError.
-    """
-    return map_view(req if type(req) is tuple else check_view(req, limits), limits)
 
 
 def _header(key: str, value: str):
