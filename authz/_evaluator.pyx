@@ -16,7 +16,6 @@ from authz._hash cimport bytes_hash
 
 import re as _re
 import ipaddress as _ipaddress
-from sys import intern
 
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void* p) noexcept nogil
@@ -1534,9 +1533,7 @@ cdef class Generation:
     cdef str string_at(self, uint32_t idx):
         cached = self.strings[idx] if idx < self.n_strings else None
         if cached is None:
-            # Interned, as the wire decoders intern the keys of the records they make: a lookup of an
-            # attribute name in a context record then matches by identity, without comparing text.
-            cached = self.strings[idx] = intern(self.read_str_at(self.string_offset(idx)))
+            cached = self.strings[idx] = self.read_str_at(self.string_offset(idx))
         return cached
 
     cdef str policy_id(self, uint32_t p):

@@ -23,7 +23,6 @@ from authz._evaluator cimport Decision
 from authz._hash cimport bytes_hash
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
-from sys import intern
 
 
 class _Unusual(Exception):
@@ -118,9 +117,7 @@ cdef str read_short_str(Reader* sub):
         cp = PyUnicode_AsUTF8AndSize(cached, &cn)
         if cn == n and memcmp(cp, sub.p, n) == 0:
             return <str>cached
-    # Interned (record keys mostly): the evaluator's attribute names are too, so its lookups in the
-    # records made here match by identity. Interned strings still die when unused.
-    text = intern(read_str(sub))
+    text = read_str(sub)
     _short_strs[slot] = text
     _short_hashes[slot] = h
     return text
