@@ -1,6 +1,8 @@
-"""Test harness for the server tests: a real `authz serve` process, a real Envoy, an echo upstream, free ports."""
+"""Test harness for the server tests: a real `authz serve` process, a real Envoy, an echo upstream, free ports,
+and Decisions made by a real engine."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -9,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -42,6 +45,29 @@ permit(principal == Agent::"a1", action == Action::"call", resource);
 @id("no-rm")
 forbid(principal, action, resource == Tool::"rm");
 '''
+
+
+@functools.lru_cache(maxsize=None)
+def engine_decisions() -> tuple:
+    """Decisions made by a real engine (only those take the C paths of the wire encoder and the
+    decision log's writer): an allow, a deny by a forbid, a default deny and a deny with a policy
+    error, with policy ids that need escaping."""
+    import authz
+
+    with tempfile.TemporaryDirectory(prefix="authz-decisions-") as root:
+        with open(f"{root}/p.cedar", "w") as f:
+            f.write('@id("permit \\"q\\"")\npermit(principal, action == Action::"call", resource);\n'
+                    '@id("forbid\\nx")\nforbid(principal, action, resource == Tool::"x");\n'
+                    '@id("errs")\npermit(principal, action == Action::"err", resource) when { principal.missing == 1 };\n')
+        with open(f"{root}/e.entities.json", "w") as f:
+            f.write('[{"uid": {"type": "Agent", "id": "a"}, "attrs": {}, "parents": []}]')
+        authz.compile([f"{root}/p.cedar", f"{root}/e.entities.json"], f"{root}/db")
+        with authz.Engine(f"{root}/db") as engine:
+            out = tuple(engine.check('Agent::"a"', f'Action::"{act}"', f'Tool::"{tool}"', {})
+                        for act, tool in (("call", "y"), ("call", "x"), ("other", "y"), ("err", "y")))
+    assert [(d.allowed, bool(d.policies), bool(d.errors)) for d in out] == [
+        (True, True, False), (False, True, False), (False, False, False), (False, False, True)]
+    return out
 
 
 def free_port() -> int:

@@ -1,15 +1,13 @@
 """authz._jsonl (the decision log's line writer) against the Python formatter it stands in for."""
-import functools
 import json
-import tempfile
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import authz
 from authz._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch, Invalid
 from authz.server.decisionlog import DecisionLog
+from harness import engine_decisions
 
 T, API, LATENCY_NS, GENERATION = 1767225600.25, "v1", 1_460, 7  # 2026-01-01T00:00:00.250000Z, 1.5 µs
 
@@ -79,27 +77,7 @@ _request = st.one_of(
     st.builds(lambda code, p: Invalid(code, "m", "f", p, None, None, None), st.sampled_from(["c1", "c2"]), _uid))
 
 
-@functools.lru_cache(maxsize=None)
-def _engine_decisions() -> tuple:
-    """Decisions made by a real engine (only those take authz._jsonl's C path): an allow, a deny by a
-    forbid, a default deny and a deny with a policy error; policy ids that need escaping."""
-    root = tempfile.mkdtemp(prefix="authz-jsonl-")
-    with open(f"{root}/p.cedar", "w") as f:
-        f.write('@id("permit \\"q\\"")\npermit(principal, action == Action::"call", resource);\n'
-                '@id("forbid\\nx")\nforbid(principal, action, resource == Tool::"x");\n'
-                '@id("errs")\npermit(principal, action == Action::"err", resource) when { principal.missing == 1 };\n')
-    with open(f"{root}/e.entities.json", "w") as f:
-        f.write('[{"uid": {"type": "Agent", "id": "a"}, "attrs": {}, "parents": []}]')
-    authz.compile([f"{root}/p.cedar", f"{root}/e.entities.json"], f"{root}/db")
-    with authz.Engine(f"{root}/db") as engine:
-        out = tuple(engine.check('Agent::"a"', f'Action::"{act}"', f'Tool::"{tool}"', {})
-                    for act, tool in (("call", "y"), ("call", "x"), ("other", "y"), ("err", "y")))
-    assert [(d.allowed, bool(d.policies), bool(d.errors)) for d in out] == [
-        (True, True, False), (False, True, False), (False, False, False), (False, False, True)]
-    return out
-
-
-_decision = st.integers(0, 3).map(lambda i: _engine_decisions()[i])
+_decision = st.integers(0, 3).map(lambda i: engine_decisions()[i])
 _result = st.one_of(_decision,
                     st.builds(FakeDecision, st.booleans(), st.lists(_text, max_size=2),
                               st.lists(st.fixed_dictionaries({"policy": _text, "message": _text}), max_size=1)),
@@ -184,7 +162,7 @@ def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
     """Consecutive checks are one queued item; a batch recorded between them keeps its place in the file."""
     import asyncio
 
-    allow, forbid, _, _ = _engine_decisions()
+    allow, forbid, _, _ = engine_decisions()
     agent, call = {"type": "Agent", "id": "a"}, {"type": "Action", "id": "call"}
     path = tmp_path / "d.jsonl"
 
@@ -210,7 +188,7 @@ def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
 
 
 def test_record_check_counts_what_the_queue_has_no_room_for(tmp_path):
-    allow = _engine_decisions()[0]
+    allow = engine_decisions()[0]
     dropped = []
     log = DecisionLog(str(tmp_path / "d.jsonl"), max_queue=2, flush_interval_s=3600, on_drop=dropped.append)
     r = {"principal": {"type": "Agent", "id": "a"}, "action": {"type": "Action", "id": "call"},

@@ -9,6 +9,7 @@ from authz._pb import authz_pb2 as pb
 from authz._wire import decode_batch_check, encode_check_results
 from authz.server.api import _PLAIN_CODES, AuthorizerServicer, to_response
 from authz.server.decider import Invalid, Outcome
+from harness import engine_decisions
 
 DEPTH = 4
 
@@ -144,6 +145,7 @@ class FakeDecision:
 _policies = st.lists(st.text(min_size=0, max_size=6), max_size=3)
 _errors = st.lists(st.fixed_dictionaries({"policy": st.text(max_size=5), "message": st.text(max_size=8)}), max_size=2)
 _results = st.one_of(
+    st.integers(0, 3).map(lambda i: engine_decisions()[i]),  # the encoder's C path
     st.builds(FakeDecision, st.booleans(), _policies, _errors),
     st.tuples(st.sampled_from(["request_parse_error", "index_unavailable", "out_of_scope", "token_alg_none"]),
               st.text(max_size=8), st.text(max_size=5)))
