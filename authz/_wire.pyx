@@ -490,15 +490,15 @@ cdef int encode_result(Buf* b, object result, const char* id_prefix, Py_ssize_t 
         policies = []
         errors = ()
         reason = code
-    elif type(result) is Decision:  # the engine's (fields read in C)
-        allowed = (<Decision>result).allowed
-        policies = (<Decision>result).policies
-        errors = (<Decision>result)._errors or ()
-        reason = "" if allowed else ("forbidden_by_policy" if policies else "no_permitting_policy")
     else:
-        allowed = result.allowed
-        policies = result.policies
-        errors = result.errors
+        if type(result) is Decision:  # the engine's (fields read in C)
+            allowed = (<Decision>result).allowed
+            policies = (<Decision>result).policies
+            errors = (<Decision>result)._errors or ()
+        else:
+            allowed = result.allowed
+            policies = result.policies
+            errors = result.errors
         reason = "" if allowed else ("forbidden_by_policy" if policies else "no_permitting_policy")
     cdef bint request_error = code is not None and code and code not in plain_codes
     # size first: the message is length-prefixed

@@ -150,14 +150,7 @@ class DecisionLog:
             count = room
         self._queued_in += count
         self._queue.append((time.time(), api, latency_ns, generation, events, count))
-        if (self._loop is not None and not self._format_scheduled
-                and self._queued_in - self._queued_out >= self._FORMAT_AT):
-            # Format on the loop's next turn once a few hundred events wait (fewer wait for the
-            # periodic tick): formatting each Check's one event on its own cost ~20-40 µs of worker
-            # CPU a request, and holding thousands of decided BatchCheck items until a timer fired
-            # ~2.6 µs a decision (GC, memory).
-            self._format_scheduled = True
-            self._loop.call_soon(self._format_soon)
+        self._format_if_many_wait()
 
     def record_check(self, api, latency_ns, generation, prefix, seq, request, result):
         """Queue the event of a request decided on its own (an Envoy Check): `result` is the engine's
@@ -181,6 +174,13 @@ class DecisionLog:
         else:
             queue_.append(_CheckRun(api, prefix, check))
         self._queued_in += 1
+        self._format_if_many_wait()
+
+    def _format_if_many_wait(self):
+        """On a loop, format on its next turn once a few hundred events wait (fewer wait for the
+        periodic tick): formatting each Check's one event on its own cost ~20-40 µs of worker CPU a
+        request, and holding thousands of decided BatchCheck items until a timer fired ~2.6 µs a
+        decision (GC, memory)."""
         if (self._loop is not None and not self._format_scheduled
                 and self._queued_in - self._queued_out >= self._FORMAT_AT):
             self._format_scheduled = True
