@@ -15,6 +15,10 @@ For each policy-set size, in the same process and run:
     (PolicySet.from_str and policies_to_json_str), and the LMDB index size on disk
   * agreement: authz vs cedarpy (decision, determining policies, erroring
     policies) on every request cedarpy decided, and authz vs floor on more.
+Then, when size 10 is among the sizes, index isolation: for each larger size N,
+the 10-policy workload's requests against its own index and against the same
+workload plus N-10 unrelated policies and their entities (workload.with_unrelated),
+timed in alternating rounds; every decision must be the same on both.
 Every loop is bounded in count and time. If authz cannot be imported the
 cedarpy and floor columns are still measured.
 """
@@ -37,7 +41,7 @@ sys.path.insert(0, HERE)
 import cedarpy  # noqa: E402
 
 from floor import Floor  # noqa: E402
-from workload import generate  # noqa: E402
+from workload import generate, with_unrelated  # noqa: E402
 
 pc = time.perf_counter_ns
 
@@ -485,6 +489,60 @@ def _policy_text(w, pid):
     return w.policies_text.split("\n\n")[i]
 
 
+def run_isolation(n, budget: Budget, seed: int, workdir: str, log):
+    """p50/p99 of the 10-policy workload's requests with and without n-10 unrelated policies added."""
+    base = generate(10, seed=seed)
+    w = with_unrelated(base, n)
+    engines = []
+    for tag, wl in (("base", base), ("unrelated", w)):
+        ppath, epath = wl.write(os.path.join(workdir, f"iso-{n}-{tag}"))
+        db = os.path.join(workdir, f"iso-{n}-{tag}.lmdb")
+        authz.compile([ppath, epath], db=db)
+        engines.append(authz.Engine(db))
+    small, large = engines
+    R = {"policies": n, "entities": w.counts["entities"], "base_entities": base.counts["entities"]}
+    # Unrelated policies never apply: every decision is the 10-policy index's.
+    R["mismatch"] = sum(
+        authz_norm(small.check(q["principal"], q["action"], q["resource"], q["context"]))
+        != authz_norm(large.check(q["principal"], q["action"], q["resource"], q["context"]))
+        for q in base.requests)
+    lines = [json.dumps(q) for q in base.requests]
+    reuse = budget.reuse
+    for e in engines:
+        lat_check(e.check, lines, reuse, budget.warm_n, 1.0, [])
+    lat = {"base": [], "unrelated": []}
+    ratios = []
+    # Twice the rounds of the main rows, half as long each: the machine's phases last seconds.
+    rounds = 2 * budget.rounds
+    per_round_n = budget.lat_n // rounds
+    per_round_s = budget.lat_s / rounds
+    for rnd in range(rounds):
+        off = (rnd * per_round_n) % len(lines)
+        tr = lines[off:] + lines[:off]
+        order = (("base", small), ("unrelated", large))
+        got = {}
+        gc.collect()
+        gc.disable()
+        try:
+            for tag, e in (order if rnd % 2 == 0 else order[::-1]):
+                got[tag] = []
+                lat_check(e.check, tr, reuse, per_round_n, per_round_s, got[tag])
+        finally:
+            gc.enable()
+        ratios.append(pct(got["unrelated"], 50) / pct(got["base"], 50))
+        for tag in got:
+            lat[tag].extend(got[tag])
+    for tag, xs in lat.items():
+        R[f"{tag}_p50"], R[f"{tag}_p99"] = pct(xs, 50) / 1e3, pct(xs, 99) / 1e3
+    R["round_ratios"] = ratios
+    log(f"[isolation {n}] p50 {R['unrelated_p50']:.2f}µs vs {R['base_p50']:.2f}µs with 10 policies "
+        f"({R['unrelated_p50'] / R['base_p50']:.2f}x; median round {statistics.median(ratios):.2f}x), "
+        f"{R['mismatch']} decisions differ")
+    del small, large, engines
+    gc.collect()
+    return R
+
+
 # ---------------------------------------------------------------------------
 # report
 
@@ -508,7 +566,7 @@ def fmt_dps(x):
     return f"{x:.1f}/s"
 
 
-def report(results, timer_ns, authz_err, total_s, load):
+def report(results, timer_ns, authz_err, total_s, load, isolation=()):
     L = []
     have = authz_err is None
     L.append("## Per-decision latency (µs, each call timed individually)")
@@ -556,6 +614,22 @@ def report(results, timer_ns, authz_err, total_s, load):
                  f"{('/' + str(R['agree_floor_n'])) if 'agree_floor_n' in R else ''} "
                  f"| {R.get('batch_vs_check_mismatch', '–')} |")
     L.append("")
+    if isolation:
+        L.append("## Index isolation: the 10-policy workload's requests, with unrelated policies added")
+        L.append("")
+        L.append("Its own index, and the same plus N-10 policies (and their agents, groups, tools) that no "
+                 "request reaches, timed in alternating rounds.")
+        L.append("")
+        L.append("| policies | entities | p50 with 10 | p50 with N | p99 with 10 | p99 with N | p50 N / 10 "
+                 "| per round: median (range) | decisions ≠ 10-policy |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for R in isolation:
+            rr = R["round_ratios"]
+            L.append(f"| {R['policies']:,} | {R['entities']:,} | {fmt_us(R['base_p50'])} "
+                     f"| {fmt_us(R['unrelated_p50'])} | {fmt_us(R['base_p99'])} | {fmt_us(R['unrelated_p99'])} "
+                     f"| {R['unrelated_p50'] / R['base_p50']:.2f}x "
+                     f"| {statistics.median(rr):.2f}x ({min(rr):.2f}–{max(rr):.2f}) | {R['mismatch']} |")
+        L.append("")
     L.append(f"timer overhead (back-to-back perf_counter_ns, median): {timer_ns:.0f} ns, included in every "
              f"latency above. Total run {total_s:.0f} s. Python {sys.version.split()[0]}, cedarpy "
              f"{getattr(cedarpy, '__version__', _cedarpy_version())}, {os.cpu_count()} CPUs, load average "
@@ -603,6 +677,13 @@ def report(results, timer_ns, authz_err, total_s, load):
         bad = sum((R.get("authz_vs_ced_mismatch") or 0) + (R.get("authz_vs_floor_mismatch") or 0)
                   + (R.get("batch_vs_check_mismatch") if isinstance(R.get("batch_vs_check_mismatch"), int) else 1)
                   for R in results)
+        if isolation:
+            R = isolation[-1]
+            T.append(f"index isolation (no target of its own): p50 with "
+                     f"{R['policies'] - 10:,} unrelated policies added to the 10-policy workload "
+                     f"{R['unrelated_p50'] / R['base_p50']:.2f}x its p50 with 10 "
+                     f"({R['unrelated_p50']:.2f} µs vs {R['base_p50']:.2f} µs, same requests and rounds)")
+        bad += sum(R["mismatch"] for R in isolation)
         T.append(f"agreement authz vs cedarpy/floor: {'OK' if bad == 0 else f'{bad} MISMATCHES (bug)'}")
     fb = sum(R["floor_vs_ced_mismatch"] for R in results)
     T.append(f"floor vs cedarpy agreement: {'OK' if fb == 0 else f'{fb} MISMATCHES (bench bug)'}")
@@ -660,23 +741,28 @@ def main(argv=None):
     timer_ns = timer_overhead_ns()
     workdir = tempfile.mkdtemp(prefix="authz-bench-")
     results = []
+    isolation = []
     try:
         for n in sizes:
             results.append(run_size(n, budget, args.seed, workdir, log))
+        if authz is not None and 10 in sizes:
+            for n in sizes:
+                if n > 10:
+                    isolation.append(run_isolation(n, budget, args.seed, workdir, log))
     finally:
         if args.keep:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     load = (load0, os.getloadavg()[0])
-    out = report(results, timer_ns, _AUTHZ_ERR, time.perf_counter() - start, load)
+    out = report(results, timer_ns, _AUTHZ_ERR, time.perf_counter() - start, load, isolation)
     print(out)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "timer_ns": timer_ns, "authz_error": _AUTHZ_ERR, "loadavg": load}, f,
-                      indent=1, default=str)
+            json.dump({"results": results, "isolation": isolation, "timer_ns": timer_ns,
+                       "authz_error": _AUTHZ_ERR, "loadavg": load}, f, indent=1, default=str)
     bad = any((R.get("authz_vs_ced_mismatch") or 0) or (R.get("authz_vs_floor_mismatch") or 0)
-              or R["floor_vs_ced_mismatch"] for R in results)
+              or R["floor_vs_ced_mismatch"] for R in results) or any(R["mismatch"] for R in isolation)
     return 1 if bad else 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 
 ENVS = ["prod", "staging", "dev"]
@@ -324,6 +325,42 @@ def generate(n_policies: int, seed: int = 7, n_requests: int = 4000) -> Workload
     counts["entities"] = len(ents)
     counts["policy_bytes"] = len(text.encode())
     return Workload(n_policies, seed, text, ids, ents, reqs, rules, counts)
+
+
+_NAMED_UID = re.compile(r'\b(Agent|Group|Tool|ToolSet)::"')
+
+
+def with_unrelated(base: Workload, n_policies: int, prefix: str = "other-") -> Workload:
+    """`base` with policies and entities no request of it touches, up to `n_policies` policies in all.
+
+    The additions are generate(n_policies)'s scaled policies and its agents, groups, tools and tool
+    sets, each id prefixed with `prefix` (its fixed policies, which name no entity, are left out).
+    No request of `base` names a prefixed entity or descends from one, so no added policy can apply
+    to one: every decision must be the same as on `base`, and only the cost of a larger index (more
+    policies, more entities) shows. `generate(n)` grows the entities its requests reach as well.
+    """
+    if n_policies <= base.n_policies:
+        raise ValueError("with_unrelated adds policies: n_policies must exceed the base's")
+    big = generate(n_policies, base.seed, n_requests=0)
+    fixed_ids = {fid for fid, _, _, _ in FIXED}
+    texts = [t for pid, t in zip(big.policy_ids, big.policies_text.split("\n\n")) if pid not in fixed_ids]
+    texts = texts[: n_policies - base.n_policies]
+    assert len(texts) == n_policies - base.n_policies, "generate(n) has fewer scaled policies than needed"
+    added = [_NAMED_UID.sub(lambda m: f'{m.group(1)}::"{prefix}', t).replace('@id("', f'@id("{prefix}', 1)
+             for t in texts]
+    ids = base.policy_ids + [re.match(r'@id\("([^"]*)"\)', t).group(1) for t in added]
+
+    def rename(u):
+        return u if u["type"] == "Action" else {"type": u["type"], "id": prefix + u["id"]}
+    others = [dict(e, uid=rename(e["uid"]), parents=[rename(p) for p in e["parents"]])
+              for e in big.entities if e["uid"]["type"] != "Action"]
+    text = base.policies_text.rstrip("\n") + "\n\n" + "\n\n".join(added) + "\n"
+    counts = dict(base.counts)
+    counts["entities"] = len(base.entities) + len(others)
+    counts["policy_bytes"] = len(text.encode())
+    # The floor knows the base's policies only; the added ones never apply to its requests.
+    return Workload(n_policies, base.seed, text, ids, base.entities + others, base.requests,
+                    base.floor_rules, counts)
 
 
 if __name__ == "__main__":
