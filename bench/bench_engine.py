@@ -566,70 +566,72 @@ def fmt_dps(x):
     return f"{x:.1f}/s"
 
 
+def _table(title, columns, rows, intro=None, left=()):
+    """A report section: `## title`, an optional paragraph, and a table of `rows` (lists of cells) under
+    `columns`, right-aligned but for the column numbers in `left`."""
+    out = [f"## {title}", ""]
+    if intro:
+        out += [intro, ""]
+    out.append("| " + " | ".join(columns) + " |")
+    out.append("|" + "|".join("---" if i in left else "---:" for i in range(len(columns))) + "|")
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out + [""]
+
+
 def report(results, timer_ns, authz_err, total_s, load, isolation=()):
     L = []
     have = authz_err is None
-    L.append("## Per-decision latency (µs, each call timed individually)")
-    L.append("")
-    L.append("| policies | entities | authz p50 | authz p99 | cedarpy p50 | cedarpy p99 | floor p50 | floor p99 "
-             "| cedarpy / authz (p50) | authz / floor (p50) | samples a/c/f |")
-    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for R in results:
         ap50, ap99 = R.get("authz_p50", float("nan")), R.get("authz_p99", float("nan"))
-        L.append(f"| {R['policies']:,} | {R['entities']:,} | {fmt_us(ap50)} | {fmt_us(ap99)} "
-                 f"| {fmt_us(R['ced_p50'])} | {fmt_us(R['ced_p99'])} | {fmt_us(R['floor_p50'])} "
-                 f"| {fmt_us(R['floor_p99'])} "
-                 f"| {R['ced_p50'] / ap50 if have else float('nan'):,.0f}x "
-                 f"| {ap50 / R['floor_p50'] if have else float('nan'):.2f}x "
-                 f"| {R.get('authz_n', 0)}/{R['ced_n']}/{R['floor_n']} |")
-    L.append("")
-    L.append("## Batch throughput, compile, index size")
-    L.append("")
-    L.append("| policies | check_batch | floor loop | cedarpy batch | authz compile | cedarpy from_str "
-             "| cedarpy to_json | compile / from_str | compile / to_json | cedarpy Entities | LMDB on disk "
-             "| policy text |")
-    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        rows.append([f"{R['policies']:,}", f"{R['entities']:,}", fmt_us(ap50), fmt_us(ap99),
+                     fmt_us(R['ced_p50']), fmt_us(R['ced_p99']), fmt_us(R['floor_p50']), fmt_us(R['floor_p99']),
+                     f"{R['ced_p50'] / ap50 if have else float('nan'):,.0f}x",
+                     f"{ap50 / R['floor_p50'] if have else float('nan'):.2f}x",
+                     f"{R.get('authz_n', 0)}/{R['ced_n']}/{R['floor_n']}"])
+    L += _table("Per-decision latency (µs, each call timed individually)",
+                ["policies", "entities", "authz p50", "authz p99", "cedarpy p50", "cedarpy p99", "floor p50",
+                 "floor p99", "cedarpy / authz (p50)", "authz / floor (p50)", "samples a/c/f"], rows)
+    rows = []
     for R in results:
         c = R.get("authz_compile_s")
-        cs = f"{c:.3f} s" if c is not None else "–"
-        r1 = f"{c / R['ced_from_str_s']:.2f}x" if c is not None else "–"
-        r2 = f"{c / R['ced_to_json_s']:.2f}x" if c is not None else "–"
-        dbs = f"{R['db_alloc'] / 1e6:.2f} MB" if "db_alloc" in R else "–"
-        L.append(f"| {R['policies']:,} | {fmt_dps(R.get('authz_batch_dps'))} | {fmt_dps(R['floor_batch_dps'])} "
-                 f"| {fmt_dps(R['ced_batch_dps'])} | {cs} "
-                 f"| {R['ced_from_str_s']:.3f} s | {R['ced_to_json_s']:.3f} s "
-                 f"| {r1} | {r2} | {R['ced_entities_s']:.3f} s | {dbs} "
-                 f"| {R['policy_bytes'] / 1e6:.2f} MB |")
-    L.append("")
-    L.append("## Agreement (decision, determining policies, erroring policies)")
-    L.append("")
-    L.append("| policies | requests (cedarpy) | all requests: allow / forbid / default deny / with errors "
-             "| authz≠cedarpy | floor≠cedarpy | authz≠floor | check_batch≠check |")
-    L.append("|---:|---:|---|---:|---:|---:|---:|")
+        rows.append([f"{R['policies']:,}", fmt_dps(R.get('authz_batch_dps')), fmt_dps(R['floor_batch_dps']),
+                     fmt_dps(R['ced_batch_dps']), f"{c:.3f} s" if c is not None else "–",
+                     f"{R['ced_from_str_s']:.3f} s", f"{R['ced_to_json_s']:.3f} s",
+                     f"{c / R['ced_from_str_s']:.2f}x" if c is not None else "–",
+                     f"{c / R['ced_to_json_s']:.2f}x" if c is not None else "–",
+                     f"{R['ced_entities_s']:.3f} s",
+                     f"{R['db_alloc'] / 1e6:.2f} MB" if "db_alloc" in R else "–",
+                     f"{R['policy_bytes'] / 1e6:.2f} MB"])
+    L += _table("Batch throughput, compile, index size",
+                ["policies", "check_batch", "floor loop", "cedarpy batch", "authz compile", "cedarpy from_str",
+                 "cedarpy to_json", "compile / from_str", "compile / to_json", "cedarpy Entities", "LMDB on disk",
+                 "policy text"], rows)
+    rows = []
     for R in results:
         o = R["outcomes"]
-        L.append(f"| {R['policies']:,} | {R['agree_ced_n']} | {o['allow']} / {o['forbid']} / {o['default']} / "
-                 f"{o['with_errors']} | {R.get('authz_vs_ced_mismatch', '–')} | {R['floor_vs_ced_mismatch']} "
-                 f"| {R.get('authz_vs_floor_mismatch', '–')}"
-                 f"{('/' + str(R['agree_floor_n'])) if 'agree_floor_n' in R else ''} "
-                 f"| {R.get('batch_vs_check_mismatch', '–')} |")
-    L.append("")
+        rows.append([f"{R['policies']:,}", f"{R['agree_ced_n']}",
+                     f"{o['allow']} / {o['forbid']} / {o['default']} / {o['with_errors']}",
+                     f"{R.get('authz_vs_ced_mismatch', '–')}", f"{R['floor_vs_ced_mismatch']}",
+                     f"{R.get('authz_vs_floor_mismatch', '–')}"
+                     f"{('/' + str(R['agree_floor_n'])) if 'agree_floor_n' in R else ''}",
+                     f"{R.get('batch_vs_check_mismatch', '–')}"])
+    L += _table("Agreement (decision, determining policies, erroring policies)",
+                ["policies", "requests (cedarpy)", "all requests: allow / forbid / default deny / with errors",
+                 "authz≠cedarpy", "floor≠cedarpy", "authz≠floor", "check_batch≠check"], rows, left=(2,))
     if isolation:
-        L.append("## Index isolation: the 10-policy workload's requests, with unrelated policies added")
-        L.append("")
-        L.append("Its own index, and the same plus N-10 policies (and their agents, groups, tools) that no "
-                 "request reaches, timed in alternating rounds.")
-        L.append("")
-        L.append("| policies | entities | p50 with 10 | p50 with N | p99 with 10 | p99 with N | p50 N / 10 "
-                 "| per round: median (range) | decisions ≠ 10-policy |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        rows = []
         for R in isolation:
             rr = R["round_ratios"]
-            L.append(f"| {R['policies']:,} | {R['entities']:,} | {fmt_us(R['base_p50'])} "
-                     f"| {fmt_us(R['unrelated_p50'])} | {fmt_us(R['base_p99'])} | {fmt_us(R['unrelated_p99'])} "
-                     f"| {R['unrelated_p50'] / R['base_p50']:.2f}x "
-                     f"| {statistics.median(rr):.2f}x ({min(rr):.2f}–{max(rr):.2f}) | {R['mismatch']} |")
-        L.append("")
+            rows.append([f"{R['policies']:,}", f"{R['entities']:,}", fmt_us(R['base_p50']),
+                         fmt_us(R['unrelated_p50']), fmt_us(R['base_p99']), fmt_us(R['unrelated_p99']),
+                         f"{R['unrelated_p50'] / R['base_p50']:.2f}x",
+                         f"{statistics.median(rr):.2f}x ({min(rr):.2f}–{max(rr):.2f})", f"{R['mismatch']}"])
+        L += _table("Index isolation: the 10-policy workload's requests, with unrelated policies added",
+                    ["policies", "entities", "p50 with 10", "p50 with N", "p99 with 10", "p99 with N", "p50 N / 10",
+                     "per round: median (range)", "decisions ≠ 10-policy"], rows,
+                    intro="Its own index, and the same plus N-10 policies (and their agents, groups, tools) that "
+                          "no request reaches, timed in alternating rounds.")
     L.append(f"timer overhead (back-to-back perf_counter_ns, median): {timer_ns:.0f} ns, included in every "
              f"latency above. Total run {total_s:.0f} s. Python {sys.version.split()[0]}, cedarpy "
              f"{getattr(cedarpy, '__version__', _cedarpy_version())}, {os.cpu_count()} CPUs, load average "
