@@ -334,7 +334,8 @@ def with_unrelated(base: Workload, n_policies: int, prefix: str = "other-") -> W
     """`base` with policies and entities no request of it touches, up to `n_policies` policies in all.
 
     The additions are generate(n_policies)'s scaled policies and its agents, groups, tools and tool
-    sets, each id prefixed with `prefix` (its fixed policies, which name no entity, are left out).
+    sets, each id prefixed with `prefix` (not its fixed policies: they constrain no principal or
+    resource, so they would apply to the base's requests too).
     No request of `base` names a prefixed entity or descends from one, so no added policy can apply
     to one: every decision must be the same as on `base`, and only the cost of a larger index (more
     policies, more entities) shows. `generate(n)` grows the entities its requests reach as well.
