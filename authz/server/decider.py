@@ -161,18 +161,19 @@ class Decider:
             return self.decide([request], api)[0]
         t0 = self.last_request_ns = time.perf_counter_ns()
         try:
-            d = engine.check(principal=request["principal"], action=request["action"],
-                             resource=request["resource"], context=request.get("context") or {})
+            d = engine.check(request["principal"], request["action"], request["resource"],
+                             request.get("context") or {})
         except Exception:
             return self.decide([request], api)[0]  # the general path classifies and logs the failure
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
         latency_ns = time.perf_counter_ns() - t0
-        did = self.next_id()
-        o = Outcome(did, d.allowed, d.policies, d.errors, generation)
-        decision = ALLOW if o.allowed else DENY
-        self.metrics.decision(api, decision, latency_ns / 1e9)
+        seq = self._seq = self._seq + 1
+        allowed = d.allowed
+        o = Outcome(decision_id(self._prefix, seq), allowed, d.policies, d.errors, generation)
+        if self.metrics.enabled:
+            self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
         if self.decision_log is not None:
-            self.decision_log.record_check(api, latency_ns, generation, self._prefix, self._seq, request, d)
+            self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d)
         return o
 
     def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:

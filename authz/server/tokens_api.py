@@ -142,9 +142,9 @@ class TokenService:
     def bind_envoy(self, requests: list) -> list:
         """Envoy-mapped requests: when the `authorization` header carries one of our tokens, bind them to
         it (and hide the header from policies); otherwise return them unchanged."""
-        first = requests[0]
-        http = first["context"]["http"]
-        token = self.bearer(http["headers"].get("authorization"))
+        http = requests[0]["context"]["http"]
+        value = http["headers"].get("authorization")
+        token = self.bearer(value) if value is not None else None
         if token is None:
             return requests
         headers = {k: v for k, v in http["headers"].items() if k != "authorization"}

@@ -6,6 +6,8 @@ import urllib.request
 
 import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2 as ea
+from envoy.service.auth.v3 import external_auth_pb2_grpc as eag
 
 from authz._pb import authz_pb2 as pb
 from authz._pb import authz_pb2_grpc as pbg
@@ -79,12 +81,21 @@ def test_metrics_decision_log_and_sigterm_drain(tmp_path, policies_dir):
                 + [pb.BatchCheckItem(principal=pb.EntityUid(type="", id="x"), resource=CALL["resource"])]))
             assert [r.decision for r in batch.results] == [pb.DECISION_ALLOW, pb.DECISION_DENY,
                                                            pb.DECISION_ALLOW, pb.DECISION_DENY]
+            # Envoy Checks (decided one at a time): 2 allows, a deny.
+            envoy = eag.AuthorizationStub(ch)
+            for path, code in (("/public/a", 0), ("/public/b", 0), ("/private", 7)):
+                req = ea.CheckRequest()
+                req.attributes.request.http.method, req.attributes.request.http.path = "GET", path
+                assert envoy.Check(req).status.code == code
         text = _metrics(metrics_port)
         assert _metric_value(text, 'authz_decisions_total{api="v1",decision="allow"}') == 12
         assert _metric_value(text, 'authz_decisions_total{api="v1",decision="deny"}') == 3
         assert _metric_value(text, 'authz_request_errors_total{api="v1",code="request_parse_error"}') == 1
         assert _metric_value(text, 'authz_decision_latency_seconds_count{api="v1"}') == 15
         assert _metric_value(text, 'authz_decision_latency_seconds_bucket{api="v1",le="+Inf"}') == 15
+        assert _metric_value(text, 'authz_decisions_total{api="envoy",decision="allow"}') == 2
+        assert _metric_value(text, 'authz_decisions_total{api="envoy",decision="deny"}') == 1
+        assert _metric_value(text, 'authz_decision_latency_seconds_count{api="envoy"}') == 3
         assert _metric_value(text, "authz_index_generation") == 1
         assert _metric_value(text, "authz_worker_generation") == 1
         assert 'authz_decision_latency_seconds_bucket{api="v1",le="0.001"}' in text
