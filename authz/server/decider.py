@@ -170,8 +170,7 @@ class Decider:
         seq = self._seq = self._seq + 1
         allowed = d.allowed
         o = Outcome(decision_id(self._prefix, seq), allowed, d.policies, d.errors, generation)
-        if self.metrics.enabled:
-            self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
+        self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
         if self.decision_log is not None:
             self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d)
         return o
