@@ -896,34 +896,43 @@ cdef class Generation:
             slot = (slot + 1) & mask
         raise IndexFormatError("type hash table has no empty slot")
 
+    cdef int find_uid(self, const char* tp, Py_ssize_t tn, const char* ip, Py_ssize_t idn) except -2:
+        """The index of the uid (type, id) given as UTF-8, or -1 if this generation does not know it."""
+        cdef uint64_t h = uid_hash(<const unsigned char*>tp, tn, <const unsigned char*>ip, idn)
+        cdef uint32_t mask, slot, entry, probe
+        cdef Py_ssize_t rec, soff, sn, toff
+        if self.uid_hash_size == 0:
+            return -1
+        mask = self.uid_hash_size - 1
+        slot = h & mask
+        for probe in range(self.uid_hash_size):
+            entry = self.u32(self.uid_hash_off + 4 * <Py_ssize_t>slot)
+            if entry == 0:
+                return -1
+            rec = self.uid_record(entry - 1)
+            soff = self.str_span(rec + UID_FIXED, &sn)
+            if sn == idn and memcmp(self.base + soff, ip, idn) == 0:
+                toff = self.table_entry(self.types_off, self.u32(rec), self.n_types, b"type index out of range")
+                if toff < 0:
+                    return -2
+                soff = self.str_span(toff, &sn)
+                if sn == tn and memcmp(self.base + soff, tp, tn) == 0:
+                    return entry - 1
+            slot = (slot + 1) & mask
+        raise IndexFormatError("uid hash table has no empty slot")
+
     cdef Uid resolve(self, str type_name, str uid_id):
         """The Uid for (type, id), interned if this generation knows it, else with idx -1."""
-        cdef Py_ssize_t tn, idn, soff, sn
+        cdef Py_ssize_t tn, idn
         cdef const char* tp = utf8_or_null(type_name, &tn)
         cdef const char* ip = utf8_or_null(uid_id, &idn)
         if tp == NULL or ip == NULL:
             PyErr_Clear()
             raise RequestError("entity uid is not valid Unicode (it holds a lone surrogate)")
-        cdef uint64_t h = uid_hash(<const unsigned char*>tp, tn, <const unsigned char*>ip, idn)
-        cdef uint32_t mask, slot, entry, probe
-        cdef Py_ssize_t rec
-        cdef Uid u
-        if self.uid_hash_size:
-            mask = self.uid_hash_size - 1
-            slot = h & mask
-            for probe in range(self.uid_hash_size + 1):
-                if probe == self.uid_hash_size:
-                    raise IndexFormatError("uid hash table has no empty slot")
-                entry = self.u32(self.uid_hash_off + 4 * <Py_ssize_t>slot)
-                if entry == 0:
-                    break
-                rec = self.uid_record(entry - 1)
-                soff = self.str_span(rec + UID_FIXED, &sn)
-                if sn == idn and memcmp(self.base + soff, ip, idn) == 0:
-                    if self.type_name(self.u32(rec)) == type_name:
-                        return self.uid_at(entry - 1)
-                slot = (slot + 1) & mask
-        u = Uid.__new__(Uid)
+        cdef int idx = self.find_uid(tp, tn, ip, idn)
+        if idx >= 0:
+            return self.uid_at(idx)
+        cdef Uid u = Uid.__new__(Uid)
         u.type = type_name
         u.id = uid_id
         u.idx = -1
@@ -1715,6 +1724,71 @@ def _unescape_one(m):
     return _SIMPLE_ESCAPES[c]
 
 
+cdef inline bint is_ident_start(unsigned char c) noexcept:
+    return c == 95 or (97 <= c <= 122) or (65 <= c <= 90)  # _ a-z A-Z
+
+
+cdef inline bint is_ident_char(unsigned char c) noexcept:
+    return is_ident_start(c) or (48 <= c <= 57)  # and 0-9
+
+
+cdef bint reserved_segment(const char* p, Py_ssize_t n) noexcept:
+    """The segment is one of _RESERVED."""
+    if n == 2:
+        return memcmp(p, b"if", 2) == 0 or memcmp(p, b"in", 2) == 0 or memcmp(p, b"is", 2) == 0
+    if n == 3:
+        return memcmp(p, b"has", 3) == 0
+    if n == 4:
+        return (memcmp(p, b"true", 4) == 0 or memcmp(p, b"then", 4) == 0 or memcmp(p, b"else", 4) == 0
+                or memcmp(p, b"like", 4) == 0)
+    if n == 5:
+        return memcmp(p, b"false", 5) == 0
+    return n == 7 and memcmp(p, b"__cedar", 7) == 0
+
+
+cdef bint valid_type_utf8(const char* p, Py_ssize_t n) noexcept:
+    """valid_type_name over a name's UTF-8: `::`-separated identifiers, none of them reserved."""
+    cdef Py_ssize_t i = 0, start
+    while True:
+        start = i
+        if i >= n or not is_ident_start(p[i]):
+            return False
+        i += 1
+        while i < n and is_ident_char(p[i]):
+            i += 1
+        if reserved_segment(p + start, i - start):
+            return False
+        if i == n:
+            return True
+        if i + 1 < n and p[i] == 58 and p[i + 1] == 58:  # `::`
+            i += 2
+        else:
+            return False
+
+
+cdef Uid uid_from_plain_text(Generation g, str s, const char* p, Py_ssize_t n):
+    """parse_uid_text + g.resolve for the common `Type::"id"` whose id has nothing to unescape, over
+    its UTF-8 `p` (no regex, no substrings for a known entity); None for any other text, which
+    parse_uid_text then reads (and reports, if it is malformed)."""
+    cdef Py_ssize_t q = 0, k
+    cdef unsigned char c
+    while q < n and p[q] != 34:  # the first `"`
+        q += 1
+    if q < 3 or q + 2 > n or p[q - 1] != 58 or p[q - 2] != 58 or p[n - 1] != 34:
+        return None
+    if not valid_type_utf8(p, q - 2):
+        return None
+    for k in range(q + 1, n - 1):
+        c = p[k]
+        if c < 32 or c == 127 or c == 34 or c == 39 or c == 92:  # _NEEDS_ESCAPE: controls, " ' \\
+            return None
+    cdef int idx = g.find_uid(p, q - 2, p + q + 1, n - q - 2)
+    if idx >= 0:
+        return g.uid_at(idx)
+    # INVARIANT: the type part is ASCII, so byte offsets up to the first quote are character offsets.
+    return g.resolve(s[:q - 2], s[q + 1:len(s) - 1])
+
+
 cdef tuple parse_uid_text(str s, str field):
     """`Type::"id"` (namespaces allowed, Cedar string escapes in the id) -> (type, id)."""
     cdef Py_ssize_t q = s.find('"')
@@ -1788,8 +1862,10 @@ cdef Uid to_uid(Generation g, object v, str field):
         if cached is not None:
             u = <Uid>cached
         else:
-            t, i = parse_uid_text(<str>v, field)
-            u = g.resolve(t, i)
+            u = uid_from_plain_text(g, <str>v, p, n) if p != NULL else None
+            if u is None:
+                t, i = parse_uid_text(<str>v, field)
+                u = g.resolve(t, i)
             if len(g.uid_cache) >= UID_CACHE_SIZE:
                 g.uid_cache.clear()
             g.uid_cache[v] = u

@@ -4,6 +4,8 @@ import json
 
 import cedarpy
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import authz
 
@@ -203,6 +205,89 @@ def test_uid_text_cache_resolves_each_text_to_its_own_uid(tmp_path):
         batch = engine.check_batch([{"principal": f'User::"{i}"', "action": 'Action::"a"', "resource": 'R::"r"'}
                                     for i in ids[:50]])
         assert [d.allowed for d in batch] == [i in allowed for i in ids[:50]]
+
+
+_UID_TEXT_ENTITIES = [{"uid": {"type": t, "id": i}, "attrs": {"ok": True}, "parents": []} for t, i in [
+    ("User", "a"), ("User", 'q"uote'), ("User", "back\\slash"), ("User", "é"), ("User", "tab\t"),
+    ("A::B", "a"), ("A::B::C", "it's"), ("_x1", ""), ("User", "\u0001"), ("Ns::User", "a"),
+    ("A::B", "1")]]  # known as A::B only: User::"1" is another, unknown entity
+_UID_TEXT_POLICY = "permit(principal, action, resource) when { principal.ok };"
+
+
+@pytest.fixture(scope="module")
+def uid_text_engine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uid-text")
+    (folder / "p.cedar").write_text(_UID_TEXT_POLICY)
+    (folder / "entities.json").write_text(json.dumps(_UID_TEXT_ENTITIES))
+    authz.compile([str(folder)], db=str(folder / "db"))
+    with authz.Engine(str(folder / "db")) as engine:
+        yield engine
+
+
+_TYPE_PARTS = st.sampled_from(["User", "A::B", "A::B::C", "_x1", "Ns::User", "if", "A::in", "__cedar", "x1",
+                               "1a", "A:B", "", "A::", "::A", "é", "A ::B", "User ", "U-ser", "A::B::", "Usér",
+                               "has", "A::then"])
+_ID_CHARS = st.sampled_from(list('a"\\\'tu{}01é \t\n\x01\x7f') + ["\ud800"])
+_UID_TEXTS = st.one_of(
+    st.builds(lambda t, i: f'{t}::"{i}"', _TYPE_PARTS, st.text(_ID_CHARS, max_size=8)),
+    st.builds(lambda t, sep, i, end: t + sep + i + end, _TYPE_PARTS,
+              st.sampled_from(['::"', '::"', '::"', ':"', '::', '"', ':: "']),
+              st.text(_ID_CHARS, max_size=8), st.sampled_from(['"', '"', '"', '', '" ', '""'])),
+    st.text(max_size=12))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_UID_TEXTS)
+@example('User::"a"').via("a known entity")
+@example('User::"é"').via("a non-ASCII id")
+@example('_x1::""').via("an empty id")
+@example('Ns::User::"a"').via("a namespaced type")
+@example('User::"q\\"uote"').via("an escaped quote")
+@example('User::"back\\\\slash"').via("an escaped backslash")
+@example('A::B::C::"it\\\'s"').via("an escaped apostrophe")
+@example("A::B::C::\"it's\"").via("an apostrophe to escape")
+@example('User::"\\u{1}"').via("a unicode escape")
+@example('User::"\t"').via("a control character to escape")
+@example('User::"tab\\t"').via("an escaped control character")
+@example('User::"\x7f"').via("DEL to escape")
+@example('User::"q"uote"').via("a quote to escape")
+@example('if::"a"').via("a reserved type name")
+@example('A::in::"a"').via("a reserved segment")
+@example('has::"a"').via("another reserved name")
+@example('User::"1"').via("an id known under another type")
+@example('User::"a').via("no closing quote")
+def test_uid_texts_read_as_cedarpy_reads_them(uid_text_engine, text):
+    # Request uid texts (`Type::"id"`): the evaluator reads the plain ones itself and leaves escapes
+    # and malformed texts to the general parser. Both must accept, resolve and reject exactly the
+    # texts cedarpy does; known entities (odd ids among them) must be found.
+    # One deliberate difference: text that is not valid Unicode (a lone surrogate) is rejected;
+    # cedarpy decodes it lossily into U+FFFD characters, naming some other entity.
+    request = {"principal": text, "action": 'Action::"a"', "resource": 'R::"r"', "context": {}}
+    theirs = cedarpy.is_authorized(request, _UID_TEXT_POLICY, json.dumps(_UID_TEXT_ENTITIES))
+    if theirs.decision == cedarpy.Decision.NoDecision or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        expected = "rejected"
+    else:
+        expected = "allow" if theirs.allowed else ("error" if theirs.diagnostics.errors else "deny")
+    for _ in range(2):  # the second time through the uid text caches
+        try:
+            ours = uid_text_engine.check(text, 'Action::"a"', 'R::"r"', {})
+        except authz.RequestError:
+            got = "rejected"
+        else:
+            got = "allow" if ours.allowed else ("error" if ours.errors else "deny")
+        assert got == expected, text
+
+
+def test_uid_text_of_another_type_in_the_same_hash_slot(uid_text_engine):
+    # A type whose uid hash for id "1" has the same low 16 bits as A::B::"1"'s: its probe for
+    # T::"1" meets A::B::"1" (same id) first in any table of up to 65,536 slots, and must pass it.
+    from authz._evaluator import hash_key
+
+    target = hash_key(b"A::B", b"1") & 0xFFFF
+    name = next(f"T{k}" for k in range(10**7) if hash_key(f"T{k}".encode(), b"1") & 0xFFFF == target)
+    d = uid_text_engine.check(f'{name}::"1"', 'Action::"a"', 'R::"r"', {})
+    assert not d.allowed and [e["message"] for e in d.errors] == [f'entity `{name}::"1"` does not exist']
+    assert uid_text_engine.check('A::B::"1"', 'Action::"a"', 'R::"r"', {}).allowed
 
 
 def test_more_index_pairs_than_one_probe_batch(tmp_path):
