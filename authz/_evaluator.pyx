@@ -1688,28 +1688,16 @@ include "_scalar.pxi"
 
 from authz.errors import RequestError
 
-_TYPE_RE = _re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(?:::[_a-zA-Z][_a-zA-Z0-9]*)*")
 _ESCAPE_RE = _re.compile(r"\\(u\{([0-9a-fA-F]{1,6})\}|.)", _re.S)
 _SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "0": "\0", "'": "'", '"': '"'}
 _NEEDS_ESCAPE = _re.compile(r"[\\\"'\x00-\x1f\x7f]")
 _NORMAL_ESCAPES = {"\t": "\\t", "\r": "\\r", "\n": "\\n", "\\": "\\\\", '"': '\\"', "'": "\\'", "\0": "\\0"}
-# Identifiers Cedar reserves: not allowed as (a segment of) an entity type name.
-_RESERVED = frozenset(("true", "false", "if", "then", "else", "in", "is", "like", "has", "__cedar"))
 
 
 def _normal_form(text):
     """A uid id as Cedar prints it (escape_debug): cedarpy accepts a string uid only in this form.
     Non-ASCII characters are taken to be printable (kept as they are)."""
     return _NEEDS_ESCAPE.sub(lambda m: _NORMAL_ESCAPES.get(m.group(), "\\u{%x}" % ord(m.group())), text)
-
-
-cdef bint valid_type_name(str name):
-    if _TYPE_RE.fullmatch(name) is None:
-        return False
-    for segment in name.split("::"):
-        if segment in _RESERVED:
-            return False
-    return True
 
 
 def _unescape_one(m):
@@ -1733,7 +1721,7 @@ cdef inline bint is_ident_char(unsigned char c) noexcept:
 
 
 cdef bint reserved_segment(const char* p, Py_ssize_t n) noexcept:
-    """The segment is one of _RESERVED."""
+    """The segment is an identifier Cedar reserves (not allowed as a segment of an entity type name)."""
     if n == 2:
         return memcmp(p, b"if", 2) == 0 or memcmp(p, b"in", 2) == 0 or memcmp(p, b"is", 2) == 0
     if n == 3:
@@ -1747,7 +1735,8 @@ cdef bint reserved_segment(const char* p, Py_ssize_t n) noexcept:
 
 
 cdef bint valid_type_utf8(const char* p, Py_ssize_t n) noexcept:
-    """valid_type_name over a name's UTF-8: `::`-separated identifiers, none of them reserved."""
+    """An entity type name's UTF-8 is `::`-separated identifiers ([_a-zA-Z][_a-zA-Z0-9]*), none of
+    them reserved."""
     cdef Py_ssize_t i = 0, start
     while True:
         start = i
@@ -1764,6 +1753,15 @@ cdef bint valid_type_utf8(const char* p, Py_ssize_t n) noexcept:
             i += 2
         else:
             return False
+
+
+cdef bint valid_type_name(str name):
+    cdef Py_ssize_t n
+    cdef const char* p = utf8_or_null(name, &n)
+    if p == NULL:
+        PyErr_Clear()
+        return False
+    return valid_type_utf8(p, n)
 
 
 cdef Uid uid_from_plain_text(Generation g, str s, const char* p, Py_ssize_t n):

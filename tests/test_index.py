@@ -224,9 +224,9 @@ def uid_text_engine(tmp_path_factory):
         yield engine
 
 
-_TYPE_PARTS = st.sampled_from(["User", "A::B", "A::B::C", "_x1", "Ns::User", "if", "A::in", "__cedar", "x1",
-                               "1a", "A:B", "", "A::", "::A", "é", "A ::B", "User ", "U-ser", "A::B::", "Usér",
-                               "has", "A::then"])
+_TYPE_NAMES = ["User", "A::B", "A::B::C", "_x1", "Ns::User", "if", "A::in", "__cedar", "x1", "1a", "A:B", "",
+               "A::", "::A", "é", "A ::B", "User ", "U-ser", "A::B::", "Usér", "has", "A::then"]
+_TYPE_PARTS = st.sampled_from(_TYPE_NAMES)
 _ID_CHARS = st.sampled_from(list('a"\\\'tu{}01é \t\n\x01\x7f') + ["\ud800"])
 _UID_TEXTS = st.one_of(
     st.builds(lambda t, i: f'{t}::"{i}"', _TYPE_PARTS, st.text(_ID_CHARS, max_size=8)),
@@ -276,6 +276,19 @@ def test_uid_texts_read_as_cedarpy_reads_them(uid_text_engine, text):
         else:
             got = "allow" if ours.allowed else ("error" if ours.errors else "deny")
         assert got == expected, text
+
+
+@pytest.mark.parametrize("type_name", _TYPE_NAMES)
+def test_uid_objects_take_the_type_names_cedarpy_takes(uid_text_engine, type_name):
+    # {"type", "id"} uids: their type names are checked by the same rules as the texts'.
+    request = {"principal": f'{type_name}::"a"', "action": 'Action::"a"', "resource": 'R::"r"', "context": {}}
+    theirs = cedarpy.is_authorized(request, _UID_TEXT_POLICY, json.dumps(_UID_TEXT_ENTITIES))
+    try:
+        ours = uid_text_engine.check({"type": type_name, "id": "a"}, 'Action::"a"', 'R::"r"', {})
+    except authz.RequestError:
+        assert theirs.decision == cedarpy.Decision.NoDecision
+    else:
+        assert ours.allowed == theirs.allowed and theirs.decision != cedarpy.Decision.NoDecision
 
 
 def test_uid_text_of_another_type_in_the_same_hash_slot(uid_text_engine):
