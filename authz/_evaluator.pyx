@@ -208,7 +208,8 @@ cdef class Uid:
         return hash((self.type, self.id))
 
     def __repr__(self):
-        return f'{self.type}::"{self.id}"'
+        """Cedar's text of the uid (the id escaped as Cedar prints it), as its error messages show it."""
+        return f'{self.type}::"{_normal_form(self.id)}"'
 
 
 @cython.final

@@ -256,6 +256,7 @@ _UID_TEXTS = st.one_of(
 @example('has::"a"').via("another reserved name")
 @example('User::"1"').via("an id known under another type")
 @example('User::"a').via("no closing quote")
+@example('User::"new\\tline\\n\\u{1}é"').via("an unknown entity whose id Cedar escapes when it prints it")
 def test_uid_texts_read_as_cedarpy_reads_them(uid_text_engine, text):
     # Request uid texts (`Type::"id"`): the evaluator reads the plain ones itself and leaves escapes
     # and malformed texts to the general parser. Both must accept, resolve and reject exactly the
@@ -276,6 +277,8 @@ def test_uid_texts_read_as_cedarpy_reads_them(uid_text_engine, text):
         else:
             got = "allow" if ours.allowed else ("error" if ours.errors else "deny")
         assert got == expected, text
+        if got == "error":  # an unknown entity, named in its message as Cedar names it
+            assert ours.errors[0]["message"] in str(theirs.diagnostics.errors[0]), text
 
 
 @pytest.mark.parametrize("type_name", _TYPE_NAMES)
