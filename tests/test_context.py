@@ -66,6 +66,29 @@ def test_batch_items_sharing_objects_decide_as_single_checks(engine):
     assert any(d.allowed for d in batch) and not all(d.allowed for d in batch)
 
 
+class _Key(str):
+    """A str subclass: equal to (and hashed as) the plain key it spells."""
+
+
+def test_batch_items_read_by_their_keys_whatever_the_key_objects(engine):
+    """check_batch reads an item's members in one pass, matching plain keys by their text: keys that are
+    other objects than the literals (from json.loads), str subclasses, extra or non-ASCII keys and
+    missing members must read as dict lookups read them."""
+    base = {"principal": 'User::"u"', "action": 'Action::"h"', "resource": 'Doc::"d"', "context": CONTEXTS[0]}
+    items = [
+        json.loads(json.dumps(base)),
+        {_Key(k): v for k, v in base.items()},
+        dict(base, extra=1, **{"é": 2, "principals": 3, "contexts": {}}),
+        {k: v for k, v in base.items() if k != "context"},
+        {**{_Key("principal"): 'User::"u"'}, **{k: v for k, v in base.items() if k != "principal"}},
+    ]
+    expected = [engine.check(item.get("principal"), item.get("action"), item.get("resource"), item.get("context"))
+                for item in items]
+    assert engine.check_batch(items) == expected
+    with pytest.raises(authz.RequestError, match="request 0: `principal`"):
+        engine.check_batch([{"Principal": 'User::"u"', "action": 'Action::"h"', "resource": 'Doc::"d"'}])
+
+
 def test_batch_error_names_its_item_after_shared_objects(engine):
     principal = {"type": "User", "id": "u"}
     good = {"principal": principal, "action": 'Action::"h"', "resource": 'Doc::"d"', "context": CONTEXTS[0]}
