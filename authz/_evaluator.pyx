@@ -933,6 +933,10 @@ cdef class Generation:
         cdef int idx = self.find_uid(tp, tn, ip, idn)
         if idx >= 0:
             return self.uid_at(idx)
+        return self.unknown_uid(type_name, uid_id)
+
+    cdef Uid unknown_uid(self, str type_name, str uid_id):
+        """A Uid this generation has no entity for (idx -1; its type's index if the type is known)."""
         cdef Uid u = Uid.__new__(Uid)
         u.type = type_name
         u.id = uid_id
@@ -1757,6 +1761,7 @@ cdef bint valid_type_utf8(const char* p, Py_ssize_t n) noexcept:
 
 
 cdef bint valid_type_name(str name):
+    """valid_type_utf8 over a str (False for one with no UTF-8 form)."""
     cdef Py_ssize_t n
     cdef const char* p = utf8_or_null(name, &n)
     if p == NULL:
@@ -1785,7 +1790,7 @@ cdef Uid uid_from_plain_text(Generation g, str s, const char* p, Py_ssize_t n):
     if idx >= 0:
         return g.uid_at(idx)
     # INVARIANT: the type part is ASCII, so byte offsets up to the first quote are character offsets.
-    return g.resolve(s[:q - 2], s[q + 1:len(s) - 1])
+    return g.unknown_uid(s[:q - 2], s[q + 1:len(s) - 1])
 
 
 cdef tuple parse_uid_text(str s, str field):
