@@ -822,7 +822,7 @@ def main(argv=None):
     print(out)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "isolation": isolation, "timer_ns": timer_ns,
+            json.dump({"results": results, "scaling": scaling, "isolation": isolation, "timer_ns": timer_ns,
                        "authz_error": _AUTHZ_ERR, "loadavg": load}, f, indent=1, default=str)
     bad = any((R.get("authz_vs_ced_mismatch") or 0) or (R.get("authz_vs_floor_mismatch") or 0)
               or R["floor_vs_ced_mismatch"] for R in results) or any(R["mismatch"] for R in isolation)
