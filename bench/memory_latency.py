@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--accesses", type=int, default=4_000_000)
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     with tempfile.TemporaryDirectory() as folder:
         src, exe = os.path.join(folder, "latency.c"), os.path.join(folder, "latency")
         with open(src, "w") as f:
