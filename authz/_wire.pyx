@@ -4,7 +4,8 @@
 `decode_batch_check` reads a serialized BatchCheckRequest straight into the engine's request
 dicts. It is deliberately narrow: anything it does not take as given (an empty entity type, a
 missing part, a null or fractional number in a context, a context nested too deeply, a repeated
-singular message field, bad UTF-8, a malformed message) makes it return None, and the caller
+singular message field, a map entry with a field besides its key and value, bad UTF-8, a malformed
+message) makes it return None, and the caller
 then takes the protobuf path, which is exact about every error and names the field.
 
 `decode_envoy_check` reads what the Envoy mapping needs from a serialized ext_authz v3
@@ -308,7 +309,7 @@ cdef dict decode_struct(Reader sub, int depth, int max_depth):
                 read_sub(&entry, &value)
                 has_value = True
             else:
-                skip_field(&entry, ewt)
+                raise _Unusual()  # protobuf keeps an entry with other fields out of the map
         if not has_value:
             raise _Unusual()
         out[key] = decode_value(value, depth, max_depth)  # a repeated key: the last one wins, as in protobuf
@@ -622,10 +623,8 @@ cdef int decode_string_map_entry(Reader entry, dict out) except -1:
                 key = read_short_str(&s)
             else:
                 value = read_short_str(&s)
-        elif field <= 2:
-            raise _Unusual()
         else:
-            skip_field(&entry, wt)
+            raise _Unusual()  # protobuf keeps an entry with other fields out of the map
     out[key] = value  # a repeated key: the last one wins, as in protobuf
     return 0
 

@@ -308,3 +308,46 @@ def test_batch_decode_of_damaged_bytes_declines_or_agrees(data):
         message = parsed_or_none(pb.BatchCheckRequest, data)
         assert message is not None, "accepted bytes that protobuf rejects"
         assert decoded[2] == slow_requests(message, False)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads here are under 128 bytes)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+# A map entry with a field beside its key (1) and value (2): protobuf keeps such an entry out of the
+# map (upb files it with the message's unknown fields), so the fast decoders must not take it either.
+_ODD_ENTRY_EXTRA = b"\x1a\x00"  # field 3, empty
+
+
+def test_batch_decode_of_a_struct_entry_with_another_field_declines_or_agrees():
+    base = pb.BatchCheckRequest(principal=uid("Agent", "a"), action=uid("Action", "x"),
+                                resource=uid("T", "t")).SerializeToString()
+    value = _len_field(2, _len_field(3, b"v"))  # Value.string_value "v"
+    for entry in (_len_field(1, b"k") + value + _ODD_ENTRY_EXTRA, _ODD_ENTRY_EXTRA + _len_field(1, b"k") + value):
+        context = _len_field(1, entry) + _len_field(1, _len_field(1, b"j") + value)
+        data = base + _len_field(5, _len_field(4, context))
+        message = pb.BatchCheckRequest.FromString(data)
+        assert dict(message.items[0].context.fields) == {"j": struct_pb2.Value(string_value="v")}
+        decoded = decode_batch_check(data, DEPTH, False)
+        assert decoded is None or decoded[2] == slow_requests(message, False)
+
+
+def test_envoy_decode_of_a_map_entry_with_another_field_declines_or_agrees():
+    request_fields = external_auth_pb2.CheckRequest.DESCRIPTOR.fields_by_name
+    attributes = request_fields["attributes"].message_type.fields_by_name
+    http_request = attributes["request"].message_type.fields_by_name["http"]
+    headers = http_request.message_type.fields_by_name["headers"].number
+    extensions = attributes["context_extensions"].number
+    entry = _len_field(1, b"x-team") + _len_field(2, b"red") + _ODD_ENTRY_EXTRA
+    for attrs in (_len_field(attributes["request"].number, _len_field(http_request.number, _len_field(headers, entry))),
+                  _len_field(extensions, entry)):
+        data = _len_field(request_fields["attributes"].number, attrs)
+        limits = Limits(max_headers=3)
+        message = external_auth_pb2.CheckRequest.FromString(data)
+        assert not message.attributes.request.http.headers and not message.attributes.context_extensions
+        view = decode_envoy_check(data, limits.max_headers)
+        if view is not None:
+            reference = check_view(message, limits)
+            assert view[:6] + view[7:] == reference[:6] + reference[7:]
