@@ -790,37 +790,39 @@ cdef class Generation:
     # Each is a few instructions that inline: nothing in them raises as far as Cython knows, so it
     # emits no error path; a read out of bounds sets IndexFormatError through format_error (a C
     # call Cython does not see raising) and returns the declared error value, which the caller's
-    # `except?` check then sees.
+    # `except?` check then sees. The bounds are one unsigned comparison: a negative offset becomes
+    # a huge size_t and fails it too, and `size` is at least HEADER_SIZE (__cinit__), so `size - 8`
+    # is not negative.
     cdef inline uint32_t u32(self, Py_ssize_t off) except? 0xFFFFFFFF:
         cdef uint32_t v
-        if off < 0 or off + 4 > self.size:
+        if <size_t>off > <size_t>(self.size - 4):
             return <uint32_t>out_of_bounds()
         memcpy(&v, self.base + off, 4)
         return v
 
     cdef inline uint64_t u64(self, Py_ssize_t off) except? 0xFFFFFFFFFFFFFFFF:
         cdef uint64_t v
-        if off < 0 or off + 8 > self.size:
+        if <size_t>off > <size_t>(self.size - 8):
             return <uint64_t>out_of_bounds()
         memcpy(&v, self.base + off, 8)
         return v
 
     cdef inline int64_t i64(self, Py_ssize_t off) except? -1:
         cdef int64_t v
-        if off < 0 or off + 8 > self.size:
+        if <size_t>off > <size_t>(self.size - 8):
             return out_of_bounds()
         memcpy(&v, self.base + off, 8)
         return v
 
     cdef inline uint8_t u8(self, Py_ssize_t off) except? 0xFF:
-        if off < 0 or off >= self.size:
+        if <size_t>off >= <size_t>self.size:
             return <uint8_t>out_of_bounds()
         return self.base[off]
 
     cdef inline Py_ssize_t str_span(self, Py_ssize_t off, Py_ssize_t* n) except -1:
         """The start of the str at `off` (u32 length, then UTF-8); its length in n[0]."""
         cdef uint32_t v
-        if off < 0 or off + 4 > self.size:
+        if <size_t>off > <size_t>(self.size - 4):
             return out_of_bounds()
         memcpy(&v, self.base + off, 4)
         n[0] = v
