@@ -5,8 +5,8 @@
 dicts. It is deliberately narrow: anything it does not take as given (an empty entity type, a
 missing part, a null or fractional number in a context, a context nested too deeply, a repeated
 singular message field, a map entry with a field besides its key and value, bad UTF-8, a malformed
-message) makes it return None, and the caller
-then takes the protobuf path, which is exact about every error and names the field.
+message) makes it return None, and the caller then takes the protobuf path, which is exact about
+every error and names the field.
 
 `decode_envoy_check` reads what the Envoy mapping needs from a serialized ext_authz v3
 CheckRequest, under the same rule: None sends the request to the protobuf path.
@@ -309,7 +309,8 @@ cdef dict decode_struct(Reader sub, int depth, int max_depth):
                 read_sub(&entry, &value)
                 has_value = True
             else:
-                raise _Unusual()  # protobuf keeps an entry with other fields out of the map
+                # A key or value of another wire type, or another field (which protobuf keeps out of the map).
+                raise _Unusual()
         if not has_value:
             raise _Unusual()
         out[key] = decode_value(value, depth, max_depth)  # a repeated key: the last one wins, as in protobuf
@@ -624,7 +625,8 @@ cdef int decode_string_map_entry(Reader entry, dict out) except -1:
             else:
                 value = read_short_str(&s)
         else:
-            raise _Unusual()  # protobuf keeps an entry with other fields out of the map
+            # A key or value of another wire type, or another field (which protobuf keeps out of the map).
+            raise _Unusual()
     out[key] = value  # a repeated key: the last one wins, as in protobuf
     return 0
 
