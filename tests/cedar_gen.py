@@ -22,6 +22,7 @@ never appear as bare identifiers, record literals never repeat a key.
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 
@@ -800,6 +801,92 @@ def cases(draw, family: str = "all", max_policies: int = 6, max_depth: int = 3, 
         entity_split = g.num(0, len(ents))
     pids = [ann if ann is not None else "%s:%d" % pos for ann, pos in zip(anns, _positions(layout))]
     return {"policies": pols, "ids": pids, "entities": ents, "requests": reqs, "layout": layout, "entity_split": entity_split}
+
+
+# --------------------------------------------------------------------------- policy repositories
+
+_LITERAL_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_EXTENSION_CALL_RE = re.compile(r"(?:ip|decimal|datetime|duration)\($")
+_EFFECT_RE = re.compile(r"^((?:@[^\n]*\n)*)(permit|forbid)\(")
+LOOKALIKE_LITERALS = IDS + ("d", "") + STRINGS[1:6]
+
+
+def _lookalike(g: _Draw, shape: str, pool, effect: str) -> str:
+    """`shape` with `effect` and about half of its string literals (entity ids included) replaced from `pool`:
+    another policy of the same shape, as a repository of one-policy-per-agent files has."""
+    def swap(m):
+        before = shape[max(0, m.start() - 12):m.start()]
+        if _EXTENSION_CALL_RE.search(before) or not g.chance(50):
+            return m.group()  # extension literals stay valid; half the literals stay as they are
+        return cedar_str(g.pick(ACTION_IDS if before.endswith("Action::") else pool))
+    text = _LITERAL_RE.sub(swap, shape)
+    return _EFFECT_RE.sub(lambda m: m.group(1) + effect + "(", text, count=1)
+
+
+def _extra_entities(v: "ValueGen", base, n: int) -> list:
+    """`n` more entities (ids e0, e1, ...) whose parents are earlier extras or base entities: a large store."""
+    out, made = [], []
+    base_uids = [uid_of(e) for e in base if uid_of(e)[0] != ACTION_TYPE]
+    for k in range(n):
+        uid = (ENTITY_TYPES[k % len(ENTITY_TYPES)], "e%d" % k)
+        parents = []
+        for _ in range(v.num(0, 2)):
+            pool = made if made and v.chance(70) else base_uids
+            if pool:
+                par = pool[v.num(0, len(pool) - 1)]
+                if par not in parents:
+                    parents.append(par)
+        out.append({"uid": uid_json(uid), "attrs": v.record(1, max_size=3), "parents": [uid_json(x) for x in parents]})
+        made.append(uid)
+    return out
+
+
+@st.composite
+def repo_cases(draw, min_files: int = 5, max_files: int = 40, max_per_file: int = 12, min_policies: int = 0,
+               extra_entities: int = 0, requests: tuple = (4, 10)):
+    """A differential case shaped like a policy repository: `min_files`..`max_files` files of look-alike
+    policies (a few shapes, each repeated with other literals), permits and forbids alternating between
+    files, `@id`s in some files, an allow-all file now and then (so forbids matter), and optionally
+    `extra_entities` more entities in a hierarchy. Same dict as `cases`; the file names sort in layout order."""
+    # Hypothesis draws the first bytes (it explores and shrinks them); a seeded stream extends them to the
+    # size a large repository needs, which is past what one hypothesis draw may hold.
+    head, seed = draw(BYTES), draw(st.integers(0, 2**32 - 1))
+    size = 24 * max(min_policies, max_files * max_per_file) + 8 * extra_entities
+    src = ByteSource(head + random.Random(seed).randbytes(size))
+    ents = _graph(src, "graph", cycles=False)
+    v = ValueGen(src, "all")
+    v.known = tuple(uid_of(e) for e in ents if uid_of(e)[0] != ACTION_TYPE)
+    extras = _extra_entities(v, ents, extra_entities)
+    uids = [uid_of(e) for e in ents + extras]
+    pool = [u for u in uids if u[0] != ACTION_TYPE] + list(ALL_UIDS)
+    g = ExprGen(src, "all", uids=pool, existing=[u for u in uids if u[0] != ACTION_TYPE][:64])
+    shapes = [g.policy(g.num(1, 2)) for _ in range(g.num(1, 5))]
+    literals = LOOKALIKE_LITERALS + tuple(u[1] for u in uids[len(ents):len(ents) + 32])
+    n_files = g.num(min_files, max_files)
+    per_file = max(1, -(-min_policies // n_files))
+    pols, pids, layout = [], [], []
+    if g.chance(40):
+        pols.append('@id("allow-all")\npermit(principal, action, resource);')
+        pids.append("allow-all")
+        layout.append(("000-all.cedar", 1))
+    for f in range(n_files):
+        name = "f%03d.cedar" % f
+        effect = "forbid" if f % 2 else "permit"
+        annotated = g.chance(30)
+        count = max(per_file, g.num(1, max_per_file))
+        for j in range(count):
+            text = _lookalike(g, g.pick(shapes), literals, effect if g.chance(85) else ("permit", "forbid")[f % 2 == 0])
+            if annotated:
+                pid = "pol-%d-%d" % (f, j)
+                text = "@id(%s)\n%s" % (cedar_str(pid), text)
+            else:
+                pid = "%s:%d" % (name, j)
+            pols.append(text)
+            pids.append(pid)
+        layout.append((name, count))
+    reqs = _requests(src, "all", ents + extras, *requests)
+    return {"policies": pols, "ids": pids, "entities": ents + extras, "requests": reqs, "layout": layout,
+            "entity_split": len(ents)}
 
 
 def _positions(layout):

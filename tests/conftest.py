@@ -20,11 +20,12 @@ class AuthzHarness:
         # semantic tests close the engine around each compile so they can still run.
         self.reopen = False
 
-    def load(self, policies, entities) -> None:
+    def load(self, policies, entities, as_files=False) -> None:
         """Compile a case; raises authz's CompileError when authz refuses it.
 
         `policies`: Cedar text (written to policies.cedar) or [(file name, text)];
         `entities`: a list / JSON text (written to entities.json) or [(file name, list)].
+        The folder is compiled, or with `as_files` the list of its files in the order given.
         """
         from cedar_gen import ENTITY_FILE, POLICY_FILE
 
@@ -42,7 +43,10 @@ class AuthzHarness:
         if self.engine is not None and self.reopen:
             self.engine.close()
             self.engine = None
-        self.authz.compile([str(self.src)], db=self.db)
+        if as_files:
+            self.authz.compile([str(self.src / name) for name, _ in policies + entities], db=self.db)
+        else:
+            self.authz.compile([str(self.src)], db=self.db)
         self.compiles += 1
         if self.engine is None:
             self.engine = self.authz.Engine(self.db)

@@ -50,10 +50,11 @@ def _fail(why, policy_files, entities, requests, expected, got=None):
     pytest.fail("\n".join(msg), pytrace=False)
 
 
-def check_case(h, policy_files, entity_files, requests):
+def check_case(h, policy_files, entity_files, requests, as_files=False):
     """Decide `requests` with cedarpy and authz; fail on any difference.
 
-    policy_files: [(file name, Cedar text)]; entity_files: [(file name, entities)].
+    policy_files: [(file name, Cedar text)]; entity_files: [(file name, entities)]; compiled as a folder,
+    or with `as_files` as that list of files in that order.
     """
     from authz.errors import CompileError, RequestError
 
@@ -62,22 +63,22 @@ def check_case(h, policy_files, entity_files, requests):
     refused = [e for e in expected if isinstance(e, cg.NoDecision) and e.kind != "request"]
     if refused:
         try:
-            h.load(policy_files, entity_files)
+            h.load(policy_files, entity_files, as_files)
         except CompileError:
             return
         _fail("cedarpy rejects the %s (%s) but authz.compile accepted them" % (refused[0].kind, refused[0].messages[0][:400]),
               policy_files, entities, requests, expected)
     try:
-        h.load(policy_files, entity_files)
+        h.load(policy_files, entity_files, as_files)
     except CompileError as e:
         _fail("authz.compile raised CompileError on input cedarpy accepts: %s" % e, policy_files, entities, requests, expected)
 
     good = [(r, e) for r, e in zip(requests, expected) if not isinstance(e, cg.NoDecision)]
     got = h.outcomes([r for r, _ in good])
-    if good:  # Engine.check must agree with check_batch
-        single = cg.decision_outcome(h.check(good[-1][0]))
-        if single != got[-1]:
-            _fail("check and check_batch disagree on %r: %r vs %r" % (good[-1][0], single, got[-1]),
+    for (req, _), batched in zip(good, got):  # Engine.check must agree with check_batch on every request
+        single = cg.decision_outcome(h.check(req))
+        if single != batched:
+            _fail("check and check_batch disagree on %r: %r vs %r" % (req, single, batched),
                   policy_files, entities, requests, expected, got)
     for (req, exp), out in zip(good, got):
         if exp != out:

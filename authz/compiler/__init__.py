@@ -17,7 +17,7 @@ _SHAPE_FALLBACK = object()
 
 def _template_of(lowering, source):
     """The shape's Template, or _SHAPE_FALLBACK if some literal of the shape has no hole to go into."""
-    template = lowering.lower(source.est, source.where)
+    template = lowering.lower(source.est, source.where, source.placeholders)
     # Scope uids are holes too, so the holes and the annotated id account for every patched literal.
     used = {arg if kind else arg[1] for _, kind, arg in template.holes}
     if type(template.policy_id) is int:
@@ -67,7 +67,10 @@ def compile_generation(srcs):
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
-    diagnostics, records, ids, seen, templates = [], [], [], {}, {}
+    diagnostics, records, ids, seen = [], [], [], {}
+    # Templates are keyed by the text cedarpy parsed (and whether its literals are placeholders), which
+    # determines the shape's EST: never by the EST object's identity, which a later file's parse reuses.
+    templates = {}
     for path, shown in policy_files:
         try:
             with open(path, encoding="utf-8") as fh:
@@ -82,11 +85,13 @@ def compile_generation(srcs):
             continue
         for source in sources:
             try:
-                template = templates.get(id(source.est))
+                shape_key = (source.shape, source.placeholders)
+                template = templates.get(shape_key)
                 if template is None:
-                    template = templates[id(source.est)] = _template_of(lowering, source)
+                    template = templates[shape_key] = _template_of(lowering, source)
                 if template is _SHAPE_FALLBACK:
-                    record, keys, annotated = lowering.lower(parse_alone(source), source.where).instantiate((), symbols)
+                    alone = lowering.lower(parse_alone(source), source.where, placeholders=False)
+                    record, keys, annotated = alone.instantiate((), symbols)
                 else:
                     record, keys, annotated = template.instantiate(source.literals, symbols)
             except CompileError as err:

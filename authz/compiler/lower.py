@@ -14,6 +14,10 @@ _HOLE_UID, _HOLE_STR = 0, 1
 _VARS = {"principal": L.VAR_PRINCIPAL, "action": L.VAR_ACTION, "resource": L.VAR_RESOURCE, "context": L.VAR_CONTEXT}
 
 
+def _no_slot(_text):
+    return None
+
+
 class _Unsupported(Exception):
     def __init__(self, construct, detail=""):
         self.construct = construct
@@ -67,9 +71,12 @@ class PolicyLowering:
     def __init__(self, symbols):
         self.symbols = symbols
 
-    def lower(self, est, where):
-        """The Template of one policy shape; raises CompileError naming the construct and `where`."""
+    def lower(self, est, where, placeholders=True):
+        """The Template of one policy shape; raises CompileError naming the construct and `where`.
+        With `placeholders` false, the EST holds its literals in place: no string is a hole, even one
+        that looks like a placeholder."""
         self._holes = []
+        self._slot = literal_slot if placeholders else _no_slot
         try:
             return self._lower(est)
         except _Unsupported as err:
@@ -107,7 +114,7 @@ class PolicyLowering:
         annotated = (annotations["id"] or "") if "id" in annotations else None
         policy_id = None
         if isinstance(annotated, str):
-            slot = literal_slot(annotated)
+            slot = self._slot(annotated)
             policy_id = annotated if slot is None else slot
         return Template(bytes(out), tuple(self._holes), keys, policy_id)
 
@@ -116,7 +123,7 @@ class PolicyLowering:
         if "__entity" in entity:
             entity = entity["__entity"]
         type_name, uid_id = entity["type"], entity["id"]
-        slot = literal_slot(uid_id)
+        slot = self._slot(uid_id)
         if slot is None:
             index = self.symbols.uid_index(type_name, uid_id)
             out += U32.pack(index)
@@ -127,7 +134,7 @@ class PolicyLowering:
         return (type_name, slot)
 
     def _str_field(self, out, text):
-        slot = literal_slot(text)
+        slot = self._slot(text)
         if slot is None:
             out += U32.pack(self.symbols.string_index(text))
         else:

@@ -39,7 +39,11 @@ def literal_slot(text):
 
 @dataclass(slots=True)
 class PolicySource:
-    """One policy: where it is, its shape's EST (shared by every policy of that shape) and its literals."""
+    """One policy: where it is, its shape's EST (shared by every policy of that shape) and its literals.
+
+    `shape` is the exact text cedarpy parsed into `est`, and `placeholders` says whether its string
+    literals were replaced by numbered placeholders (then `literals` holds their values, in order).
+    The pair names the shape across files: equal pairs parse to equal ESTs."""
 
     file: str
     index: int
@@ -48,6 +52,8 @@ class PolicySource:
     est: dict
     literals: tuple
     text: str
+    shape: str
+    placeholders: bool
 
     @property
     def where(self):
@@ -200,11 +206,12 @@ def _check_nesting(text, statements, file):
 
 def parse_policy_text(text, file):
     """Parses one file's Cedar text into PolicySources; raises CompileError naming every bad statement."""
-    statements = scan_statements(text, placeholders=_SLOT_PREFIX not in text)
+    placeholders = _SLOT_PREFIX not in text
+    statements = scan_statements(text, placeholders=placeholders)
     _check_nesting(text, statements, file)
     parsed = _parse_by_shape(statements)
     if parsed is not None:
-        return _to_sources(parsed, statements, file, text)
+        return _to_sources(parsed, statements, file, text, placeholders)
     # Slow path: parse statement by statement to find and place each error.
     lines = _LineMap(text)
     diagnostics, parsed = [], []
@@ -224,7 +231,8 @@ def parse_policy_text(text, file):
         parsed.append((items[0], ()))
     if diagnostics:
         raise CompileError(diagnostics)
-    return _to_sources(parsed, statements, file, text)
+    # Each statement was parsed from its own text, literals in place.
+    return _to_sources(parsed, statements, file, text, False)
 
 
 def parse_alone(source):
@@ -232,10 +240,12 @@ def parse_alone(source):
     return _policy_order(json.loads(cedarpy.policies_to_json_str(source.text)))[0][2]
 
 
-def _to_sources(parsed, statements, file, text):
+def _to_sources(parsed, statements, file, text, placeholders):
     sources = []
-    for n, (((_, kind, body), literals), (start, end, line, col, _shape, _raw)) in enumerate(zip(parsed, statements)):
+    for n, (((_, kind, body), literals), (start, end, line, col, shape, _raw)) in enumerate(zip(parsed, statements)):
         if kind == "templates":
             raise CompileError([f"{file}:{line}:{col}: unsupported construct `template slot`: templates are not supported yet"])
-        sources.append(PolicySource(file, n, line, col, body, literals, text[start:end]))
+        if not placeholders:
+            shape = text[start:end]
+        sources.append(PolicySource(file, n, line, col, body, literals, text[start:end], shape, placeholders))
     return sources
