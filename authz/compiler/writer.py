@@ -315,6 +315,9 @@ def publish(db, blob):
     """Writes `blob` as the next generation and makes it current in one write transaction; returns its number."""
     env = open_env(db, create=True)
     try:
+        # A reader killed without closing (SIGKILL) leaves its slot, which would keep every later
+        # generation's pages from being reused: the file would grow by a generation per publish.
+        env.reader_check()
         with env.begin(write=True) as txn:
             raw = txn.get(CURRENT_KEY)
             if raw is not None and len(raw) != 8:
