@@ -9,6 +9,10 @@ A rotated-out key no longer signs; its public half stays in the key set (and the
 `keep_until` = rotation time + the longest token lifetime + leeway + a margin, i.e. until the
 last token it signed has expired. kid = the key's RFC 7638 JWK thumbprint. Key material never
 reaches logs or messages.
+
+Each file is written whole or not at all (a temporary file in the folder, fsync, rename, fsync
+of the folder): a full disk or a crash leaves the previous key set. An empty or corrupt file,
+or signing keys without their key set, is refused: a new key is never made over them.
 """
 from __future__ import annotations
 
@@ -74,34 +78,79 @@ def _locked(folder: str):
         os.close(fd)  # closing releases the lock
 
 
-def _write_synced(path: str, data: bytes, flags: int) -> None:
-    """Write `data` to `path` (owner-only) and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+def _fsync_folder(folder: str) -> None:
+    """Make the folder's last renames and removals durable; a failure is logged (what is done stays done)."""
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("cannot sync the folder `%s`: %s", folder, e.strerror)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
+    """Make `path` (owner-only) hold all of `data`, or leave it as it was: KeyStoreError when it cannot."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    _write_synced(tmp, data, os.O_TRUNC)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise KeyStoreError(f"cannot write `{path}`: {e.strerror or e}") from None
+    _fsync_folder(os.path.dirname(path))
+
+
+def _holds_signing_keys(folder: str) -> bool:
+    try:
+        return any(name.endswith(".pem") for name in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _read_keyset(folder: str) -> dict | None:
+    """The key set; None when the folder has neither a key set nor signing keys; KeyStoreError when unusable."""
     path = os.path.join(folder, KEYSET)
+    start_over = "restore it, or move the folder away to start over with a new key"
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
+            data = f.read(1 << 20)
     except FileNotFoundError:
+        if _holds_signing_keys(folder):
+            raise KeyStoreError(f"the key set `{path}` is missing but `{folder}` holds signing keys: {start_over}") \
+                from None
         return None
-    except (OSError, ValueError) as e:
-        raise KeyStoreError(f"cannot read the key set `{path}`: {e.__class__.__name__}") from None
+    except OSError as e:
+        raise KeyStoreError(f"cannot read the key set `{path}`: {e.strerror}") from None
+    if not data.strip():
+        raise KeyStoreError(f"the key set `{path}` is empty: {start_over}")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise KeyStoreError(f"the key set `{path}` is not valid JSON: {start_over}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not isinstance(doc.get("active"), str):
         raise KeyStoreError(f"`{path}` is not an authz key set")
     return doc
+
+
+def _write_keyset(folder: str, doc: dict, new_kid: str | None = None) -> None:
+    """Write the key set; on failure the new key's private file (`new_kid`, not in any key set yet) goes too."""
+    try:
+        _write_atomic(os.path.join(folder, KEYSET), json.dumps(doc, indent=1).encode())
+    except KeyStoreError:
+        if new_kid is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, f"{new_kid}.pem"))
+        raise
 
 
 def _new_key(folder: str, now: float) -> dict:
@@ -111,8 +160,7 @@ def _new_key(folder: str, now: float) -> dict:
     kid = thumbprint(jwk)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    path = os.path.join(folder, f"{kid}.pem")
-    _write_synced(path, pem, os.O_EXCL)
+    _write_atomic(os.path.join(folder, f"{kid}.pem"), pem)
     return {"kid": kid, "x": jwk["x"], "created": int(now), "retired": None, "keep_until": None}
 
 
@@ -133,12 +181,15 @@ def ensure_keys(data_dir: str, max_ttl_s: int = 900, now: float | None = None) -
         doc = _read_keyset(folder)
         if doc is not None and doc.get("max_ttl_s", 0) >= max_ttl_s:
             return doc["active"]
+        new_kid = None
         if doc is None:
             entry = _new_key(folder, now)
-            doc = {"active": entry["kid"], "max_ttl_s": max_ttl_s, "keys": [entry]}
-            log.info("created task-token signing key %s", entry["kid"])
+            new_kid = entry["kid"]
+            doc = {"active": new_kid, "max_ttl_s": max_ttl_s, "keys": [entry]}
         doc["max_ttl_s"] = max(int(doc.get("max_ttl_s", 0)), int(max_ttl_s))
-        _write_atomic(os.path.join(folder, KEYSET), json.dumps(doc, indent=1).encode())
+        _write_keyset(folder, doc, new_kid)
+        if new_kid is not None:
+            log.info("created task-token signing key %s", new_kid)
         return doc["active"]
 
 
@@ -161,9 +212,10 @@ def rotate_keys(data_dir: str, max_ttl_s: int = 900, leeway_s: int = 5, now: flo
         doc["active"] = entry["kid"]
         doc["max_ttl_s"] = lifetime
         dropped = _prune(doc, now)
-        _write_atomic(os.path.join(folder, KEYSET), json.dumps(doc, indent=1).encode())
+        _write_keyset(folder, doc, entry["kid"])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, f"{old}.pem"))
+        _fsync_folder(folder)
         log.info("rotated task-token signing key: %s -> %s", old, entry["kid"])
         return entry["kid"], old, dropped
 
@@ -186,6 +238,7 @@ class KeyStore:
         self._private = None
         self._public: dict = {}     # kid -> Ed25519PublicKey
         self._entries: dict = {}    # kid -> key-set entry
+        self._reload_error = ""     # the last reload failure, logged once
         self.reload()
 
     def _file_stamp(self):
@@ -197,9 +250,10 @@ class KeyStore:
         try:
             stamp = self._file_stamp()
         except OSError:
-            raise KeyStoreError(f"no key set in `{self.folder}`: start `authz serve` once or run `authz keys rotate`") \
-                from None
+            stamp = None
         doc = _read_keyset(self.folder)
+        if doc is None:
+            raise KeyStoreError(f"no key set in `{self.folder}`: start `authz serve` once or run `authz keys rotate`")
         public, entries = {}, {}
         for k in doc["keys"]:
             try:
@@ -231,8 +285,12 @@ class KeyStore:
                 raise KeyStoreError(f"the signing key `{path}` is accessible by others "
                                     f"(mode {stat.S_IMODE(st.st_mode):04o}); `chmod 600` it")
             data = os.read(fd, 65536)
+        except OSError as e:
+            raise KeyStoreError(f"cannot read the signing key `{path}`: {e.strerror}") from None
         finally:
             os.close(fd)
+        if not data.strip():
+            raise KeyStoreError(f"the signing key `{path}` is empty: restore it, or rotate to a new key")
         try:
             private = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
@@ -255,9 +313,18 @@ class KeyStore:
         try:
             if self._file_stamp() == self._stamp:
                 return
+        except OSError:
+            pass  # reload() says what is wrong
+        try:
             self.reload()
-        except (OSError, KeyStoreError) as e:
-            log.error("keeping the loaded signing keys: %s", e)
+        except KeyStoreError as e:
+            if str(e) != self._reload_error:  # once per condition, not once per check
+                log.error("keeping the loaded signing keys: %s", e)
+                self._reload_error = str(e)
+            return
+        if self._reload_error:
+            log.warning("the key set is usable again")
+            self._reload_error = ""
 
     def signing_key(self):
         """(kid, private key) of the active key."""

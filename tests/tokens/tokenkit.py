@@ -1,9 +1,14 @@
-"""Helpers for the task-token tests: an index, a settable clock, the token machinery, a token forger."""
+"""Helpers for the task-token tests: an index, a settable clock, the token machinery, a token forger, a small
+file system that fills up."""
+import errno
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
 import jwt
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "server"))  # harness.py
 
@@ -75,3 +80,33 @@ def claims_for(now: float, **over) -> dict:
          "exp": now + 60}
     c.update(over)
     return c
+
+
+def mount_small_fs(folder: pathlib.Path, size: str) -> None:
+    """Mount a tmpfs of `size` at `folder`: a real file system that fills up (needs root; skips otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+
+
+def unmount(folder: pathlib.Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def fill(folder: pathlib.Path) -> pathlib.Path:
+    """Write a file in `folder` until its file system is full; returns the file (remove it to free the space)."""
+    path = folder / "filler"
+    block = b"\0" * 4096
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(1 << 20):  # bounded: at most 4 GiB
+            try:
+                if f.write(block) < len(block):
+                    break
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                break
+    return path
