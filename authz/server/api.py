@@ -14,6 +14,7 @@ from authz.errors import IdentityError, RequestError
 from authz.server.callers import IDENTITY_REASONS
 from authz.server.decider import Invalid
 from authz.server.envoy import serialize_response
+from authz.server.malformed import reason, reject
 from authz.server.records import from_struct
 from authz.server.tokens_api import TOKEN_REASONS
 
@@ -21,6 +22,7 @@ log = logging.getLogger("authz.server")
 
 API = "v1"
 SERVICE = "authz.v1.Authorizer"
+CHECK, BATCH_CHECK = f"/{SERVICE}/Check", f"/{SERVICE}/BatchCheck"
 EXECUTE_ALL = authz_pb2.EVALUATION_SEMANTIC_EXECUTE_ALL
 DENY_ON_FIRST_DENY = authz_pb2.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY
 PERMIT_ON_FIRST_PERMIT = authz_pb2.EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT
@@ -104,6 +106,8 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             return e
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        """`request` is the serialized CheckRequest (see add_to_server): a malformed one is INVALID_ARGUMENT."""
+        request = await self._parse(authz_pb2.CheckRequest, request, context, CHECK)
         token = self.tokens.v1_token(context) if self.tokens is not None else None
         caller = self._caller(context, token)
         try:
@@ -122,6 +126,13 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         if o.code in ("index_unavailable", "internal_error", "revocation_unavailable", "keys_unavailable"):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{o.code}: {o.message} (decision {o.decision_id})")
         return to_response(o)
+
+    async def _parse(self, message_type, data: bytes, context, method: str):
+        """`data` parsed as a `message_type`; INVALID_ARGUMENT naming what is wrong when protobuf refuses it."""
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            await reject(context, method, reason(data, message_type, self.max_context_depth))
 
     def _batch_requests(self, request, principal_optional: bool) -> list:
         """The engine request dicts of a BatchCheck, in item order; an item that cannot be built
@@ -181,10 +192,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             semantic, n, requests = fast
         else:
             if type(request) is bytes:
-                try:
-                    request = authz_pb2.BatchCheckRequest.FromString(request)
-                except DecodeError:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot parse the BatchCheckRequest")
+                request = await self._parse(authz_pb2.BatchCheckRequest, request, context, BATCH_CHECK)
             semantic, n, requests = request.semantic, len(request.items), None
         if n > self.max_batch_size:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -198,7 +206,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             requests = None  # the protobuf path names the missing principal
         if requests is None:
             if type(request) is bytes:
-                request = authz_pb2.BatchCheckRequest.FromString(request)
+                request = await self._parse(authz_pb2.BatchCheckRequest, request, context, BATCH_CHECK)
             requests = self._batch_requests(request, principal_optional)
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)
@@ -209,10 +217,11 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         return encode_check_results(results, self.decider.id_prefix, first, generation, _PLAIN_CODES)
 
     def add_to_server(self, server) -> None:
-        """Register on `server`; BatchCheck takes and gives serialized messages (its wire fast path)."""
+        """Register on `server`. Both methods take serialized requests, so that a malformed one is theirs to
+        answer (authz.server.malformed); BatchCheck also gives a serialized answer (its wire fast path)."""
         handlers = {
             "Check": grpc.unary_unary_rpc_method_handler(
-                self.Check, request_deserializer=authz_pb2.CheckRequest.FromString,
+                self.Check, request_deserializer=None,
                 response_serializer=authz_pb2.CheckResponse.SerializeToString),
             "BatchCheck": grpc.unary_unary_rpc_method_handler(
                 self.BatchCheck, request_deserializer=None, response_serializer=serialize_response),

@@ -44,11 +44,12 @@ def build_server(cfg, decider):
     import grpc
     from envoy.service.auth.v3 import external_auth_pb2
     from grpc_health.v1 import health, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
+    from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-    from authz._pb import authz_pb2, tokens_pb2, tokens_pb2_grpc
+    from authz._pb import authz_pb2, tokens_pb2
     from authz.server.api import AuthorizerServicer
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
+    from authz.server.malformed import add_guarded
     from authz.server.tokens_api import TokensServicer, build_token_service
 
     server = grpc.aio.server(options=server_options(cfg))
@@ -57,14 +58,14 @@ def build_server(cfg, decider):
     callers = build_callers(cfg, tokens)
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)
-    tokens_pb2_grpc.add_TokensServicer_to_server(TokensServicer(tokens), server)
+    TokensServicer(tokens).add_to_server(server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((
+    add_guarded(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
+    add_guarded(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflection.aio.ReflectionServicer((
         external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
         authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
         tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
-        health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
     return server, health_servicer
 
 

@@ -18,6 +18,7 @@ import grpc
 
 from authz._pb import tokens_pb2, tokens_pb2_grpc
 from authz.server.decider import Invalid
+from authz.server.malformed import add_guarded
 from authz.tokens.caller import caller_identity
 from authz.tokens.config import MAX_TTL_CEILING_S, TokenConfig
 from authz.tokens.issuer import Authorization, Issuer
@@ -181,6 +182,10 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
 
     def __init__(self, service: TokenService):
         self.service = service
+
+    def add_to_server(self, server) -> None:
+        """Register on `server`; a malformed request is answered INVALID_ARGUMENT (authz.server.malformed)."""
+        add_guarded(tokens_pb2_grpc.add_TokensServicer_to_server, self, server)
 
     async def _fail(self, context, e: Exception):
         code = getattr(e, "code", "internal_error")
