@@ -23,7 +23,7 @@ from authz.tokens.caller import caller_identity
 from authz.tokens.config import MAX_TTL_CEILING_S, TokenConfig
 from authz.tokens.issuer import Authorization, Issuer
 from authz.tokens.keys import KeyStore, KeyStoreError, ensure_keys
-from authz.tokens.revocation import RevocationError, RevocationFullError, RevocationStore
+from authz.tokens.revocation import RevocationError, RevocationFullError, RevocationStore, entry_expiry
 from authz.tokens.scope import ScopeError
 from authz.tokens.verify import TokenError, Verifier, agent_uid, parse_bearer
 
@@ -44,6 +44,8 @@ _UNAVAILABLE = frozenset({"revocation_unavailable", "keys_unavailable", "index_u
 
 class _NoKeys:
     """Stands in for an unusable key store: every use fails with keys_unavailable."""
+
+    max_ttl_s = MAX_TTL_CEILING_S  # unknown: the longest any token can live
 
     def __init__(self, error: str):
         self.error = error
@@ -257,13 +259,12 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             if target is None or target == "token_id":
                 kind = "token"
                 value = presented.jti if target is None else request.token_id
-                # A token lives at most MAX_TTL_CEILING_S; the entry can go once it would have expired.
-                expires = presented.exp + cfg.leeway_s if target is None else now + MAX_TTL_CEILING_S + cfg.leeway_s
+                token_exp = presented.exp if target is None else None  # named by its id: unknown
                 resource = {"type": "Token", "id": value}
             else:
                 kind = target
                 value = getattr(request, target)
-                expires = now + request.ttl_s if request.ttl_s else 0
+                token_exp = None
                 resource = {"type": "Task" if kind == "task" else "Agent", "id": value}
             if not value or len(value) > cfg.max_task_chars or not value.isprintable():
                 raise TokenError("invalid_argument", f"`{target or 'token'}` is missing or malformed")
@@ -274,7 +275,9 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
                                   "context": ctx})
             if not auth.allowed:
                 raise TokenError(auth.reason, f"revoking is not permitted (decision {auth.decision_id})")
-            svc.revocations.revoke(kind, value, expires, cfg.max_revocations)
+            expires = svc.revocations.revoke(
+                kind, value, entry_expiry(kind, now, svc.keys.max_ttl_s, cfg.leeway_s, token_exp, request.ttl_s),
+                cfg.max_revocations, caller, cfg.max_revocations_per_caller)
         except (TokenError, RevocationError) as e:
             await self._fail(context, e)
         except Exception as e:

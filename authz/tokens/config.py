@@ -28,6 +28,7 @@ class TokenConfig:
     max_scope_entries: int = 32          # patterns per scope side (actions, resources)
     cache_size: int = 10000              # verified tokens remembered per worker
     max_revocations: int = 100000        # live revocation entries (Revoke fails beyond)
+    max_revocations_per_caller: int = 1000  # entries charged to one caller (default 1% of max_revocations)
     max_task_chars: int = 256            # task ids and agent ids
     key_check_interval_s: float = 1.0    # how often a worker looks for rotated keys
 
@@ -57,6 +58,8 @@ class TokenConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                     raise TokenConfigError(f"`tokens.{key}` must be a positive number, not `{value!r}`")
                 table[key] = float(value)
+        if "max_revocations_per_caller" not in table and "max_revocations" in table:
+            table["max_revocations_per_caller"] = max(1, table["max_revocations"] // 100)
         cfg = cls(**table)
         if not cfg.issuer or len(cfg.issuer) > 256 or not cfg.issuer.isprintable():
             raise TokenConfigError("`tokens.issuer` must be 1 to 256 printable characters")
@@ -70,6 +73,8 @@ class TokenConfig:
             raise TokenConfigError("`tokens.max_delegation_depth` must be at most 32")
         if cfg.max_scope_entries > 256:
             raise TokenConfigError("`tokens.max_scope_entries` must be at most 256")
+        if cfg.max_revocations_per_caller > cfg.max_revocations:
+            raise TokenConfigError("`tokens.max_revocations_per_caller` must be at most `tokens.max_revocations`")
         if not 1024 <= cfg.max_token_bytes <= 1 << 20:
             raise TokenConfigError("`tokens.max_token_bytes` must be between 1024 and 1048576")
         return cfg

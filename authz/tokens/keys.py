@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from authz.errors import AuthzError
+from authz.tokens.config import MAX_TTL_CEILING_S
 
 log = logging.getLogger("authz.tokens")
 
@@ -235,6 +236,7 @@ class KeyStore:
         self._next_check = 0.0
         self._next_forced = 0.0
         self.active_kid = ""
+        self.max_ttl_s = MAX_TTL_CEILING_S  # the longest token lifetime the key set has recorded
         self._private = None
         self._public: dict = {}     # kid -> Ed25519PublicKey
         self._entries: dict = {}    # kid -> key-set entry
@@ -265,12 +267,15 @@ class KeyStore:
                 raise KeyStoreError(f"`{self.folder}/{KEYSET}`: key id does not match its key")
             public[k["kid"]] = key
             entries[k["kid"]] = k
+        max_ttl_s = doc.get("max_ttl_s")
+        if isinstance(max_ttl_s, bool) or not isinstance(max_ttl_s, int) or not 0 < max_ttl_s <= MAX_TTL_CEILING_S:
+            max_ttl_s = MAX_TTL_CEILING_S  # unknown: the longest any token can live
         active = doc["active"]
         if active not in public:
             raise KeyStoreError(f"`{self.folder}/{KEYSET}`: the active key is not in the set")
         if active != self.active_kid or self._private is None:
             self._private = self._load_private(active, public[active])
-        self.active_kid = active
+        self.active_kid, self.max_ttl_s = active, max_ttl_s
         self._public, self._entries, self._stamp = public, entries, stamp
 
     def _load_private(self, kid: str, public: Ed25519PublicKey):

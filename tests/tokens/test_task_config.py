@@ -14,6 +14,7 @@ def test_defaults():
 @pytest.mark.parametrize("table", [
     {"nope": 1}, {"max_ttl_s": 0}, {"max_ttl_s": 10**6}, {"max_ttl_s": "900"}, {"max_delegation_depth": True},
     {"issuer": ""}, {"issuer": 5}, {"leeway_s": 3600}, {"max_token_bytes": 10}, {"key_check_interval_s": -1},
+    {"max_revocations": 10, "max_revocations_per_caller": 11}, {"max_revocations_per_caller": 0},
 ])
 def test_bad_tables_are_refused(table):
     with pytest.raises(TokenConfigError):
@@ -30,3 +31,10 @@ def test_serve_config_validates_tokens(tmp_path):
     (tmp_path / "jwks.json").write_text('{"keys": []}')
     with pytest.raises(ConfigError, match="issuer of their own"):
         load_config(str(path), {})
+
+
+def test_a_callers_share_of_the_revocation_set_defaults_to_one_percent():
+    assert TokenConfig().max_revocations_per_caller == 1000
+    assert TokenConfig.from_dict({"max_revocations": 200}).max_revocations_per_caller == 2
+    assert TokenConfig.from_dict({"max_revocations": 50}).max_revocations_per_caller == 1
+    assert TokenConfig.from_dict({"max_revocations": 200, "max_revocations_per_caller": 40}).max_revocations_per_caller == 40
