@@ -6,8 +6,11 @@ import os
 import time
 
 from authz.errors import IndexUnavailableError, RequestError
+from authz.server.logthrottle import ThrottledLog
 
 log = logging.getLogger("authz.server")
+# An engine failure repeats for every request that reaches the damaged part: one traceback per 10 s.
+_engine_failures = ThrottledLog(log, 10.0)
 
 ALLOW, DENY = "allow", "deny"
 
@@ -98,6 +101,12 @@ class DecisionBatch:
         ctx = r.get("context")
         return (did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
                 token_of(r) if ctx and "delegation" in ctx else None)
+
+
+def _log_engine_failure() -> None:
+    """Log the exception being handled, throttled."""
+    _engine_failures.log(logging.ERROR, "engine failure", "engine failure; denying with internal_error",
+                         exc_info=True)
 
 
 class Decider:
@@ -287,7 +296,7 @@ class Decider:
                 results[i] = ("index_unavailable", str(e), "")
             return
         except Exception:
-            log.exception("engine failure; denying")
+            _log_engine_failure()
             for i in valid:
                 results[i] = ("internal_error", "internal error", "")
             return
@@ -300,5 +309,5 @@ class Decider:
             except RequestError as e:
                 results[i] = ("request_parse_error", str(e), "")
             except Exception:
-                log.exception("engine failure; denying")
+                _log_engine_failure()
                 results[i] = ("internal_error", "internal error", "")
