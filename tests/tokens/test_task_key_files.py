@@ -41,7 +41,7 @@ def test_rotate_on_a_full_file_system_leaves_the_keys_as_they_were(small_fs):
     r = _keys_cli("rotate", "--data-dir", data)
     assert r.returncode == 0, r.stderr
     store = KeyStore(data)
-    assert store.active_kid != first and sorted(os.listdir(folder)) == [".lock", store.active_kid + ".pem", KEYSET]
+    assert store.active_kid != first and set(os.listdir(folder)) == {".lock", store.active_kid + ".pem", KEYSET}
 
 
 def test_a_first_key_on_a_full_file_system_leaves_nothing_behind(small_fs):
@@ -96,7 +96,7 @@ def test_signing_keys_without_their_key_set_are_refused_never_replaced(tmp_path)
     for load in (lambda: ensure_keys(data), lambda: KeyStore(data)):
         with pytest.raises(KeyStoreError, match="is missing but .* holds signing keys"):
             load()
-    assert sorted(os.listdir(keys_dir(data))) == [".lock", kid + ".pem"]
+    assert set(os.listdir(keys_dir(data))) == {".lock", kid + ".pem"}
     r = _keys_cli("rotate", "--data-dir", data)
     assert r.returncode == 2 and "is missing" in r.stderr, r.stderr
 
