@@ -37,4 +37,5 @@ def test_a_callers_share_of_the_revocation_set_defaults_to_one_percent():
     assert TokenConfig().max_revocations_per_caller == 1000
     assert TokenConfig.from_dict({"max_revocations": 200}).max_revocations_per_caller == 2
     assert TokenConfig.from_dict({"max_revocations": 50}).max_revocations_per_caller == 1
-    assert TokenConfig.from_dict({"max_revocations": 200, "max_revocations_per_caller": 40}).max_revocations_per_caller == 40
+    explicit = TokenConfig.from_dict({"max_revocations": 200, "max_revocations_per_caller": 40})
+    assert explicit.max_revocations_per_caller == 40
