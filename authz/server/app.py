@@ -194,7 +194,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     dlog = None
     if cfg.decision_log_path:
         dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped,
-                           loop=asyncio.get_running_loop())
+                           loop=asyncio.get_running_loop(), max_bytes=cfg.decision_log_max_bytes,
+                           keep=cfg.decision_log_keep)
     decider = Decider(cfg.db_path, dlog, metrics)
     server, health_servicer = build_server(cfg, decider)
     await set_health(health_servicer, False)
@@ -216,6 +217,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if dlog is not None:
+        loop.add_signal_handler(signal.SIGHUP, dlog.reopen)  # logrotate's postrotate: `kill -HUP <pids>`
     parent = multiprocessing.parent_process()
     if parent is not None:
         def watch_parent():

@@ -36,6 +36,8 @@ class ServeConfig:
     metrics_listen: str = ""          # "" = no metrics endpoint
     decision_log: str | None = None   # None = <data_dir>/decisions.jsonl; "" = off
     decision_log_queue: int = 10000   # events buffered per worker before new ones are dropped
+    decision_log_max_bytes: int = 100 * 1024 * 1024  # rotated before it passes this; 0 = never (external logrotate)
+    decision_log_keep: int = 5        # rotated files kept: decisions.jsonl.1 (newest) .. .5
     reload_interval_s: float = 0.25   # how often the policies folder is scanned
     drain_s: float = 5.0              # grace period for in-flight RPCs on SIGTERM
     max_message_bytes: int = 4 * 1024 * 1024
@@ -82,6 +84,7 @@ class ServeConfig:
                 raise ConfigError(f"`{name}` must be a number >= 0, not `{value!r}`")
         if self.max_concurrent_streams < 0:
             raise ConfigError("`max_concurrent_streams` must be >= 0")
+        self._validate_decision_log()
         if self.workers > 256:
             raise ConfigError(f"`workers` must be at most 256, not `{self.workers}`")
         if self.policies and not pathlib.Path(self.policies).exists():
@@ -89,6 +92,13 @@ class ServeConfig:
         self._validate_tokens()
         self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return self
+
+    def _validate_decision_log(self) -> None:
+        size, keep = self.decision_log_max_bytes, self.decision_log_keep
+        if isinstance(size, bool) or not isinstance(size, int) or not (size == 0 or size >= 4096):
+            raise ConfigError(f"`decision_log_max_bytes` must be 0 (no limit) or at least 4096, not `{size!r}`")
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 1000:
+            raise ConfigError(f"`decision_log_keep` must be an integer from 0 to 1000, not `{keep!r}`")
 
     @property
     def identity_settings(self) -> "IdentitySettings":

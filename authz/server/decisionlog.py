@@ -4,13 +4,13 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import queue
 import threading
 import time
 
 from authz._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch
+from authz.server.logfile import AppendError, LineFile
 
 log = logging.getLogger("authz.decisionlog")
 
@@ -46,6 +46,9 @@ def _quid(uid) -> str:
     return json.dumps(format_uid(uid), ensure_ascii=False)
 
 
+_REOPEN = object()  # queued for the writer thread: reopen the file
+
+
 class _CheckRun:
     """Consecutive queued events of requests decided one at a time (DecisionLog.record_check): `checks`
     holds (time, latency_ns, generation, seq, request, result) for each."""
@@ -61,10 +64,13 @@ class DecisionLog:
 
     `record()`, `record_batch()` and `record_check()` only append to a bounded deque (no I/O, no
     formatting).
-    Every `flush_interval_s` the queued events are formatted and written in chunks with one
-    O_APPEND write each, so several worker processes can share one file without interleaving
-    lines. When the queue holds `max_queue` events new ones are dropped and counted
-    (`dropped`, and `on_drop(count)` if given) rather than growing memory.
+    Every `flush_interval_s` the queued events are formatted and written in chunks of whole lines,
+    each appended under the file's lock (authz.server.logfile.LineFile), so several worker
+    processes share one file without interleaving or cutting lines; the file is rotated past
+    `max_bytes` (keeping `keep` old ones), followed when renamed, and reopened by `reopen()`. When
+    the queue holds `max_queue` events new ones are dropped and counted rather than growing
+    memory; so are lines that cannot be written (a full disk): `dropped`, and `on_drop(count)` if
+    given.
 
     With `loop` (a server worker's asyncio loop) the events are formatted on that loop, every
     `flush_interval_s` or on its next turn once 256 events wait (the responses are on their way by
@@ -84,12 +90,13 @@ class DecisionLog:
     _FORMAT_AT = 256  # queued events that get formatted on the loop's next turn, before the tick
 
     def __init__(self, path: str, max_queue: int = 10000, flush_interval_s: float = 0.05, on_drop=None,
-                 loop=None, max_pending_bytes: int = 64 << 20):
+                 loop=None, max_pending_bytes: int = 64 << 20, max_bytes: int = 0, keep: int = 0):
         self.path = path
         self.max_queue = max_queue
         # Dropped events: each counter has one writer thread.
         self._dropped_unwritten = 0  # no room in the queue (or for the writer)
         self._dropped_write = 0  # the write failed
+        self._failing_since = -1  # while writes fail: self._dropped_write when they began to
         self.written = 0
         # Each queued item is one batch: (time, api, latency_ns, generation, events, count), where
         # events is a list of events or a DecisionBatch (authz.server.decider), of which the first
@@ -104,8 +111,8 @@ class DecisionLog:
         self._stop = threading.Event()
         self._uid_memo: dict = {}
         self._str_memo: dict = {}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._file = LineFile(path, max_bytes, keep)  # only the writer thread uses it after this
+        self._reopen = threading.Event()
         self._loop = loop
         if loop is None:
             self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -186,8 +193,24 @@ class DecisionLog:
             self._format_scheduled = True
             self._loop.call_soon(self._format_soon)
 
+    def reopen(self):
+        """Have the writer thread open the file at `path` again, soon (SIGHUP, after logrotate moved it)."""
+        self._reopen.set()
+        if self._loop is not None:
+            self._chunks.put(_REOPEN)
+
+    def _reopen_if_asked(self):
+        if self._reopen.is_set():
+            self._reopen.clear()
+            try:
+                self._file.reopen()
+                log.info("decision log `%s` reopened", self.path)
+            except OSError as e:  # the next write tries again, and reports it
+                log.error("cannot reopen decision log `%s`: %s", self.path, e.strerror)
+
     def _run(self):
         while not self._stop.wait(self._interval):
+            self._reopen_if_asked()
             self._drain()
         self._drain()
 
@@ -256,6 +279,9 @@ class DecisionLog:
             item = self._chunks.get()
             if item is None:
                 return
+            if item is _REOPEN:
+                self._reopen_if_asked()
+                continue
             self._write(*item)
             self._bytes_out += len(item[0])
 
@@ -351,14 +377,26 @@ class DecisionLog:
         return self._second_text
 
     def _write(self, data: bytes, lines: int):
+        """Append whole lines (LineFile); what cannot be written is dropped and counted. A failure is
+        logged once when it begins and once when writes succeed again, not for every chunk."""
         try:
-            while data:
-                n = os.write(self._fd, data)
-                data = data[n:]
-            self.written += lines
-        except OSError as e:
-            self._dropped_write += lines
-            log.error("cannot write decision log `%s`: %s", self.path, e.strerror)
+            self._file.append(data)
+        except AppendError as e:
+            lost = data.count(b"\n", e.written)
+            self.written += lines - lost
+            if self._failing_since < 0:
+                self._failing_since = self._dropped_write
+                log.error("cannot write decision log `%s`: %s; its lines are dropped (and counted in "
+                          "authz_decision_log_dropped_total) until it can", self.path, e)
+            self._dropped_write += lost
+            if self._on_drop is not None:
+                self._on_drop(lost)
+            return
+        self.written += lines
+        if self._failing_since >= 0:
+            log.warning("decision log `%s` is written again; %d lines were dropped", self.path,
+                        self._dropped_write - self._failing_since)
+            self._failing_since = -1
 
     def close(self, timeout: float = 5.0):
         """Write what is queued, stop the thread and close the file. With a loop: call it on the loop's thread."""
@@ -371,7 +409,4 @@ class DecisionLog:
             self._hand_over()
             self._chunks.put(None)
             self._thread.join(timeout)
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        self._file.close()

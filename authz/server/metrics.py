@@ -58,7 +58,7 @@ class NullMetrics:
         """Count requests answered with a deny because they could not be decided."""
 
     def decision_log_dropped(self, count: int = 1) -> None:
-        """Count decision events the log had no room for."""
+        """Count decision events the log had no room for, or could not write."""
 
     def worker_generation(self, generation: int) -> None:
         """Report the generation this worker serves."""
@@ -80,7 +80,8 @@ class Metrics(NullMetrics):
                                ["api", "code"])
         self._latency = Histogram("authz_decision_latency_seconds", "Time to decide one request in the server.",
                                   ["api"], buckets=LATENCY_BUCKETS)
-        self._dropped = Counter("authz_decision_log_dropped", "Decision events dropped because the log queue was full.")
+        self._dropped = Counter("authz_decision_log_dropped",
+                                "Decision events not logged: the log queue was full, or the write failed (a full disk).")
         # Only workers create this gauge: the supervisor's 0 would be the minimum.
         self._worker_gen = Gauge("authz_worker_generation", "Lowest policy generation served by a live worker.",
                                  multiprocess_mode="livemin") if worker else None
