@@ -107,7 +107,10 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
 
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
         """`request` is the serialized CheckRequest (see add_to_server): a malformed one is INVALID_ARGUMENT."""
-        request = await self._parse(authz_pb2.CheckRequest, request, context, CHECK)
+        try:
+            request = authz_pb2.CheckRequest.FromString(request)
+        except DecodeError:
+            await reject(context, CHECK, reason(request, authz_pb2.CheckRequest, self.max_context_depth))
         token = self.tokens.v1_token(context) if self.tokens is not None else None
         caller = self._caller(context, token)
         try:
@@ -127,12 +130,12 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{o.code}: {o.message} (decision {o.decision_id})")
         return to_response(o)
 
-    async def _parse(self, message_type, data: bytes, context, method: str):
-        """`data` parsed as a `message_type`; INVALID_ARGUMENT naming what is wrong when protobuf refuses it."""
+    async def _parse_batch(self, data: bytes, context) -> authz_pb2.BatchCheckRequest:
+        """`data` parsed as a BatchCheckRequest; INVALID_ARGUMENT naming what is wrong when protobuf refuses it."""
         try:
-            return message_type.FromString(data)
+            return authz_pb2.BatchCheckRequest.FromString(data)
         except DecodeError:
-            await reject(context, method, reason(data, message_type, self.max_context_depth))
+            await reject(context, BATCH_CHECK, reason(data, authz_pb2.BatchCheckRequest, self.max_context_depth))
 
     def _batch_requests(self, request, principal_optional: bool) -> list:
         """The engine request dicts of a BatchCheck, in item order; an item that cannot be built
@@ -192,7 +195,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             semantic, n, requests = fast
         else:
             if type(request) is bytes:
-                request = await self._parse(authz_pb2.BatchCheckRequest, request, context, BATCH_CHECK)
+                request = await self._parse_batch(request, context)
             semantic, n, requests = request.semantic, len(request.items), None
         if n > self.max_batch_size:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -206,7 +209,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             requests = None  # the protobuf path names the missing principal
         if requests is None:
             if type(request) is bytes:
-                request = await self._parse(authz_pb2.BatchCheckRequest, request, context, BATCH_CHECK)
+                request = await self._parse_batch(request, context)
             requests = self._batch_requests(request, principal_optional)
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)

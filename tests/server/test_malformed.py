@@ -135,6 +135,11 @@ def test_good_requests_after_bad_ones(channel, shared_server):
         principal=pb.EntityUid(type="Agent", id="a1"), action=pb.EntityUid(type="Action", id="call"),
         resource=pb.EntityUid(type="Tool", id="t")), timeout=10)
     assert r.decision == pb.DECISION_ALLOW
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # a guarded streaming answer
+    watch.cancel()
     assert shared_server.workers_alive()
     assert "Traceback" not in shared_server.stderr()
 
