@@ -62,21 +62,22 @@ class LineFile:
     def append(self, data: bytes) -> None:
         """Append `data`, whole lines (each ending in a newline); raises AppendError if not all of it was written,
         the file then ending after the last line that was."""
-        start = 0
-        # Each turn writes at least one line, or rotates (the next turn writes into an empty file), or
-        # follows a rename; the bound only stops a pathological race.
-        for _ in range(data.count(b"\n") * 2 + 8):
-            if start == len(data):
-                return
+        start = stalled = 0
+        while start < len(data):
+            # A turn writes at least one line, or rotates (the next turn writes into an empty file), or
+            # follows a rename: turns without progress only repeat while others keep renaming the file.
             try:
                 if self._fd < 0:
                     self._open()
-                start = self._append_locked(data, start)
+                reached = self._append_locked(data, start)
             except AppendError:
                 raise
             except OSError as e:
                 raise AppendError(e, start) from None
-        raise AppendError(OSError(0, "the file kept being renamed"), start)
+            stalled = 0 if reached > start else stalled + 1
+            if stalled > 8:
+                raise AppendError(OSError(0, "the file keeps being renamed"), start)
+            start = reached
 
     def _append_locked(self, data: bytes, start: int) -> int:
         """One turn under the file's lock; returns how far into `data` is written."""
