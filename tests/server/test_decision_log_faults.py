@@ -9,7 +9,6 @@ import signal
 import subprocess
 import urllib.request
 
-import grpc
 import pytest
 
 from authz._pb import authz_pb2 as pb
