@@ -112,7 +112,7 @@ class DecisionLog:
         self._uid_memo: dict = {}
         self._str_memo: dict = {}
         self._file = LineFile(path, max_bytes, keep)  # only the writer thread uses it after this
-        self._reopen = threading.Event()
+        self._reopen_asked = threading.Event()
         self._loop = loop
         if loop is None:
             self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -195,13 +195,13 @@ class DecisionLog:
 
     def reopen(self):
         """Have the writer thread open the file at `path` again, soon (SIGHUP, after logrotate moved it)."""
-        self._reopen.set()
+        self._reopen_asked.set()
         if self._loop is not None:
             self._chunks.put(_REOPEN)
 
     def _reopen_if_asked(self):
-        if self._reopen.is_set():
-            self._reopen.clear()
+        if self._reopen_asked.is_set():
+            self._reopen_asked.clear()
             try:
                 self._file.reopen()
                 log.info("decision log `%s` reopened", self.path)

@@ -218,3 +218,17 @@ def test_rotation_keeps_each_file_under_the_limit(tmp_path):
     assert all(0 < p.stat().st_size <= 4096 for p in files[1:])
     ids = _logged_ids(*reversed(files[1:]))
     assert ids == [f"{i:05d}" for i in range(1000 - len(ids), 1000)]  # the newest lines, in order
+
+
+def test_writers_sharing_a_file_follow_each_others_rotations(tmp_path):
+    """Two writers (as two workers) alternate on one path with a small limit: each rotation by one is
+    followed by the other, every line lands once, and every file stays under the limit."""
+    path = tmp_path / "d.jsonl"
+    writers = [LineFile(str(path), max_bytes=4096, keep=100) for _ in range(2)]
+    for k in range(300):
+        writers[k % 2].append(b"".join(b'{"decision_id":"%d-%d"}\n' % (k, i) for i in range(10)))
+    for w in writers:
+        w.close()
+    rotated = sorted(tmp_path.glob("d.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+    assert len(rotated) >= 10 and all(p.stat().st_size <= 4096 for p in [*rotated, path])
+    assert _logged_ids(*rotated, path) == [f"{k}-{i}" for k in range(300) for i in range(10)]
