@@ -70,6 +70,7 @@ def test_cedarpy_agrees_with_corpus(path):
         assert got == "compile_error"
         return
     assert got != "compile_error", "cedarpy rejects the scenario's entities/policies"
+    assert len(got) == len(sc["requests"])
     for req, out in zip(sc["requests"], got):
         assert out == _expected(req), req.get("description", req)
 
@@ -105,6 +106,9 @@ def test_authz_agrees_with_corpus(path, authz_harness):
         except RequestError as e:
             failures.append("check_batch raised RequestError: %s" % e)
             batch = []
+        else:
+            if len(batch) != len(ok):
+                failures.append("check_batch answered %d of %d requests" % (len(batch), len(ok)))
         for req, got in zip(ok, batch):
             if got != _expected(req):
                 failures.append("check_batch: %s: expected %s, got %s" % (req.get("description", ""), _expected(req), got))
