@@ -303,7 +303,7 @@ def test_every_damage_kind_changes_the_blob_and_is_reproducible(index):
 
 # -- damage the CRC catches --------------------------------------------------------------------------
 
-STORED_CRC_DAMAGES = 600
+STORED_CRC_DAMAGES = 400
 
 
 def test_damage_under_the_stored_crc_is_refused_and_the_serving_generation_keeps_deciding(index):
@@ -332,7 +332,7 @@ def test_damage_under_the_stored_crc_is_refused_and_the_serving_generation_keeps
 
 # -- damage that reaches the evaluator ----------------------------------------------------------------
 
-CONSISTENT_CRC_DAMAGES = 1500
+CONSISTENT_CRC_DAMAGES = 1000
 
 
 def test_damage_with_a_consistent_crc_is_refused_or_decides(index):
