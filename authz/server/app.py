@@ -18,6 +18,10 @@ log = logging.getLogger("authz.server")
 ENVOY_SERVICE = "envoy.service.auth.v3.Authorization"
 V1_SERVICE = "authz.v1.Authorizer"
 TOKENS_SERVICE = "authz.v1.Tokens"
+# A health "service" that is SERVING while the worker serves the policies folder's content and the
+# index's current generation; NOT_SERVING while it serves an older generation (a reload failed, or
+# the index's current generation cannot be loaded). The services above keep answering meanwhile.
+POLICIES_HEALTH = "authz.policies"
 
 
 def server_options(cfg) -> list:
@@ -136,17 +140,20 @@ def server_credentials(mtls):
     return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
 
 
-async def set_health(health_servicer, serving: bool) -> None:
+async def set_health(health_servicer, serving: bool, names=("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE)) -> None:
     """Overall and per-service status."""
     from grpc_health.v1 import health_pb2
 
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE):
+    for name in names:
         await health_servicer.set(name, status)
 
 
-async def _watch_index(decider, health_servicer, metrics) -> None:
-    """Open the index as soon as it exists, then report the served generation."""
+async def _watch_index(decider, health_servicer, metrics, policies_stale) -> None:
+    """Open the index as soon as it exists, then report the served generation and whether it is current.
+
+    `policies_stale`: the supervisor's shared flag, 1 while the folder holds changes that failed to compile.
+    """
     warned = False
     while not decider.open_engine():
         if not warned:
@@ -155,22 +162,55 @@ async def _watch_index(decider, health_servicer, metrics) -> None:
         await asyncio.sleep(0.1)
     await set_health(health_servicer, True)
     log.info("index open: generation %d", decider.generation)
+    current_shown = None
     while True:
+        latest = _index_generation(decider.db_path)  # read before the refresh: no false "behind"
         _refresh(decider.engine)
-        metrics.worker_generation(decider.generation)
+        served = decider.generation
+        metrics.worker_generation(served)
+        behind = latest is not None and latest > served
+        current = not behind and not (policies_stale is not None and policies_stale.value)
+        if current != current_shown:
+            if behind:
+                log.error("serving generation %d: the index's current generation %d cannot be loaded", served, latest)
+            await set_health(health_servicer, current, (POLICIES_HEALTH,))
+            current_shown = current
         await asyncio.sleep(0.5)
 
 
-async def _wait_until_quiet(decider, limit_s: float, quiet_s: float = 0.1) -> float:
-    """Keep serving until no request has come to decide for `quiet_s` (at most `limit_s`); returns the wait.
+def _index_generation(db: str) -> int | None:
+    """The index's current generation number (None if it cannot be read)."""
+    import struct
 
-    grpc's server.stop() cancels the RPCs a busy worker has received but not yet dispatched to
-    a handler; serving on a little longer dispatches (and answers) them first.
+    from authz.compiler.writer import CURRENT_KEY, open_env, release_env
+
+    try:
+        env = open_env(db, create=False)
+    except Exception:  # noqa: BLE001 - reported by the engine's own errors
+        return None
+    try:
+        with env.begin() as txn:
+            raw = txn.get(CURRENT_KEY)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        release_env(env)
+    return struct.unpack("<Q", raw)[0] if raw is not None and len(raw) == 8 else None
+
+
+async def _wait_until_quiet(decider, limit_s: float, quiet_s: float = 0.1) -> float:
+    """Keep serving until no request has come to decide for `quiet_s` since the drain began (at most
+    `limit_s`); returns the wait.
+
+    grpc's server.stop() cancels the RPCs a worker has received but not yet dispatched to a
+    handler; serving on a little longer dispatches (and answers) them first — also those that
+    arrived just before SIGTERM at a worker that had been idle (or stopped) for a while.
     """
-    start = time.monotonic()
+    start_ns = time.perf_counter_ns()
     while True:
-        waited = time.monotonic() - start
-        idle_s = (time.perf_counter_ns() - decider.last_request_ns) / 1e9
+        now_ns = time.perf_counter_ns()
+        waited = (now_ns - start_ns) / 1e9
+        idle_s = (now_ns - max(decider.last_request_ns, start_ns)) / 1e9
         if idle_s >= quiet_s or waited >= limit_s:
             return waited
         await asyncio.sleep(min(quiet_s - idle_s, limit_s - waited) + 0.005)
@@ -184,7 +224,7 @@ def _refresh(engine) -> None:
         log.debug("refresh failed: %s", e)
 
 
-async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
+async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) -> int:
     """Run one worker until SIGTERM/SIGINT or the supervisor's death; returns the exit code."""
     from authz.server.decider import Decider
     from authz.server.decisionlog import DecisionLog
@@ -198,7 +238,7 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
                            keep=cfg.decision_log_keep)
     decider = Decider(cfg.db_path, dlog, metrics)
     server, health_servicer = build_server(cfg, decider)
-    await set_health(health_servicer, False)
+    await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, POLICIES_HEALTH))
     mtls = cfg.identity_settings.mtls
     try:
         if mtls is not None:
@@ -225,7 +265,7 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
             multiprocessing.connection.wait([parent.sentinel])
             loop.call_soon_threadsafe(stop.set)
         threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
-    watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics))
+    watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics, policies_stale))
     # The cyclic GC: what start-up built lives as long as the worker (freeze it: collections skip
     # it), and requests make few cycles but many containers, which the decision log keeps for up
     # to a flush interval; collecting young objects every 50,000 allocations instead of 700 cut a
@@ -245,13 +285,13 @@ async def serve_worker(cfg, conn, metrics_enabled: bool) -> int:
     return 0
 
 
-def run_worker(cfg, index: int, conn, metrics_enabled: bool) -> None:
-    """Process entry point (multiprocessing spawn target)."""
+def run_worker(cfg, index: int, conn, metrics_enabled: bool, policies_stale=None) -> None:
+    """Process entry point (multiprocessing spawn target); `policies_stale`: the supervisor's shared flag."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s authz[worker {index} pid %(process)d] %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
     try:
-        code = asyncio.run(serve_worker(cfg, conn, metrics_enabled))
+        code = asyncio.run(serve_worker(cfg, conn, metrics_enabled, policies_stale))
     except Exception as e:  # report, then die: the supervisor decides what to do
         log.exception("worker failed")
         try:

@@ -66,6 +66,9 @@ class NullMetrics:
     def reload(self, ok: bool, generation: int | None = None) -> None:
         """Count one recompile of the watched policies."""
 
+    def policies_stale(self, stale: bool) -> None:
+        """Report whether the policies folder holds changes the served generation lacks (a failed reload)."""
+
 
 class Metrics(NullMetrics):
     """The server's metrics; every process that records must have the multiprocess folder set."""
@@ -89,6 +92,10 @@ class Metrics(NullMetrics):
                                  multiprocess_mode="max")
         self._reloads = Counter("authz_reloads", "Recompiles of the watched policies folder, by result.", ["result"])
         self._reload_failures = Counter("authz_reload_failures", "Recompiles that failed (last good generation kept).")
+        # Only the supervisor (which watches the folder) creates this gauge.
+        self._stale = None if worker else Gauge(
+            "authz_policies_stale", "1 while the policies folder holds changes that failed to compile "
+            "(an older generation is served; the reload is retried), else 0.", multiprocess_mode="max")
         self._children = {}
 
     def decision(self, api, decision, latency_s):
@@ -119,6 +126,9 @@ class Metrics(NullMetrics):
             self._reload_failures.inc()
         if generation is not None:
             self._generation.set(generation)
+
+    def policies_stale(self, stale):
+        self._stale.set(1 if stale else 0)
 
 
 def observe_many(histogram, amount: float, count: int) -> None:

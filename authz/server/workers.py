@@ -1,7 +1,8 @@
 """Supervisor of `authz serve`: checks and reserves the port, spawns N worker processes, watches policies, drains on SIGTERM.
 
-The supervisor never creates a gRPC object nor opens the index for reading (grpc issue
-16001: fork after gRPC init breaks); workers are started with the `spawn` method.
+The supervisor never creates a gRPC object nor reads the index (grpc issue 16001: fork after gRPC
+init breaks); workers are started with the `spawn` method, and compiles run in child processes
+(authz/server/reload.py). It opens the index only to clear the reader slot of a worker that died.
 """
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ class Supervisor:
         self._stop = threading.Event()
         self._restarts: list = []
         self._ctx = multiprocessing.get_context("spawn")
+        # 1 while the policies folder holds changes that failed to compile; shared with the workers
+        # (their health says so), in memory that needs no disk.
+        self._policies_stale = self._ctx.RawValue("b", 0)
+        self._compiler = None
+        self._applied = None  # the folder's snapshot before the compile being served ...
+        self._generation = None  # ... and its generation
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -127,7 +134,9 @@ class Supervisor:
             if cfg.policies:
                 from authz.server.reload import PolicyWatcher
 
-                self._watcher = PolicyWatcher(cfg.policies, cfg.db_path, cfg.reload_interval_s, self.metrics)
+                self._watcher = PolicyWatcher(cfg.policies, cfg.db_path, cfg.reload_interval_s, self.metrics,
+                                              self._compiler, self._applied, self._policies_stale,
+                                              self._generation)
                 self._watcher.start()
             self._install_signals()
             pids = " ".join(str(w.pid) for w in self.workers)
@@ -140,15 +149,21 @@ class Supervisor:
 
     def _initial_compile(self) -> int:
         from authz.errors import CompileError
-        from authz.server.reload import compile_folder
+        from authz.server.reload import ChildCompiler, ReloadError, snapshot
 
+        self._compiler = ChildCompiler()
+        self._applied = snapshot(self.cfg.policies)
         try:
-            gen = compile_folder(self.cfg.policies, self.cfg.db_path)
+            gen = self._compiler(self.cfg.policies, self.cfg.db_path)
         except CompileError as e:
             for line in e.diagnostics:
                 print(line, file=sys.stderr)
             print(f"authz serve: error: cannot compile `{self.cfg.policies}`", file=sys.stderr, flush=True)
             return 2
+        except ReloadError as e:
+            print(f"authz serve: error: cannot compile `{self.cfg.policies}`: {e}", file=sys.stderr, flush=True)
+            return 1
+        self._generation = gen
         log.info("compiled `%s` into `%s`: generation %s", self.cfg.policies, self.cfg.db_path, gen)
         if self.metrics is not None:
             self.metrics.reload(True, gen)
@@ -170,7 +185,8 @@ class Supervisor:
 
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         cfg = _replace(self.cfg, listen=self.listen)
-        p = self._ctx.Process(target=run_worker, args=(cfg, index, child_conn, bool(self.cfg.metrics_listen)),
+        p = self._ctx.Process(target=run_worker, args=(cfg, index, child_conn, bool(self.cfg.metrics_listen),
+                                                       self._policies_stale),
                               name=f"authz-worker-{index}", daemon=False)
         p.start()
         child_conn.close()
@@ -212,9 +228,12 @@ class Supervisor:
                 self._restart(sentinels[s])
 
     def _restart(self, w: _Worker):
+        # The sentinel can fire (the process closed its files) before the process can be reaped.
+        w.process.join(5)
         code = w.process.exitcode
         log.error("worker %d (pid %s) exited with code %s; restarting it", w.index, w.pid, code)
         self._mark_dead(w)
+        self._clear_stale_readers()
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < 60] + [now]
         if len(self._restarts) > MAX_RESTARTS_PER_MINUTE:
@@ -227,6 +246,27 @@ class Supervisor:
         if error:
             log.error("%s", error)
 
+    def _clear_stale_readers(self):
+        """Free the index reader slots of processes that died holding them (a SIGKILLed worker's would
+        keep every later generation's pages from being reused, growing the index until the map is full)."""
+        from authz.compiler.writer import open_env, release_env
+        from authz.errors import IndexUnavailableError
+
+        try:
+            env = open_env(self.cfg.db_path, create=False)
+        except IndexUnavailableError as e:
+            log.warning("cannot check the index for stale readers: %s", e)
+            return
+        try:
+            cleared = env.reader_check()
+        except Exception as e:  # noqa: BLE001 - the next publish checks again
+            log.warning("cannot check the index for stale readers: %s", e)
+            return
+        finally:
+            release_env(env)
+        if cleared:
+            log.info("cleared %d stale index reader slot(s)", cleared)
+
     def _mark_dead(self, w):
         if self._metrics_dir and w.pid:
             from authz.server.metrics import mark_worker_dead
@@ -234,7 +274,9 @@ class Supervisor:
             mark_worker_dead(w.pid)
 
     def _shutdown(self):
-        """SIGTERM every worker, wait for their drain, then kill stragglers."""
+        """Stop the policy watcher (and its compile), SIGTERM every worker, wait for their drain, kill stragglers."""
+        if self._watcher is not None:
+            self._watcher.stop()
         for w in self.workers:
             if w.process.is_alive():
                 w.process.terminate()
@@ -246,8 +288,6 @@ class Supervisor:
                 w.process.kill()
                 w.process.join(5)
             self._mark_dead(w)
-        if self._watcher is not None:
-            self._watcher.stop()
         if self._metrics_http is not None:
             server, _thread = self._metrics_http
             server.shutdown()

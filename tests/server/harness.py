@@ -107,7 +107,9 @@ class AuthzServer:
         self.pids: list = []
         self.proc = None
 
-    def start(self, expect_ready: bool = True):
+    def start(self, expect_ready: bool = True, wait_serving: bool = True):
+        """Start the server; with `expect_ready`, read its address and worker pids from its first line,
+        then (with `wait_serving`) wait for health SERVING."""
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "authz.server", *self.args], cwd=self.tmp,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env_with_repo())
@@ -118,7 +120,8 @@ class AuthzServer:
         assert m, f"unexpected first line {line!r}; stderr:\n{self.stderr()}"
         self.address = m.group(1)
         self.pids = [int(p) for p in m.group(2).split()]
-        self.wait_serving()
+        if wait_serving:
+            self.wait_serving()
         return self
 
     def _read_line(self) -> str:

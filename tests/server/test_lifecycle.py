@@ -1,6 +1,8 @@
 """The server process: workers sharing a port, a busy port, SIGTERM drain, metrics, the decision log, config files."""
 import json
+import os
 import pathlib
+import signal
 import socket
 import urllib.request
 
@@ -11,7 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as eag
 
 from authz._pb import authz_pb2 as pb
 from authz._pb import authz_pb2_grpc as pbg
-from harness import AuthzServer, free_port
+from harness import AuthzServer, free_port, wait_until
 
 CALL = dict(principal=pb.EntityUid(type="Agent", id="a1"), action=pb.EntityUid(type="Action", id="call"),
             resource=pb.EntityUid(type="Tool", id="t"))
@@ -114,12 +116,20 @@ def test_metrics_decision_log_and_sigterm_drain(tmp_path, policies_dir):
     assert e["generation"] == 1 and e["latency_us"] > 0 and e["time"].endswith("Z")
 
 
-def test_sigterm_lets_in_flight_rpcs_finish(tmp_path, policies_dir):
-    """RPCs the worker has already taken when SIGTERM arrives are answered in full during the drain."""
-    import signal
-    import threading
-    import time
+def _sigterm_pending(pid):
+    """Whether SIGTERM waits to be delivered to process `pid` (it does while the process is stopped)."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
 
+
+def test_sigterm_lets_in_flight_rpcs_finish(tmp_path, policies_dir):
+    """RPCs sent to a worker before SIGTERM reaches it are answered in full during the drain.
+
+    The worker is stopped (SIGSTOP) while the RPCs are sent and the supervisor's SIGTERM arrives,
+    so every RPC is provably unanswered when the worker gets SIGTERM; then it continues.
+    """
     from google.protobuf import struct_pb2
 
     server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(policies_dir), "--workers", "1",
@@ -131,24 +141,19 @@ def test_sigterm_lets_in_flight_rpcs_finish(tmp_path, policies_dir):
         item = batch.items.add(context=ctx)
         item.context.update({"i": i})
     n_rpcs = 12
-    done, sigterm_at = [], []
+    worker = server.pids[0]
     try:
         with grpc.insecure_channel(server.address) as ch:
             stub = pbg.AuthorizerStub(ch)
             stub.Check(pb.CheckRequest(**CALL), timeout=10)  # connected and serving
-            futures = [stub.BatchCheck.future(batch, timeout=60) for _ in range(n_rpcs)]
-
-            lock = threading.Lock()
-
-            def on_done(_future):
-                with lock:
-                    done.append(time.monotonic())
-                    if len(done) == 1:  # the worker is busy with the rest: stop it now
-                        sigterm_at.append(time.monotonic())
-                        server.proc.send_signal(signal.SIGTERM)
-
-            for f in futures:
-                f.add_done_callback(on_done)
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                futures = [stub.BatchCheck.future(batch, timeout=60) for _ in range(n_rpcs)]
+                server.proc.send_signal(signal.SIGTERM)
+                wait_until(lambda: _sigterm_pending(worker), 30, "SIGTERM pending at the stopped worker")
+                assert not any(f.done() for f in futures)
+            finally:
+                os.kill(worker, signal.SIGCONT)
             results = []
             for f in futures:
                 try:
@@ -158,11 +163,7 @@ def test_sigterm_lets_in_flight_rpcs_finish(tmp_path, policies_dir):
         assert server.proc.wait(60) == 0
     finally:
         server.stop()
-    assert sigterm_at, "no RPC finished"
-    finished_after = [t for t in done if t > sigterm_at[0]]
-    # Every RPC was answered in full (1000 results), including those still running or queued at SIGTERM.
     assert results == [1000] * n_rpcs, results
-    assert len(finished_after) >= 2, "SIGTERM came after the RPCs were answered: the test proves nothing"
 
 
 def test_config_file_and_flag_override(tmp_path, policies_dir):
