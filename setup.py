@@ -1,5 +1,6 @@
 """Builds the compiled extensions (Cython 3): authz._evaluator (the engine), authz._wire (authz.v1 BatchCheck
-and Envoy Check on the wire), authz._jsonl (decision log lines) and authz._envoy_map (the Envoy mapping)."""
+and Envoy Check on the wire), authz._jsonl (decision log lines), authz._envoy_map (the Envoy mapping) and authz.compiler._records (compiled
+records read back for the compiler's publish-time check)."""
 import os
 
 from Cython.Build import cythonize
@@ -21,7 +22,8 @@ setup(
         [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"]),
          Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"]),
          Extension("authz._jsonl", ["authz/_jsonl.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._envoy_map", ["authz/_envoy_map.pyx"], extra_compile_args=["-O2"])],
+         Extension("authz._envoy_map", ["authz/_envoy_map.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.compiler._records", ["authz/compiler/_records.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),
     )

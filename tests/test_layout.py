@@ -15,6 +15,13 @@ def test_layout_constants_match_the_evaluator():
     assert _evaluator.FORMAT_VERSION == layout.FORMAT_VERSION
 
 
+def test_layout_constants_match_the_record_reader():
+    from authz.compiler import _records
+    for name, value in _records.CONSTANTS.items():
+        assert getattr(layout, name) == value, name
+    assert {n for n in _records.CONSTANTS if n.startswith("OP_")} == {n for n in vars(layout) if n.startswith("OP_")}
+
+
 def test_extension_function_ids_are_dense_and_unique():
     ids = sorted(fid for fid, _ in layout.EXTENSION_FUNCTIONS.values())
     assert ids == list(range(len(ids)))

@@ -1,5 +1,6 @@
 """The compiler: Cedar sources and entity files -> one new generation of the LMDB policy index."""
 
+import dataclasses
 import os
 import sys
 
@@ -9,6 +10,7 @@ from .entities import load_entities
 from .layout import MAX_EXPR_DEPTH
 from .lower import PolicyLowering
 from .source import parse_alone, parse_policy_text
+from .verify import verify_policies
 from .writer import build_generation, publish
 
 # A shape some of whose literals are not patchable holes: each such policy is lowered on its own.
@@ -67,7 +69,7 @@ def compile_generation(srcs):
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
-    diagnostics, records, ids, seen = [], [], [], {}
+    diagnostics, records, ids, seen, compiled = [], [], [], {}, []
     # Templates are keyed by the text cedarpy parsed (and whether its literals are placeholders), which
     # determines the shape's EST: never by the EST object's identity, which a later file's parse reuses.
     templates = {}
@@ -90,15 +92,21 @@ def compile_generation(srcs):
                 if template is None:
                     template = templates[shape_key] = _template_of(lowering, source)
                 if template is _SHAPE_FALLBACK:
-                    alone = lowering.lower(parse_alone(source), source.where, placeholders=False)
+                    # Parsed again on its own, literals in place: that parse is the one it is checked against.
+                    source = dataclasses.replace(source, est=parse_alone(source), literals=(), placeholders=False)
+                    alone = lowering.lower(source.est, source.where, placeholders=False)
                     record, keys, annotated = alone.instantiate((), symbols)
                 else:
-                    record, keys, annotated = template.instantiate(source.literals, symbols)
+                    try:
+                        record, keys, annotated = template.instantiate(source.literals, symbols)
+                    except CompileError as err:
+                        raise CompileError([f"{source.where}: {d}" for d in err.diagnostics]) from None
             except CompileError as err:
                 diagnostics.extend(err.diagnostics)
                 continue
             records.append((record, keys))
             policy_id = annotated if annotated is not None else f"{shown}:{source.index}"
+            compiled.append((source, (record, keys, policy_id)))
             if policy_id in seen:
                 diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")
             seen[policy_id] = source.where
@@ -110,6 +118,7 @@ def compile_generation(srcs):
         entities = {}
     if diagnostics:
         raise CompileError(diagnostics)
+    verify_policies([c[0] for c in compiled], [c[1] for c in compiled], symbols)
     return build_generation(records, ids, entities, symbols)
 
 
