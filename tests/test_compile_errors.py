@@ -165,3 +165,16 @@ def test_long_expression_chains_compile_and_evaluate(tmp_path):
     authz.compile([path], db=str(tmp_path / "db"))
     with authz.Engine(str(tmp_path / "db")) as engine:
         assert engine.check('A::"a"', 'A::"a"', 'A::"a"').policies == ["c.cedar:0"]
+
+
+@pytest.mark.parametrize("record", ['{"ab": 1, "ab": 2}', '{ab: 1, "ab": 2}', '{"x": {"ab": 1, ab: context}}'])
+def test_a_record_literal_naming_a_key_twice_is_refused(tmp_path, record):
+    """Quoted keys are literals the compiler parses as placeholders, so only their values show the
+    duplicate cedarpy refuses; a look-alike policy with distinct keys beside it still compiles."""
+    import cedarpy
+
+    text = GOOD + 'permit(principal, action, resource) when { {"a": 1, "b": 2} != %s };\n' % record
+    with pytest.raises(ValueError, match="duplicate key `ab`"):
+        cedarpy.policies_to_json_str(text)
+    with pytest.raises(CompileError, match=r"p.cedar:2:1: duplicate key `ab` in record literal"):
+        authz.compile([write(tmp_path / "p.cedar", text)], db=str(tmp_path / "db"))

@@ -27,16 +27,27 @@ class _Unsupported(Exception):
 class Template:
     """A lowered policy shape: record bytes with u32 holes for the interned ids of its literals."""
 
-    __slots__ = ("record", "holes", "keys", "policy_id")
+    __slots__ = ("record", "holes", "keys", "policy_id", "record_keys")
 
-    def __init__(self, record, holes, keys, policy_id):
+    def __init__(self, record, holes, keys, policy_id, record_keys=()):
         self.record = record
         self.holes = holes
         self.keys = keys
         self.policy_id = policy_id
+        # The key lists of record literals some of whose keys are holes: Cedar refuses a record literal
+        # that names a key twice, which only the literals' values can tell.
+        self.record_keys = record_keys
 
     def instantiate(self, literals, symbols):
-        """(record, index keys, annotated id or None) for one policy with these literal values."""
+        """(record, index keys, annotated id or None) for one policy with these literal values;
+        CompileError (without a place) if a record literal names a key twice."""
+        for names in self.record_keys:
+            seen = set()
+            for name in names:
+                name = literals[name] if type(name) is int else name
+                if name in seen:
+                    raise CompileError([f"duplicate key `{name}` in record literal"])
+                seen.add(name)
         record = self.record
         if self.holes:
             record = bytearray(record)
@@ -76,6 +87,7 @@ class PolicyLowering:
         With `placeholders` false, the EST holds its literals in place: no string is a hole, even one
         that looks like a placeholder."""
         self._holes = []
+        self._record_keys = []
         self._slot = literal_slot if placeholders else _no_slot
         try:
             return self._lower(est)
@@ -116,7 +128,7 @@ class PolicyLowering:
         if isinstance(annotated, str):
             slot = self._slot(annotated)
             policy_id = annotated if slot is None else slot
-        return Template(bytes(out), tuple(self._holes), keys, policy_id)
+        return Template(bytes(out), tuple(self._holes), keys, policy_id, tuple(self._record_keys))
 
     # -- interned fields (u32), possibly holes --
     def _uid_field(self, out, entity):
@@ -238,6 +250,9 @@ class PolicyLowering:
             for item in arg:
                 self._expr(out, item, depth)
         elif key == "Record":
+            names = tuple(self._slot(name) if self._slot(name) is not None else name for name in arg)
+            if any(type(name) is int for name in names):
+                self._record_keys.append(names)
             out.append(L.OP_RECORD)
             out += U32.pack(len(arg))
             for name, item in arg.items():
