@@ -214,8 +214,12 @@ cdef class Uid:
 
 @cython.final
 cdef class CedarSet:
-    """A Cedar set; equality and membership use Cedar equality (order and duplicates ignored)."""
+    """A Cedar set; equality and membership use Cedar equality (order and duplicates ignored).
+    `index`, `others` and `bools` are made by index_set when a large set is first searched."""
     cdef list items
+    cdef set index
+    cdef dict others
+    cdef int bools
 
     def __repr__(self):
         return f"CedarSet({self.items!r})"
@@ -249,7 +253,41 @@ cdef inline CedarSet make_set(list items):
     return s
 
 
-cdef bint cedar_eq(object a, object b) except -1:
+# The work of one policy's evaluation is bounded: each expression node and each comparison inside a
+# set or record costs a step from the request's budget (Request.steps), reset before each policy. A
+# policy that runs out fails with an evaluation error, as any Cedar error does, instead of hanging a
+# worker. Legitimate policies stay far below it: sets are compared through hash indexes (below), so
+# the steps grow with the size of the values, never exponentially with their nesting.
+DEF DEFAULT_EVAL_BUDGET = 2000000
+DEF MAX_EVAL_DEPTH = 4016   # the compiler's MAX_EXPR_DEPTH (layout.py), and a margin
+cdef int64_t eval_budget = DEFAULT_EVAL_BUDGET
+# Sets of up to SMALL_SET items are compared item by item; larger ones through a hash index of their
+# items (built once per set, when first needed), so comparing sets costs steps in proportion to their
+# sizes, as Cedar's own hash sets do.
+DEF SMALL_SET = 8
+
+cdef str BUDGET_MESSAGE = ("evaluation budget exhausted: the policy needs more steps (expression nodes "
+                           "and set comparisons) for this request than one policy may take")
+
+
+def set_eval_budget(steps=DEFAULT_EVAL_BUDGET):
+    """Sets the steps one policy's evaluation may take in this process (default 2,000,000: a typical
+    policy takes under 100); returns the previous value."""
+    global eval_budget
+    if not 1 <= steps <= 1 << 62:
+        raise ValueError("the evaluation budget must be a positive number of steps")
+    previous, eval_budget = eval_budget, steps
+    return previous
+
+
+cdef inline int spend(int64_t* steps, int64_t n) except -1:
+    steps[0] -= n
+    if steps[0] < 0:
+        raise EvalError(BUDGET_MESSAGE)
+    return 0
+
+
+cdef bint cedar_eq(object a, object b, int64_t* steps) except -1:
     cdef type ta = type(a)
     if ta is not type(b):
         return False
@@ -257,13 +295,14 @@ cdef bint cedar_eq(object a, object b) except -1:
         return a == b
     if ta is Uid:
         return (<Uid>a).type == (<Uid>b).type and (<Uid>a).id == (<Uid>b).id
+    spend(steps, 1)
     if ta is CedarSet:
-        return set_subset(<CedarSet>a, <CedarSet>b) and set_subset(<CedarSet>b, <CedarSet>a)
+        return set_eq(<CedarSet>a, <CedarSet>b, steps)
     if ta is dict:
         if len(<dict>a) != len(<dict>b):
             return False
         for k, v in (<dict>a).items():
-            if k not in <dict>b or not cedar_eq(v, (<dict>b)[k]):
+            if k not in <dict>b or not cedar_eq(v, (<dict>b)[k], steps):
                 return False
         return True
     if ta is Ext:
@@ -272,17 +311,104 @@ cdef bint cedar_eq(object a, object b) except -1:
     return False
 
 
-cdef bint set_has(CedarSet s, object x) except -1:
+cdef Py_hash_t cedar_hash(object v, int64_t* steps) except? -1:
+    """A hash consistent with cedar_eq (equal values hash alike), for values Python can't hash the
+    Cedar way: sets (order and duplicates ignored), records and extension values."""
+    cdef type t = type(v)
+    if t is str or t is int or t is bool or t is Uid:
+        return hash(v)
+    spend(steps, 1)
+    if t is CedarSet:
+        return hash(frozenset([cedar_hash(item, steps) for item in (<CedarSet>v).items]))
+    if t is dict:
+        return hash(frozenset([(k, cedar_hash(item, steps)) for k, item in (<dict>v).items()]))
+    if t is Ext:
+        return hash(((<Ext>v).kind, (<Ext>v).a, (<Ext>v).version, (<Ext>v).prefix))
+    return 0
+
+
+cdef int index_set(CedarSet s, int64_t* steps) except -1:
+    """Indexes a large set's items: strings, Longs and entities in a Python set (Python's equality is
+    Cedar's on those, and no two of different kinds are equal), bools as bits, and the rest (sets,
+    records, extension values) by cedar_hash, each hash to the items that have it."""
+    cdef set index = set()
+    cdef dict others = {}
+    cdef int bools = 0
+    cdef type t
+    spend(steps, len(s.items))
     for item in s.items:
-        if cedar_eq(item, x):
+        t = type(item)
+        if t is bool:
+            bools |= 2 if item else 1
+        elif t is str or t is int or t is Uid:
+            index.add(item)
+        else:
+            others.setdefault(cedar_hash(item, steps), []).append(item)
+    s.index, s.others, s.bools = index, others, bools
+    return 0
+
+
+cdef bint set_has(CedarSet s, object x, int64_t* steps) except -1:
+    cdef type t
+    if len(s.items) <= SMALL_SET:
+        spend(steps, len(s.items))
+        for item in s.items:
+            if cedar_eq(item, x, steps):
+                return True
+        return False
+    if s.index is None:
+        index_set(s, steps)
+    t = type(x)
+    if t is bool:
+        return (s.bools >> (1 if x else 0)) & 1
+    if t is str or t is int or t is Uid:
+        return x in s.index
+    same_hash = s.others.get(cedar_hash(x, steps))
+    if same_hash is None:
+        return False
+    spend(steps, len(<list>same_hash))
+    for item in <list>same_hash:
+        if cedar_eq(item, x, steps):
             return True
     return False
 
 
-cdef bint set_subset(CedarSet small, CedarSet big) except -1:
+cdef bint set_subset(CedarSet small, CedarSet big, int64_t* steps) except -1:
     for item in small.items:
-        if not set_has(big, item):
+        if not set_has(big, item, steps):
             return False
+    return True
+
+
+cdef bint set_eq(CedarSet a, CedarSet b, int64_t* steps) except -1:
+    """Cedar set equality: each side contains the other. For small sets, the items of `b` matched while
+    checking `a` ⊆ `b` are not looked for again in `a` (equality is symmetric): comparing nested sets
+    twice per level was 2^depth comparisons for `[[..[1]..]] == [[..[1]..]]`."""
+    cdef list ai = a.items, bi = b.items
+    cdef Py_ssize_t na = len(ai), nb = len(bi), i, j
+    cdef unsigned char matched[SMALL_SET]
+    if na == 0 or nb == 0:
+        return na == nb
+    if na > SMALL_SET or nb > SMALL_SET:
+        return set_subset(a, b, steps) and set_subset(b, a, steps)
+    for j in range(nb):
+        matched[j] = 0
+    for i in range(na):
+        for j in range(nb):
+            spend(steps, 1)
+            if cedar_eq(ai[i], bi[j], steps):
+                matched[j] = 1
+                break
+        else:
+            return False
+    for j in range(nb):
+        if not matched[j]:
+            for i in range(na):
+                spend(steps, 1)
+                if cedar_eq(bi[j], ai[i], steps):
+                    break
+            else:
+                return False
     return True
 
 
@@ -661,6 +787,8 @@ cdef class Request:
     cdef Uid resource
     cdef dict raw_context   # the caller's context, validated; values are converted when read
     cdef dict context       # the whole context as a Cedar record, built only if a policy needs it
+    cdef int64_t steps      # what is left of the budget of the policy being evaluated (eval_budget)
+    cdef int depth          # how deep the evaluation of that policy is in nodes with operands
 
 
 @cython.final
@@ -833,13 +961,19 @@ cdef class Generation:
     cdef str read_str_at(self, Py_ssize_t off):
         cdef Py_ssize_t n
         cdef Py_ssize_t start = self.str_span(off, &n)
-        return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+        try:
+            return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+        except UnicodeDecodeError:
+            raise IndexFormatError("a name in the generation is not UTF-8") from None
 
     cdef str read_str(self, Py_ssize_t* pos):
         cdef Py_ssize_t n
         cdef Py_ssize_t start = self.str_span(pos[0], &n)
         pos[0] = start + n
-        return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+        try:
+            return PyUnicode_DecodeUTF8(<const char*>self.base + start, n, "surrogatepass")
+        except UnicodeDecodeError:
+            raise IndexFormatError("a string in the generation is not UTF-8") from None
 
     # -- symbols --
     cdef inline str type_name(self, uint32_t t):
@@ -1070,6 +1204,9 @@ cdef class Generation:
         """Evaluates the expression at pos[0] (moving past it): a dispatcher without Python locals of
         its own (their set-up and clean-up cost every call), each kind of node in its own method."""
         cdef uint8_t op = self.u8(pos[0])
+        r.steps -= 1
+        if r.steps < 0:
+            raise EvalError(BUDGET_MESSAGE)
         pos[0] += 1
         if op == OP_STR:
             pos[0] += 4
@@ -1078,13 +1215,21 @@ cdef class Generation:
             return self.decode(pos)
         if op == OP_VAR:
             return self.ev_var(pos, r)
+        # Nodes with operands recurse: the compiler nests no deeper than MAX_EXPR_DEPTH, and a generation
+        # that does (only written bytes can) is refused before it overflows the C stack.
+        r.depth += 1
+        if r.depth > MAX_EVAL_DEPTH:
+            raise IndexFormatError("an expression is nested deeper than the compiler writes")
         if op == OP_GETATTR or op == OP_HAS:
-            return self.ev_attr(op, pos, r)
-        if op == OP_AND or op == OP_OR:
-            return self.ev_and_or(op, pos, r)
-        if OP_EQ <= op <= OP_GET_TAG:
-            return self.ev_binary(op, pos, r)
-        return self.ev_other(op, pos, r)
+            v = self.ev_attr(op, pos, r)
+        elif op == OP_AND or op == OP_OR:
+            v = self.ev_and_or(op, pos, r)
+        elif OP_EQ <= op <= OP_GET_TAG:
+            v = self.ev_binary(op, pos, r)
+        else:
+            v = self.ev_other(op, pos, r)
+        r.depth -= 1
+        return v
 
     cdef object ev_var(self, Py_ssize_t* pos, Request r):
         cdef uint8_t var = self.u8(pos[0])
@@ -1155,7 +1300,7 @@ cdef class Generation:
         # both operands are always evaluated, left first
         left = self.ev(pos, r)
         right = self.ev(pos, r)
-        return self.binary(op, left, right)
+        return self.binary(op, left, right, r)
 
     cdef object ev_other(self, uint8_t op, Py_ssize_t* pos, Request r):
         """if-then-else, the unary operators, `is`, `like`, set and record literals, extension calls."""
@@ -1233,6 +1378,8 @@ cdef class Generation:
         cdef Py_ssize_t* seg_n = stack_n
         cdef uint32_t count = self.u32(pos[0]), i
         pos[0] += 4
+        if count > self.size - pos[0]:  # each segment takes a byte at least
+            raise IndexFormatError("a like pattern's segment count is out of range")
         if count > STACK_SEGS:
             seg = <const char**>malloc(count * sizeof(const char*))
             seg_n = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
@@ -1254,13 +1401,13 @@ cdef class Generation:
                 free(seg)
                 free(seg_n)
 
-    cdef object binary(self, uint8_t op, object left, object right):
+    cdef object binary(self, uint8_t op, object left, object right, Request r):
         cdef type tl = type(left), tr = type(right)
         cdef int64_t x, y
         if op == OP_EQ:
-            return cedar_eq(left, right)
+            return cedar_eq(left, right, &r.steps)
         if op == OP_NE:
-            return not cedar_eq(left, right)
+            return not cedar_eq(left, right, &r.steps)
         if OP_LT <= op <= OP_GE:
             if tl is int and tr is int:
                 x = as_long(left)
@@ -1292,6 +1439,7 @@ cdef class Generation:
             if tr is Uid:
                 return self.uid_in(<Uid>left, <Uid>right)
             if tr is CedarSet:
+                spend(&r.steps, len((<CedarSet>right).items))
                 for item in (<CedarSet>right).items:
                     if type(item) is not Uid:
                         type_error("entity", item)
@@ -1303,16 +1451,16 @@ cdef class Generation:
         if op == OP_CONTAINS:
             if tl is not CedarSet:
                 type_error("set", left)
-            return set_has(<CedarSet>left, right)
+            return set_has(<CedarSet>left, right, &r.steps)
         if op == OP_CONTAINS_ALL or op == OP_CONTAINS_ANY:
             if tl is not CedarSet:
                 type_error("set", left)
             if tr is not CedarSet:
                 type_error("set", right)
             if op == OP_CONTAINS_ALL:
-                return set_subset(<CedarSet>right, <CedarSet>left)
+                return set_subset(<CedarSet>right, <CedarSet>left, &r.steps)
             for item in (<CedarSet>right).items:
-                if set_has(<CedarSet>left, item):
+                if set_has(<CedarSet>left, item, &r.steps):
                     return True
             return False
         if op == OP_HAS_TAG or op == OP_GET_TAG:
@@ -1638,6 +1786,8 @@ cdef class Generation:
                     errors.append((p, cv_error_message(self, r, &cv)))
                     continue
                 pos = start
+                r.steps = eval_budget
+                r.depth = 0
                 try:
                     v = self.ev(&pos, r)
                     if type(v) is not bool:

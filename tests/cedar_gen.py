@@ -341,6 +341,22 @@ class ExprGen(_Draw):
             return self.ext_lit(kind) if self.chance(70) else self.access_of(kind, 0)
         raise AssertionError(kind)
 
+    def deep_compare(self) -> str:
+        """Deeply nested set and record literals compared with each other or with `context.deep`
+        (DEEP_CONTEXT_DEPTH levels when a request has it): each level of nesting once doubled the work."""
+        leaf = self.pick(DEEP_LEAVES)
+        a = deep_text(self.num(5, 60), leaf)
+        r = self.num(0, 3)
+        if r == 0:
+            b = a if self.chance(60) else deep_text(self.num(5, 60), self.pick(DEEP_LEAVES))
+            return "%s %s %s" % (a, self.pick(("==", "!=")), b)
+        if r == 1:
+            return "%s.contains(%s)" % (p("[%s]" % a if self.chance(50) else a), a)
+        if r == 2:
+            depth = DEEP_CONTEXT_DEPTH if self.chance(70) else self.num(1, DEEP_CONTEXT_DEPTH + 1)
+            return "context has deep && context.deep %s %s" % (self.pick(("==", "!=")), deep_text(depth, leaf))
+        return "[%s, %s].containsAll([%s])" % (a, a, a)
+
     # ---- compound ---------------------------------------------------------------------------
 
     def expr(self, kind: str, d: int) -> str:
@@ -375,7 +391,11 @@ class ExprGen(_Draw):
             options += ["hasTag", "getTagB", "in", "is"]
         if self.family in ("ext", "all"):
             options += ["ipm", "ipm", "inRange", "decm", "decm", "cmp"]
+        if self.family in ("core", "all"):
+            options += ["deep"]
         o = self.pick(tuple(options))
+        if o == "deep":
+            return self.deep_compare()
         if o == "and":
             return "%s && %s" % (self.sub("bool", d), self.sub("bool", d))
         if o == "or":
@@ -758,6 +778,8 @@ def _requests(src: ByteSource, family: str, ents, n_min=2, n_max=5):
         else:
             ac = (ACTION_TYPE, v.pick(ACTION_IDS))
         ctx = v.record(2, dense=v.chance(60)) if v.chance(85) else {}
+        if v.chance(10):
+            ctx["deep"] = deep_value(DEEP_CONTEXT_DEPTH, v.pick((1, "a", True)))
         reqs.append(
             {
                 "principal": _uid_for_request(v, pr),
@@ -887,6 +909,26 @@ def repo_cases(draw, min_files: int = 5, max_files: int = 40, max_per_file: int 
     reqs = _requests(src, "all", ents + extras, *requests)
     return {"policies": pols, "ids": pids, "entities": ents + extras, "requests": reqs, "layout": layout,
             "entity_split": len(ents)}
+
+
+DEEP_LEAVES = ("1", '"a"', "true")
+DEEP_CONTEXT_DEPTH = 30
+
+
+def deep_text(depth: int, leaf: str) -> str:
+    """A literal nested `depth` levels: a set `[x]`, a record `{d: x}`, a pair set `[x, 1]`, in turn."""
+    text = leaf
+    for k in range(depth):
+        text = ("[%s]", "{d: %s}", "[%s, 1]")[k % 3] % text
+    return text
+
+
+def deep_value(depth: int, leaf):
+    """The Cedar JSON value of deep_text(depth, leaf), for a context."""
+    value = leaf
+    for k in range(depth):
+        value = ([value], {"d": value}, [value, 1])[k % 3]
+    return value
 
 
 def _positions(layout):

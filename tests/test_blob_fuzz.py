@@ -89,11 +89,6 @@ EXPECTED = [
     ("deny", [], ["secret"]),
 ]
 
-# Errors a damaged generation raises today that are not IndexFormatError; each is reported as a bug
-# (see the xfail tests below). Anything else is a failure.
-#   UnicodeDecodeError: a name or string of the blob that is not UTF-8, at load or when a decision reads it.
-#   MemoryError: a damaged `like` segment count is allocated before it is checked against the blob.
-KNOWN_STRAY_ERRORS = ("UnicodeDecodeError", "MemoryError")
 HANG_BOUND_S = 30  # one load or decision takes well under a millisecond here; this long is a hang
 
 
@@ -342,8 +337,7 @@ def test_damage_with_a_consistent_crc_is_refused_or_decides(index):
     - loading it either refuses it (IndexUnavailableError saying it is unreadable: the evaluator raised
       IndexFormatError), and an engine that was serving keeps deciding as before; or loads it;
     - every request on a loaded one is either decided (a well-formed decision) or raises
-      IndexFormatError; never a crash, a hang, or any other exception (KNOWN_STRAY_ERRORS are the
-      reported exceptions to this);
+      IndexFormatError; never a crash, a hang, or any other exception;
     - the same request decides the same way twice, and check_batch agrees with check: the answer is a
       function of the bytes and the request (no read of memory outside the blob, no state a damage
       can leave behind).
@@ -365,8 +359,6 @@ def test_damage_with_a_consistent_crc_is_refused_or_decides(index):
         what = damage(blob, seed)[0]
         load = report["load"]
         if load[0] == "raised":
-            if load[1] in KNOWN_STRAY_ERRORS:
-                continue
             if load[1] != "IndexUnavailableError" or "is unreadable" not in load[2]:
                 failures.append(f"{what}: loading raised {load}")
                 continue
@@ -383,7 +375,7 @@ def test_damage_with_a_consistent_crc_is_refused_or_decides(index):
                 counts["index format error in a decision"] += 1
                 problem = None
             else:
-                problem = None if outcome[1] in KNOWN_STRAY_ERRORS else f"raised {outcome}"
+                problem = f"raised {outcome}"
             if problem:
                 failures.append(f"{what}: request {step}: {problem}")
         if report["again"] != decisions:
@@ -436,16 +428,13 @@ def first_str(blob, table_off):
     return at + 4, blob[at + 4:at + 4 + struct.unpack_from("<I", blob, at)[0]]
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="reported: a name that is not UTF-8 escapes as UnicodeDecodeError, not IndexFormatError")
 @pytest.mark.parametrize("table, name", [("types_off", b"Group"), ("policy_ids_off", b"readers")],
                          ids=["type name (read at load)", "policy id (read by a decision)"])
 def test_a_name_that_is_not_utf8_is_refused_like_other_damage(index, table, name):
     """A type name is read when the generation loads, a policy id when a decision names the policy.
     Either way the damage must be refused as other damage is: IndexUnavailableError at load (and the
-    serving engine keeps deciding), or IndexFormatError from the decision. Today the first makes every
-    check of the serving engine raise UnicodeDecodeError (it stops serving the generation it had), and
-    a new Engine raise it instead of IndexUnavailableError."""
+    serving engine keeps deciding), or IndexFormatError from the decision. (It once escaped as
+    UnicodeDecodeError, and the serving engine stopped serving the generation it had.)"""
     db, blob, baseline = index
     serving = authz.Engine(db, poll_interval_s=3600)
     at, found = first_str(blob, header(blob)[table])
@@ -468,13 +457,11 @@ def test_a_name_that_is_not_utf8_is_refused_like_other_damage(index, table, name
 DEEP_NOTS = 500_000
 
 
-@pytest.mark.xfail(strict=True, reason="reported: the evaluator recurses once per nested operator with no "
-                                       "bound of its own, and a deep enough chain overflows the C stack")
 def test_a_condition_nested_beyond_what_the_compiler_writes_is_refused_or_decided(tmp_path):
     """The compiler refuses expressions nested deeper than layout.MAX_EXPR_DEPTH; a generation can
     still hold one (its CRC rewritten). A condition of DEEP_NOTS `!` around `true` must be refused
-    (IndexFormatError) or be that policy's evaluation error, never a crash. Today the decision
-    overflows an 8 MiB stack (SIGSEGV) near 100,000 levels."""
+    (IndexFormatError) or be that policy's evaluation error, never a crash. (The decision once overflowed
+    an 8 MiB stack, SIGSEGV, near 100,000 levels.)"""
     src = tmp_path / "src"
     src.mkdir()
     # A long string literal makes room in the blob: the chain is written over the condition and on
