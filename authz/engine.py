@@ -7,7 +7,7 @@ import zlib
 import lmdb
 
 from . import _evaluator
-from .compiler.writer import CURRENT_KEY, crc_key, generation_key, open_env, release_env
+from .compiler.writer import CURRENT_KEY, crc_key, data_file_key, generation_key, open_env, release_env
 from .errors import IndexUnavailableError
 
 Decision = _evaluator.Decision
@@ -20,11 +20,26 @@ class Engine(_evaluator.EngineCore):
         self.db = os.fspath(db)
         self.poll_interval_s = poll_interval_s
         self._env = open_env(self.db, create=False)
+        self._file = data_file_key(self.db)
+        self._loaded = None  # the data file the installed generation was read from
+        self._retired = []  # environments of an index since replaced at this path (see _follow_replacement)
         self._last_txnid = None
         self.refresh()
 
+    def _follow_replacement(self):
+        """Opens the index now at `db` if it is another file than the one open (removed and compiled
+        again: its generation numbers start over, so they can't tell). The old environment stays open
+        until close(): decisions in flight may still read the generation mapped from it."""
+        current = data_file_key(self.db)
+        if current is None or current == self._file:
+            return
+        env = open_env(self.db, create=False)
+        self._retired.append(self._env)
+        self._env, self._file, self._last_txnid = env, current, None
+
     def refresh(self):
         """Switches to the index's current generation now, if it changed; returns its number."""
+        self._follow_replacement()
         txnid = self._env.info()["last_txnid"]
         if txnid == self._last_txnid and self.generation is not None:
             self._reschedule()
@@ -35,7 +50,7 @@ class Engine(_evaluator.EngineCore):
             if raw is None or len(raw) != 8:
                 raise IndexUnavailableError(f"`{self.db}` holds no compiled generation")
             number = struct.unpack("<Q", bytes(raw))[0]
-            if number == self.generation:
+            if number == self.generation and self._loaded == self._file:
                 # Remember what this snapshot saw, not what info() said: a commit between the two is
                 # then noticed on the next poll instead of being skipped.
                 self._last_txnid = txn.id()
@@ -59,6 +74,7 @@ class Engine(_evaluator.EngineCore):
         # The generation holds `txn` (and so its snapshot) until no decision uses it any more.
         self._install(generation, self.poll_interval_s)
         self._last_txnid = txn.id()
+        self._loaded = self._file
         return number
 
     def _poll(self):
@@ -71,9 +87,10 @@ class Engine(_evaluator.EngineCore):
     def close(self):
         """Releases the map; the engine can't decide afterwards."""
         self._install(None, self.poll_interval_s)
-        if self._env is not None:
-            release_env(self._env)
-            self._env = None
+        for env in self._retired + [self._env]:
+            if env is not None:
+                release_env(env)
+        self._env, self._retired = None, []
 
     def __enter__(self):
         return self

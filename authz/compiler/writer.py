@@ -266,8 +266,23 @@ def build_generation(records, ids, entities, symbols):
 
 
 # LMDB allows one environment per file per process: engines and compiles in one process share it.
-# Keyed by (pid, path) so that a forked child never reuses its parent's environment.
+# Keyed by the (device, inode) of its data.mdb, not by its path: an index removed and made again at the
+# same path is another file, and an inode cannot be reused while the environment holding it open is
+# here. A forked child starts with none of its parent's environments (LMDB forbids using them across
+# fork), so the key needs no pid, which a later process could reuse.
 _ENVS = {}
+os.register_at_fork(after_in_child=_ENVS.clear)
+
+
+def data_file_key(db):
+    """(device, inode) of the index's data.mdb, or None when there is none."""
+    try:
+        st = os.stat(os.path.join(db, "data.mdb"))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise IndexUnavailableError(f"cannot open index `{db}`: {err.strerror}") from None
+    return st.st_dev, st.st_ino
 
 
 def open_env(db, create):
@@ -281,21 +296,28 @@ def open_env(db, create):
         raise IndexUnavailableError(f"`{db}` is not an authz index (expected a directory)")
     if not create and not os.path.exists(os.path.join(db, "data.mdb")):
         raise IndexUnavailableError(f"`{db}` is not an authz index (no data.mdb)")
-    key = (os.getpid(), os.path.realpath(db))
-    entry = _ENVS.get(key)
+    if create:
+        try:
+            os.makedirs(db, exist_ok=True)
+        except OSError as err:
+            raise IndexUnavailableError(f"cannot create index `{db}`: {err.strerror}") from None
+    key = data_file_key(db)
+    entry = _ENVS.get(key) if key is not None else None
     if entry is not None and (entry[0].flags()["readonly"] is False or not create):
         entry[1] += 1
         return entry[0]
     if entry is not None:
         raise IndexUnavailableError(f"`{db}` is open read-only in this process and cannot be written")
     try:
-        if create:
-            os.makedirs(db, exist_ok=True)
         writable = create or os.access(db, os.W_OK)
         env = lmdb.open(db, map_size=DEFAULT_MAP_SIZE, subdir=True, readonly=not writable,
                         create=create, max_dbs=0, max_readers=1024, lock=True)
     except lmdb.Error as err:
         raise IndexUnavailableError(f"cannot open index `{db}`: {err}") from None
+    key = data_file_key(db)
+    if key is None:
+        env.close()
+        raise IndexUnavailableError(f"cannot open index `{db}`: its data.mdb disappeared")
     _ENVS[key] = [env, 1]
     return env
 
