@@ -111,11 +111,11 @@ class ChildCompiler:
 class PolicyWatcher:
     """Recompiles `folder` into `db` whenever its files change (polling every `interval_s`).
 
-    `applied` is the folder's snapshot taken before the compile of the served `generation`. A reload
-    that fails is logged and counted; the index keeps serving the last good generation, the folder
-    is reported stale (`stale`, the `stale_flag` shared with the workers, the metrics) and the
-    reload is retried after RETRY_FIRST_S doubling to RETRY_MAX_S, or at once when the folder
-    changes again.
+    `applied` is the folder's snapshot taken before the compile of the served `generation` (None: none
+    compiled from the folder yet). A reload that fails is logged and counted; the index keeps serving
+    the last good generation, the folder is reported stale (`stale`, the `stale_flag` shared with the
+    workers, the metrics) and the reload is retried after RETRY_FIRST_S doubling to RETRY_MAX_S, or at
+    once when the folder changes again.
     """
 
     def __init__(self, folder: str, db: str, interval_s: float = 0.25, metrics=None, compile_fn=None,
@@ -207,13 +207,13 @@ class PolicyWatcher:
             error = str(e)
         else:
             error = f"{type(e).__name__}: {e}"
-        served = self.generation if self.generation is not None else "(the last good one)"
+        served = (f"still serving generation {self.generation}" if self.generation is not None
+                  else "no generation of it served yet")
         if error != self._last_error:
-            log.error("reload of `%s` failed; still serving generation %s; retrying in %.0f s:\n%s", self.folder,
-                      served, delay, error)
+            log.error("reload of `%s` failed; %s; retrying in %.0f s:\n%s", self.folder, served, delay, error)
         else:
-            log.error("reload of `%s` failed again (attempt %d, same error); still serving generation %s; "
-                      "retrying in %.0f s", self.folder, self._attempts, served, delay)
+            log.error("reload of `%s` failed again (attempt %d, same error); %s; retrying in %.0f s", self.folder,
+                      self._attempts, served, delay)
         self._last_error = error
 
     def _set_stale(self, stale: bool) -> None:

@@ -235,6 +235,23 @@ def test_watcher_recompiles_and_keeps_last_good(tmp_path):
     assert w.poll() is False
 
 
+def test_a_failed_reload_says_what_is_served(tmp_path, caplog):
+    from authz.errors import CompileError
+    from authz.server.reload import PolicyWatcher
+
+    def failing_compile(folder, db):
+        raise CompileError(["p.cedar:1:1: bad"])
+
+    (tmp_path / "p.cedar").write_text("bad")
+    for generation, served in ((None, "no generation of it served yet"), (4, "still serving generation 4")):
+        caplog.clear()
+        w = PolicyWatcher(str(tmp_path), "db", compile_fn=failing_compile, applied=(), generation=generation)
+        with caplog.at_level("ERROR", logger="authz.reload"):
+            assert w.reload() is False
+        (message,) = [r.getMessage() for r in caplog.records]
+        assert f"failed; {served}; retrying" in message and "None" not in message
+
+
 # -- generated code ------------------------------------------------------------------------------
 
 
