@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -13,6 +14,9 @@ from authz.server.config import ConfigError, load_config
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file; flags override it.")
 @click.option("--db", help="LMDB index path (default: DATA_DIR/authz.lmdb).")
 @click.option("--policies", help="Policies folder: compiled at start, watched and recompiled on change.")
+@click.option("--wait-for-index", "wait_for_index", is_flag=True,
+              help="With --db and no --policies: start even if no index is there yet (another process compiles "
+                   "it); health stays NOT_SERVING until it appears. Without it, a missing index is an error.")
 @click.option("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:9191).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option("--data-dir", "data_dir", help="Folder for the index and state (default authz-data).")
@@ -35,11 +39,20 @@ def serve(config_path, log_level, **flags):
     """
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s authz[supervisor pid %(process)d] %(levelname)s %(message)s")
+    wait_for_index = flags.pop("wait_for_index")
     try:
         cfg = load_config(config_path, flags)
     except ConfigError as e:
         click.echo(f"authz serve: error: {e}", err=True)
         sys.exit(2)
+    if not cfg.policies and not os.path.exists(os.path.join(cfg.db_path, "data.mdb")):
+        if not wait_for_index:
+            click.echo(f"authz serve: error: no index at `{cfg.db_path}` and no policies folder to compile: "
+                       f"compile one first (`authz compile POLICIES --db {cfg.db_path}`), serve a folder "
+                       f"(`--policies DIR`), or pass --wait-for-index if another process compiles it", err=True)
+            sys.exit(2)
+        logging.getLogger("authz.server").warning(
+            "no index at `%s` yet: not serving (health NOT_SERVING) until one is compiled there", cfg.db_path)
     from authz.server.workers import AddressInUseError, Supervisor
 
     try:

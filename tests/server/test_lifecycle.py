@@ -203,6 +203,20 @@ def test_bad_config_and_bad_policies_exit_2(tmp_path):
     assert bad.proc.wait(60) == 2 and "p.cedar:1:" in bad.stderr()
 
 
+def test_a_db_with_no_index_and_no_policies_is_refused_at_start(tmp_path):
+    missing = tmp_path / "missing.lmdb"
+    bad = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--db", str(missing), "--data-dir", str(tmp_path / "d")],
+                      name="noindex").start(expect_ready=False)
+    try:
+        assert bad.proc.wait(60) == 2
+    finally:
+        bad.stop()
+    err = bad.stderr()
+    assert f"no index at `{missing}`" in err and f"authz compile POLICIES --db {missing}" in err
+    assert "--wait-for-index" in err and "Traceback" not in err
+    assert not missing.exists()  # nothing created at the path
+
+
 BUNDLED = pathlib.Path(__file__).resolve().parents[2] / "authz" / "examples" / "policies"
 
 

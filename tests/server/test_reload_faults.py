@@ -204,7 +204,7 @@ def test_a_corrupt_new_generation_leaves_the_old_one_serving(tmp_path, damage):
 
 def test_a_worker_waits_for_its_index_and_serves_once_it_appears(tmp_path):
     db = tmp_path / "later" / "authz.lmdb"
-    server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--db", str(db), "--workers", "1",
+    server = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--db", str(db), "--wait-for-index", "--workers", "1",
                                     "--data-dir", str(tmp_path / "data")]).start(wait_serving=False)
     try:
         assert _health(server) == NOT_SERVING
