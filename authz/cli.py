@@ -63,22 +63,32 @@ def _decide(engine, line):
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="LMDB index directory.")
 @click.option("--request", "request", default=None, help="One request as JSON; without it, JSON lines on stdin.")
 def check_command(db, request):
-    """Decide requests: one JSON decision per JSON request line, in order."""
+    """Decide requests: one JSON decision per JSON request line, in order.
+
+    Each input line, a blank one included, gets exactly one output line: a decision, or
+    {"error": "..."} for a line that is not a valid request (a blank line is "empty request line").
+
+    Exit status: 0 when every line was decided (allowed or denied), 1 when some line was an
+    error (the other lines are still decided), 2 when the index cannot be opened.
+    """
     try:
         engine = Engine(db)
     except AuthzError as err:
         _fail(str(err))
     if request is not None:
-        click.echo(json.dumps(_decide(engine, request)))
-        return
+        result = _decide(engine, request)
+        click.echo(json.dumps(result))
+        sys.exit(1 if "error" in result else 0)
     interactive = sys.stdin.isatty()
     out = sys.stdout
+    failed = False
     for line in sys.stdin:
-        if not line.strip():
-            continue
-        out.write(json.dumps(_decide(engine, line)) + "\n")
+        result = _decide(engine, line) if line.strip() else {"error": "empty request line"}
+        failed = failed or "error" in result
+        out.write(json.dumps(result) + "\n")
         if interactive:
             out.flush()
+    sys.exit(1 if failed else 0)
 
 
 def _register_optional_commands():

@@ -34,7 +34,7 @@ def test_compile_then_check_jsonl(tmp_path):
     ]
     stdin = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
     result = cli("check", "--db", db, stdin=stdin)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # some lines were errors
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(out) == len(lines)
     assert out[0] == {"decision": "allow", "policies": ["read-docs"], "errors": []}
@@ -53,3 +53,34 @@ def test_check_single_request_flag(tmp_path):
     request = json.dumps({"principal": 'User::"a"', "action": 'Action::"read"', "resource": 'Doc::"d"'})
     result = cli("check", "--db", db, "--request", request)
     assert json.loads(result.stdout) == {"decision": "deny", "policies": [], "errors": []}
+
+
+def _checked(tmp_path, lines):
+    """(exit status, output lines) of `authz check` given `lines` on stdin, one each."""
+    (tmp_path / "p.cedar").write_text(POLICIES)
+    db = str(tmp_path / "db")
+    assert cli("compile", str(tmp_path / "p.cedar"), "--db", db).returncode == 0
+    result = cli("check", "--db", db, stdin="".join(line + "\n" for line in lines))
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+A_REQUEST = json.dumps({"principal": 'User::"alice"', "action": 'Action::"read"', "resource": 'Doc::"d"',
+                        "context": {"env": "prod"}})
+
+
+def test_check_answers_every_line_a_blank_one_included(tmp_path):
+    code, out = _checked(tmp_path, [A_REQUEST, "", "   ", A_REQUEST, ""])
+    assert len(out) == 5 and code == 1
+    # Decided (denied: with no entities alice is in no group).
+    assert out[0] == out[3] == {"decision": "deny", "policies": [], "errors": []}
+    assert out[1] == out[2] == out[4] == {"error": "empty request line"}
+
+
+def test_check_exit_status_says_whether_a_line_was_an_error(tmp_path):
+    assert _checked(tmp_path, [A_REQUEST, A_REQUEST])[0] == 0
+    code, out = _checked(tmp_path, ["not json", "{}"])
+    assert code == 1 and [set(x) for x in out] == [{"error"}, {"error"}]
+    db = str(tmp_path / "db")
+    assert cli("check", "--db", db, "--request", A_REQUEST).returncode == 0
+    assert cli("check", "--db", db, "--request", "[]").returncode == 1
