@@ -22,6 +22,12 @@ def write(path, text):
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Messages name files relative to the current directory: here, the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_malformed_cedar_reports_file_line_col_for_each_error(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -30,8 +36,8 @@ def test_malformed_cedar_reports_file_line_col_for_each_error(tmp_path):
     result = run_cli("compile", str(src), "--db", str(tmp_path / "db"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("bad.cedar:3:") and "unexpected token" in lines[0]
-    assert lines[1].startswith("bad.cedar:4:") and "foo" in lines[1]
+    assert lines[0].startswith("src/bad.cedar:3:") and "unexpected token" in lines[0]
+    assert lines[1].startswith("src/bad.cedar:4:") and "foo" in lines[1]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "db").exists() or not os.listdir(tmp_path / "db")
 
@@ -178,3 +184,24 @@ def test_a_record_literal_naming_a_key_twice_is_refused(tmp_path, record):
         cedarpy.policies_to_json_str(text)
     with pytest.raises(CompileError, match=r"p.cedar:2:1: duplicate key `ab` in record literal"):
         authz.compile([write(tmp_path / "p.cedar", text)], db=str(tmp_path / "db"))
+
+
+def test_messages_name_files_as_the_user_can_open_them_and_ids_stay_relative_to_the_folder(tmp_path):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "nested" / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    write(work / "nested" / "sub" / "a.cedar", GOOD)
+    write(work / "nested" / "sub" / "bad.cedar", "permit(principal, action, resource) when { 1 + };")
+    write(work / "nested" / "sub" / "x.entities.json", "[")
+    for cwd, src, shown in ((work, "nested/", "nested/sub/"), (work / "nested", ".", "sub/"),
+                            (elsewhere, "../work/nested", f"{work}/nested/sub/")):
+        result = subprocess.run([sys.executable, "-m", "authz", "compile", src, "--db", str(tmp_path / "db")],
+                                cwd=cwd, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert [line.split(":")[0] for line in lines] == [shown + "bad.cedar", shown + "x.entities.json"], lines
+    (work / "nested" / "sub" / "bad.cedar").unlink()
+    (work / "nested" / "sub" / "x.entities.json").unlink()
+    authz.compile([str(work / "nested")], db=str(tmp_path / "db"))
+    with authz.Engine(str(tmp_path / "db")) as engine:
+        assert engine.check('User::"alice"', 'A::"a"', 'A::"a"').policies == ["sub/a.cedar:0"]

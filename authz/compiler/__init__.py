@@ -31,9 +31,28 @@ def is_entity_file(name):
     return name == "entities.json" or name.endswith(".entities.json")
 
 
+def shown_path(path, cwd):
+    """`path` as the user can open it: relative to `cwd` when it is under it, else absolute (as given
+    when `cwd` is None)."""
+    if cwd is None:
+        return path
+    absolute = os.path.join(cwd, path)
+    relative = os.path.relpath(absolute, cwd)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return os.path.normpath(absolute)
+    return relative
+
+
 def find_sources(srcs):
-    """(policy files, entity files) as (path, display name) pairs; folders are searched recursively."""
+    """(policy files as (path, shown, name), entity files as (path, shown)); folders are searched recursively.
+
+    `shown` is the path in messages (see shown_path); `name`, a policy file's name in policy ids: its path
+    relative to the folder given, or its base name when the file itself was given."""
     policies, entities, problems = [], [], []
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current directory was removed: paths are shown as given
+        cwd = None
     for src in srcs:
         src = os.fspath(src)
         if os.path.isdir(src):
@@ -44,17 +63,16 @@ def find_sources(srcs):
                     if name.startswith("."):
                         continue
                     path = os.path.join(root, name)
-                    shown = os.path.relpath(path, src)
                     if name.endswith(".cedar"):
-                        policies.append((path, shown))
+                        policies.append((path, shown_path(path, cwd), os.path.relpath(path, src)))
                     elif is_entity_file(name):
-                        entities.append((path, shown))
+                        entities.append((path, shown_path(path, cwd)))
         elif os.path.isfile(src):
             name = os.path.basename(src)
             if name.endswith(".cedar"):
-                policies.append((src, name))
+                policies.append((src, shown_path(src, cwd), name))
             elif is_entity_file(name):
-                entities.append((src, name))
+                entities.append((src, shown_path(src, cwd)))
             else:
                 problems.append(f"{src}: not a policy (`.cedar`) or entity (`*.entities.json`) file")
         else:
@@ -73,7 +91,7 @@ def compile_generation(srcs):
     # Templates are keyed by the text cedarpy parsed (and whether its literals are placeholders), which
     # determines the shape's EST: never by the EST object's identity, which a later file's parse reuses.
     templates = {}
-    for path, shown in policy_files:
+    for path, shown, name in policy_files:
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
@@ -81,7 +99,7 @@ def compile_generation(srcs):
             diagnostics.append(f"{shown}:1:1: cannot read policy file: {err}")
             continue
         try:
-            sources = parse_policy_text(text, shown)
+            sources = parse_policy_text(text, shown, name)
         except CompileError as err:
             diagnostics.extend(err.diagnostics)
             continue
@@ -105,7 +123,7 @@ def compile_generation(srcs):
                 diagnostics.extend(err.diagnostics)
                 continue
             records.append((record, keys))
-            policy_id = annotated if annotated is not None else f"{shown}:{source.index}"
+            policy_id = annotated if annotated is not None else f"{name}:{source.index}"
             compiled.append((source, (record, keys, policy_id)))
             if policy_id in seen:
                 diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")

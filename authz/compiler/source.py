@@ -41,11 +41,13 @@ def literal_slot(text):
 class PolicySource:
     """One policy: where it is, its shape's EST (shared by every policy of that shape) and its literals.
 
-    `shape` is the exact text cedarpy parsed into `est`, and `placeholders` says whether its string
-    literals were replaced by numbered placeholders (then `literals` holds their values, in order).
-    The pair names the shape across files: equal pairs parse to equal ESTs."""
+    `file` is the path as messages show it (`where`); `name` is the file's name in the ids of policies
+    without `@id` (`name:index`). `shape` is the exact text cedarpy parsed into `est`, and `placeholders`
+    says whether its string literals were replaced by numbered placeholders (then `literals` holds their
+    values, in order). The pair names the shape across files: equal pairs parse to equal ESTs."""
 
     file: str
+    name: str
     index: int
     line: int
     col: int
@@ -204,14 +206,15 @@ def _check_nesting(text, statements, file):
                 depth -= 1
 
 
-def parse_policy_text(text, file):
-    """Parses one file's Cedar text into PolicySources; raises CompileError naming every bad statement."""
+def parse_policy_text(text, file, name):
+    """Parses one file's Cedar text into PolicySources (`file`: its path in messages, `name`: its name in
+    policy ids); raises CompileError naming every bad statement."""
     placeholders = _SLOT_PREFIX not in text
     statements = scan_statements(text, placeholders=placeholders)
     _check_nesting(text, statements, file)
     parsed = _parse_by_shape(statements)
     if parsed is not None:
-        return _to_sources(parsed, statements, file, text, placeholders)
+        return _to_sources(parsed, statements, file, name, text, placeholders)
     # Slow path: parse statement by statement to find and place each error.
     lines = _LineMap(text)
     diagnostics, parsed = [], []
@@ -232,7 +235,7 @@ def parse_policy_text(text, file):
     if diagnostics:
         raise CompileError(diagnostics)
     # Each statement was parsed from its own text, literals in place.
-    return _to_sources(parsed, statements, file, text, False)
+    return _to_sources(parsed, statements, file, name, text, False)
 
 
 def parse_alone(source):
@@ -240,12 +243,12 @@ def parse_alone(source):
     return _policy_order(json.loads(cedarpy.policies_to_json_str(source.text)))[0][2]
 
 
-def _to_sources(parsed, statements, file, text, placeholders):
+def _to_sources(parsed, statements, file, name, text, placeholders):
     sources = []
     for n, (((_, kind, body), literals), (start, end, line, col, shape, _raw)) in enumerate(zip(parsed, statements)):
         if kind == "templates":
             raise CompileError([f"{file}:{line}:{col}: unsupported construct `template slot`: templates are not supported yet"])
         if not placeholders:
             shape = text[start:end]
-        sources.append(PolicySource(file, n, line, col, body, literals, text[start:end], shape, placeholders))
+        sources.append(PolicySource(file, name, n, line, col, body, literals, text[start:end], shape, placeholders))
     return sources

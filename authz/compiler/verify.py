@@ -240,7 +240,7 @@ def verify_policies(sources, compiled, symbols):
             if keys != _resolve_keys(shape.keys, source.literals, symbols):
                 raise _Mismatch("its index keys are not its scope's")
             if shape.policy_id is None:
-                want_id = f"{source.file}:{source.index}"
+                want_id = f"{source.name}:{source.index}"
             else:
                 kind, value = shape.policy_id
                 want_id = value if kind == "text" else source.literals[value]
