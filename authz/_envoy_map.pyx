@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""The default Envoy mapping (DESIGN.md section 2), compiled: what one ext_authz v3 CheckRequest asks,
+"""The default Envoy mapping (docs/serve.md, Envoy mapping), compiled: what one ext_authz v3 CheckRequest asks,
 as Cedar request dicts.
 
 `map_check_request` takes a CheckRequest message, or the parts of one that

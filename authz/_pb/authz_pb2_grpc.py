@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class AuthorizerStub:
-    """Authorizer answers authorization questions. The name is fixed by DESIGN.md.
+    """Authorizer answers authorization questions. Its name is part of the public API (docs/architecture.md).
     """
 
     def __init__(self, channel):
@@ -49,7 +49,7 @@ class AuthorizerStub:
 
 
 class AuthorizerServicer:
-    """Authorizer answers authorization questions. The name is fixed by DESIGN.md.
+    """Authorizer answers authorization questions. Its name is part of the public API (docs/architecture.md).
     """
 
     def Check(self, request, context):
@@ -93,7 +93,7 @@ def add_AuthorizerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Authorizer:
-    """Authorizer answers authorization questions. The name is fixed by DESIGN.md.
+    """Authorizer answers authorization questions. Its name is part of the public API (docs/architecture.md).
     """
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Envoy ext_authz v3: maps a CheckRequest to Cedar requests (DESIGN.md section 2) and renders the CheckResponse.
+"""Envoy ext_authz v3: maps a CheckRequest to Cedar requests (docs/serve.md) and renders the CheckResponse.
 
 Fail closed: every path out of Check returns a CheckResponse; a deny is status code 7
 (PERMISSION_DENIED) in the message with a 403 JSON body `{"decision_id", "reason"}`; the RPC
