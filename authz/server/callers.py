@@ -15,7 +15,7 @@ import urllib.parse
 
 from authz._envoy_map import ANONYMOUS
 from authz.errors import IdentityError, RequestError
-from authz.identity import ALGORITHMS, FileKeySet, Issuer, JwtVerifier, parse_spiffe_id, spiffe_id_from_certificate
+from authz.identity import ALGORITHMS, Issuer, JwtVerifier, parse_spiffe_id, spiffe_id_from_certificate
 from authz.identity.spiffe import check_trust_domain
 from authz.server.decider import Invalid
 from authz.server.records import from_json
@@ -31,7 +31,7 @@ IDENTITY_REASONS = frozenset({
     "token_too_large", "token_malformed", "token_alg_not_allowed", "token_alg_none", "token_alg_hmac",
     "token_header_not_allowed", "token_wrong_type",
     "token_unknown_kid", "token_key_mismatch", "token_bad_signature", "token_missing_claim", "token_expired",
-    "token_not_yet_valid", "token_wrong_issuer", "token_wrong_audience", "token_bad_subject",
+    "token_not_yet_valid", "token_wrong_issuer", "token_wrong_audience", "token_bad_subject", "jwks_unavailable",
     "spiffe_id_invalid", "untrusted_trust_domain", "peer_cert_invalid", "peer_cert_multiple_uris",
     "peer_cert_not_spiffe", PRINCIPAL_NOT_ALLOWED, UNAUTHENTICATED,
 })
@@ -55,7 +55,7 @@ def build_verifier(settings) -> JwtVerifier | None:
     """A JwtVerifier over the `[[identity.jwt]]` issuers of IdentitySettings (None when there are none)."""
     if not settings.jwt:
         return None
-    issuers = [Issuer(FileKeySet(j.jwks_file, trust_domain=j.trust_domain), j.audiences, j.issuer, j.trust_domain,
+    issuers = [Issuer(j.open_key_set(), j.audiences, j.issuer, j.trust_domain,
                       j.algorithms or ALGORITHMS, j.leeway_s, j.types, j.subject_trust_domains) for j in settings.jwt]
     return JwtVerifier(issuers, settings.max_token_bytes, settings.token_cache_size)
 

@@ -215,8 +215,13 @@ def format_hostport(host: str, port: int) -> str:
 # -- [identity] ----------------------------------------------------------------------------------
 
 _IDENTITY_KEYS = {"jwt", "mtls", "trusted_peps", "max_token_bytes", "token_cache_size"}
-_JWT_KEYS = {"issuer", "trust_domain", "audiences", "jwks_file", "algorithms", "leeway_s", "types",
-             "subject_trust_domains"}
+# Options of a fetched key set (`jwks_uri` or `discovery`): (low, high) bounds; their defaults are RemoteSource's.
+_FETCH_BOUNDS = {"connect_timeout_s": (0.05, 60), "read_timeout_s": (0.05, 60), "fetch_wait_s": (0, 10),
+                 "min_refresh_s": (1, 86400), "cache_min_s": (0, 7 * 86400), "cache_max_s": (0, 7 * 86400),
+                 "max_stale_s": (0, 7 * 86400)}
+_FETCH_KEYS = set(_FETCH_BOUNDS) | {"ca_file"}
+_JWT_KEYS = {"issuer", "trust_domain", "audiences", "jwks_file", "jwks_uri", "discovery", "algorithms", "leeway_s",
+             "types", "subject_trust_domains"} | _FETCH_KEYS
 _MTLS_KEYS = {"cert", "key", "client_ca", "trust_domains"}
 
 
@@ -224,7 +229,7 @@ _MTLS_KEYS = {"cert", "key", "client_ca", "trust_domains"}
 class JwtIssuerSettings:
     """One `[[identity.jwt]]` table: a trusted OIDC issuer or JWT-SVID trust domain."""
 
-    jwks_file: str
+    jwks_file: str                  # "" when the keys are fetched (`remote`)
     audiences: tuple
     issuer: str = ""
     trust_domain: str = ""
@@ -232,6 +237,15 @@ class JwtIssuerSettings:
     leeway_s: float = 30.0
     types: tuple = ()
     subject_trust_domains: tuple = ()  # SPIFFE ids an issuer without `trust_domain` may assert as `sub`
+    remote: object = None           # a RemoteSource for `jwks_uri` / `discovery`
+
+    def open_key_set(self):
+        """The issuer's key set: its file's (read now), or a fetched one (its refresher thread starts now)."""
+        from authz.identity import FileKeySet, RemoteKeySet
+
+        if self.remote is not None:
+            return RemoteKeySet(self.remote, trust_domain=self.trust_domain)
+        return FileKeySet(self.jwks_file, trust_domain=self.trust_domain)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +285,8 @@ def _resolve_identity_paths(identity, base: pathlib.Path):
 
     out = dict(identity)
     if isinstance(out.get("jwt"), list):
-        out["jwt"] = [dict(t, jwks_file=fix(t.get("jwks_file"))) if isinstance(t, dict) and "jwks_file" in t else t
-                      for t in out["jwt"]]
+        out["jwt"] = [{k: fix(v) if k in ("jwks_file", "ca_file") else v for k, v in t.items()}
+                      if isinstance(t, dict) else t for t in out["jwt"]]
     if isinstance(out.get("mtls"), dict):
         out["mtls"] = {k: fix(v) if k in ("cert", "key", "client_ca") else v for k, v in out["mtls"].items()}
     return out
@@ -293,9 +307,55 @@ def _readable(path, name: str) -> str:
     return path
 
 
+def _remote_source(t: dict, where: str, issuer: str):
+    """The RemoteSource of a `[[identity.jwt]]` table with `jwks_uri` or `discovery = true`; None with `jwks_file`."""
+    from authz.identity import RemoteSource
+    from authz.identity.fetch import FetchError, check_url
+
+    discovery = t.get("discovery", False)
+    if not isinstance(discovery, bool):
+        raise ConfigError(f"`{where}.discovery` must be true or false")
+    given = [k for k in ("jwks_file", "jwks_uri") if k in t] + (["discovery = true"] if discovery else [])
+    if len(given) != 1:
+        raise ConfigError(f"`{where}` needs exactly one of `jwks_file`, `jwks_uri` or `discovery = true`"
+                          + (f" (it has {' and '.join(f'`{g}`' for g in given)})" if given else ""))
+    if "jwks_file" in t:
+        extra = sorted(set(t) & _FETCH_KEYS)
+        if extra:
+            raise ConfigError(f"`{where}.{extra[0]}` applies to `jwks_uri` or `discovery` only, not to `jwks_file`")
+        return None
+    if discovery and not issuer:
+        raise ConfigError(f"`{where}.discovery` needs `issuer` (the discovery document is "
+                          "<issuer>/.well-known/openid-configuration)")
+    name = f"{where}.issuer" if discovery else f"{where}.jwks_uri"
+    url = issuer if discovery else t["jwks_uri"]
+    try:
+        check_url(url)
+    except FetchError as e:
+        raise ConfigError(f"`{name}`: {e}") from None
+    options = {}
+    for key, (low, high) in _FETCH_BOUNDS.items():
+        if key in t:
+            value = t[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"`{where}.{key}` must be a number from {low:g} to {high:g}")
+            options[key] = float(value)
+    if "ca_file" in t:
+        options["ca_file"] = _readable(t["ca_file"], f"{where}.ca_file")
+    source = RemoteSource(url, discovery, **options)
+    if source.cache_min_s > source.cache_max_s:
+        raise ConfigError(f"`{where}.cache_min_s` ({source.cache_min_s:g}) is above `cache_max_s` "
+                          f"({source.cache_max_s:g})")
+    try:
+        source.fetcher()  # loads `ca_file` now: a bad one stops the server at start
+    except FetchError as e:
+        raise ConfigError(f"`{where}.ca_file`: {e}") from None
+    return source
+
+
 def parse_identity(doc) -> IdentitySettings:
     """Validate the raw `[identity]` table; every key set is read once, so a bad one stops the server at start."""
-    from authz.identity import ALGORITHMS, FileKeySet, IdentityError, Issuer
+    from authz.identity import ALGORITHMS, FileKeySet, IdentityError, Issuer, KeySet
     from authz.identity.jwt import DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_S
     from authz.identity.spiffe import is_trust_domain_name, parse_spiffe_id
 
@@ -334,17 +394,21 @@ def parse_identity(doc) -> IdentitySettings:
         leeway = t.get("leeway_s", 30)
         if isinstance(leeway, bool) or not isinstance(leeway, (int, float)) or not 0 <= leeway <= MAX_LEEWAY_S:
             raise ConfigError(f"`{where}.leeway_s` must be a number from 0 to {MAX_LEEWAY_S:g}")
+        remote = _remote_source(t, where, issuer)
         settings = JwtIssuerSettings(
-            jwks_file=_readable(t.get("jwks_file"), f"{where}.jwks_file"),
+            jwks_file="" if remote else _readable(t.get("jwks_file"), f"{where}.jwks_file"),
             audiences=_strings(t.get("audiences"), f"{where}.audiences"), issuer=issuer, trust_domain=trust_domain,
             algorithms=algorithms, leeway_s=float(leeway), types=_strings(t.get("types", []), f"{where}.types", True),
-            subject_trust_domains=_strings(t.get("subject_trust_domains", []), f"{where}.subject_trust_domains", True))
+            subject_trust_domains=_strings(t.get("subject_trust_domains", []), f"{where}.subject_trust_domains", True),
+            remote=remote)
         for td in settings.subject_trust_domains:
             if not is_trust_domain_name(td):
                 raise ConfigError(f"`{where}.subject_trust_domains`: `{td}` is not a trust domain name")
         try:
-            Issuer(FileKeySet(settings.jwks_file, trust_domain=trust_domain), settings.audiences, issuer,
-                   trust_domain, algorithms, settings.leeway_s, settings.types, settings.subject_trust_domains)
+            # A fetched key set is not fetched here: the workers fetch it (a down IdP does not stop the server).
+            keys = KeySet() if remote else FileKeySet(settings.jwks_file, trust_domain=trust_domain)
+            Issuer(keys, settings.audiences, issuer, trust_domain, algorithms, settings.leeway_s, settings.types,
+                   settings.subject_trust_domains)
         except IdentityError as e:
             raise ConfigError(f"`{where}.jwks_file`: {e}") from None
         except ValueError as e:

@@ -5,6 +5,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import time
 
@@ -143,11 +144,12 @@ class CertificateAuthority:
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, uris=(), dns=(), ca: bool = False, key_cert_sign: bool = False):
-        """(cert, key) of a leaf with these URI and DNS SANs."""
+    def issue(self, uris=(), dns=(), ca: bool = False, key_cert_sign: bool = False, ips=()):
+        """(cert, key) of a leaf with these URI, DNS and IP address SANs."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
-        sans = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns]
+        sans = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns] + [
+            x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([])).issuer_name(self.cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
