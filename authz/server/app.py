@@ -85,6 +85,10 @@ def build_callers(cfg, tokens=None):
                       defer_bearer=tokens.bearer if tokens is not None else None)
     caller.configure(cfg.development_mode, None if callers.development_mode else callers.resolve_identity)
     s = cfg.identity_settings
+    exposed = cfg.exposed_self_asserted_listeners()
+    if exposed:  # only with insecure_allow_self_asserted_callers: `authz serve` refuses it otherwise
+        log.warning("INSECURE: development mode on %s: any client that reaches it can name itself as any agent",
+                    ", ".join(exposed))
     if not s.development_mode:
         log.info("identity: %d JWT issuer(s) [%s]; mTLS %s; trusted PEPs [%s]", len(s.jwt),
                  ", ".join(j.issuer or f"spiffe://{j.trust_domain}" for j in s.jwt),

@@ -10,6 +10,7 @@ With no identity configuration at all (development mode) requests are taken as g
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import urllib.parse
 
@@ -17,6 +18,7 @@ from authz._envoy_map import ANONYMOUS
 from authz.errors import IdentityError, RequestError
 from authz.identity import ALGORITHMS, Issuer, JwtVerifier, parse_spiffe_id, spiffe_id_from_certificate
 from authz.identity.spiffe import check_trust_domain
+from authz.server.config import is_loopback_address
 from authz.server.decider import Invalid
 from authz.server.records import from_json
 
@@ -49,6 +51,23 @@ def bearer_token(value) -> str | None:
     if not isinstance(value, str) or len(value) <= len(_BEARER) or value[:len(_BEARER)].lower() != _BEARER:
         return None
     return value[len(_BEARER):].strip(" ")
+
+
+def is_loopback_peer(peer) -> bool:
+    """True when a gRPC peer (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`, brackets maybe %-encoded) is a
+    loopback address; False for anything else (other addresses, unix sockets, an unknown form)."""
+    if not isinstance(peer, str):
+        return False
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0]
+    if kind == "ipv6":
+        host = host.removeprefix("[").removesuffix("]").split("%")[0]
+    try:
+        return is_loopback_address(ipaddress.ip_address(host))
+    except ValueError:
+        return False
 
 
 def build_verifier(settings) -> JwtVerifier | None:

@@ -31,6 +31,9 @@ from authz.server.config import ConfigError, load_config
 @click.option("--client-ca", "client_ca", help="CA bundle (PEM) client certificates must chain to ([identity.mtls] client_ca).")
 @click.option("--trust-domain", "trust_domains", multiple=True,
               help="SPIFFE trust domain allowed for client certificates; repeatable ([identity.mtls] trust_domains).")
+@click.option("--insecure-allow-self-asserted-callers", "insecure_allow_self_asserted_callers", is_flag=True,
+              default=None, help="Run in development mode (callers name themselves) on an address that is not "
+                                 "loopback. Never in production: configure [identity] instead.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path, log_level, **flags):
     """Serve Envoy ext_authz v3 and authz.v1 Check/BatchCheck over gRPC.
@@ -42,9 +45,16 @@ def serve(config_path, log_level, **flags):
     wait_for_index = flags.pop("wait_for_index")
     try:
         cfg = load_config(config_path, flags)
+        cfg.require_identity_off_loopback()
     except ConfigError as e:
         click.echo(f"authz serve: error: {e}", err=True)
         sys.exit(2)
+    exposed = cfg.exposed_self_asserted_listeners()
+    if exposed:
+        logging.getLogger("authz.server").warning(
+            "INSECURE: development mode on %s (insecure_allow_self_asserted_callers): any client that reaches it "
+            "can name itself as any agent; token admin calls are still refused from non-loopback peers",
+            ", ".join(exposed))
     if not cfg.policies and not os.path.exists(os.path.join(cfg.db_path, "data.mdb")):
         if not wait_for_index:
             click.echo(f"authz serve: error: no index at `{cfg.db_path}` and no policies folder to compile: "

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import pathlib
+import socket
 import sys
 
 if sys.version_info >= (3, 11):
@@ -49,6 +51,8 @@ class ServeConfig:
     max_connection_age_s: float = 0   # 0 = unlimited; a limit rebalances long-lived Envoy connections
     identity: dict = dataclasses.field(default_factory=dict)   # [identity]: raw table, see parse_identity
     tokens: dict = dataclasses.field(default_factory=dict)     # [tokens]
+    # Development mode (no identity configured) on a non-loopback address: never in production.
+    insecure_allow_self_asserted_callers: bool = False
 
     @property
     def db_path(self) -> str:
@@ -84,6 +88,8 @@ class ServeConfig:
                 raise ConfigError(f"`{name}` must be a number >= 0, not `{value!r}`")
         if self.max_concurrent_streams < 0:
             raise ConfigError("`max_concurrent_streams` must be >= 0")
+        if not isinstance(self.insecure_allow_self_asserted_callers, bool):
+            raise ConfigError("`insecure_allow_self_asserted_callers` must be true or false")
         self._validate_decision_log()
         if self.workers > 256:
             raise ConfigError(f"`workers` must be at most 256, not `{self.workers}`")
@@ -92,6 +98,28 @@ class ServeConfig:
         self._validate_tokens()
         self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return self
+
+    def exposed_self_asserted_listeners(self) -> list:
+        """`option = address` texts of the listeners that take callers' own word for who they are
+        (development mode) on an address that is not loopback; [] when identity is configured."""
+        if not self.development_mode:
+            return []
+        exposed = []
+        for name in SELF_ASSERTED_LISTENERS:
+            address = getattr(self, name)
+            if address and not is_loopback_host(parse_hostport(address, name)[0]):
+                exposed.append(f"`{name}` `{address}`")
+        return exposed
+
+    def require_identity_off_loopback(self) -> None:
+        """Refuse development mode on an address other than loopback (ConfigError naming the config to
+        add), unless `insecure_allow_self_asserted_callers` says so."""
+        exposed = self.exposed_self_asserted_listeners()
+        if exposed and not self.insecure_allow_self_asserted_callers:
+            raise ConfigError(
+                f"{', '.join(exposed)} is not a loopback address and no identity is configured, so any client "
+                "could name itself as any agent: add [[identity.jwt]] or [identity.mtls] to the config "
+                "(docs/identity.md), or listen on 127.0.0.1")
 
     def _validate_decision_log(self) -> None:
         size, keep = self.decision_log_max_bytes, self.decision_log_keep
@@ -123,6 +151,9 @@ class ServeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
+# The listeners that, in development mode, believe the names callers give themselves (`x-authz-caller`,
+# `source.principal`, explicit principals); metrics_listen serves only counters.
+SELF_ASSERTED_LISTENERS = ("listen",)
 # `authz serve` flags that fill [identity.mtls] (flag dest -> key).
 _MTLS_FLAGS = {"tls_cert": "cert", "tls_key": "key", "client_ca": "client_ca", "trust_domains": "trust_domains"}
 _TABLES = {"server", "identity", "tokens"}
@@ -205,6 +236,25 @@ def parse_hostport(text: str, name: str = "listen") -> tuple[str, int]:
     if not host or not 0 <= port <= 65535:
         raise ConfigError(f"`{name}` must be HOST:PORT, not `{text}`")
     return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when `host` (an address or a name, resolved) names loopback addresses only (127.0.0.0/8, ::1)."""
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            addresses = {ipaddress.ip_address(info[4][0].split("%")[0])
+                         for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        except (OSError, ValueError):
+            return False
+    return bool(addresses) and all(is_loopback_address(a) for a in addresses)
+
+
+def is_loopback_address(address) -> bool:
+    """An ipaddress address on the loopback range, IPv4-mapped IPv6 included."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def format_hostport(host: str, port: int) -> str:

@@ -17,6 +17,7 @@ import time
 import grpc
 
 from authz._pb import tokens_pb2, tokens_pb2_grpc
+from authz.server.callers import is_loopback_peer
 from authz.server.decider import Invalid
 from authz.server.malformed import add_guarded
 from authz.tokens.caller import caller_identity
@@ -59,9 +60,12 @@ class _NoKeys:
 class TokenService:
     """A worker's token machinery: keys, revocations, verifier, issuer, and the decider for token decisions."""
 
-    def __init__(self, cfg: TokenConfig, data_dir: str, db_path: str, decider=None, clock=time.time):
+    def __init__(self, cfg: TokenConfig, data_dir: str, db_path: str, decider=None, clock=time.time,
+                 admin_from_loopback_only: bool = False):
         self.cfg = cfg
         self.decider = decider
+        # Development mode: callers name themselves, so Issue/Exchange/Revoke are taken from loopback peers only.
+        self.admin_from_loopback_only = admin_from_loopback_only
         try:
             ensure_keys(data_dir, cfg.max_ttl_s)
             self.keys = KeyStore(data_dir, cfg.key_check_interval_s, clock)
@@ -205,6 +209,12 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
         return self.service
 
     async def _caller(self, context) -> str:
+        """The identity of the caller of an admin call (Issue, Exchange, Revoke), else the call is aborted."""
+        if self.service.admin_from_loopback_only and not is_loopback_peer(context.peer()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "unauthenticated: development mode (no identity configured) takes token admin calls "
+                                "from loopback peers only; configure [[identity.jwt]] or [identity.mtls] "
+                                "(docs/identity.md)")
         caller = caller_identity(context)
         if caller is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
@@ -319,4 +329,5 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
 
 def build_token_service(cfg, decider) -> TokenService:
     """The TokenService of a worker's (validated) ServeConfig."""
-    return TokenService(TokenConfig.from_dict(cfg.tokens), cfg.data_dir, cfg.db_path, decider)
+    return TokenService(TokenConfig.from_dict(cfg.tokens), cfg.data_dir, cfg.db_path, decider,
+                        admin_from_loopback_only=cfg.development_mode)
