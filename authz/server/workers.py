@@ -214,10 +214,23 @@ class Supervisor:
         def on_signal(signum, frame):
             self._stop.set()
 
+        def on_hangup(signum, frame):
+            # logrotate's postrotate `kill -HUP <supervisor>`: the workers reopen the decision log. Only
+            # workers that said they are ready have their handler installed (SIGHUP would kill the others).
+            if not self.cfg.decision_log_path:
+                return
+            for w in self.workers:
+                if w.pid is not None and w.process.is_alive():
+                    try:
+                        os.kill(w.pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass
+
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
 
     def _loop(self):
         while not self._stop.is_set():
