@@ -66,23 +66,83 @@ def test_entities_cedarpy_rejects_are_rejected(tmp_path):
     write(tmp_path / "entities.json", json.dumps(dup))
     with pytest.raises(CompileError) as err:
         authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
-    assert "entities.json: invalid entities: duplicate entity entry" in err.value.diagnostics[0]
+    assert err.value.diagnostics == ['entities.json: duplicate entity entry `User::"a"`']
 
 
-@pytest.mark.parametrize("attrs", [{"x": 1.5}, {"x": {"__extn": {"fn": "ip", "arg": "zz"}}}, {"x": None}])
-def test_entity_values_cedarpy_rejects(tmp_path, attrs):
-    write(tmp_path / "p.cedar", GOOD)
-    write(tmp_path / "entities.json", json.dumps([{"uid": {"type": "User", "id": "a"}, "attrs": attrs, "parents": []}]))
-    with pytest.raises(CompileError):
-        authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+def _entity(**fields):
+    return {"uid": {"type": "User", "id": "a"}, "attrs": {}, "parents": [], **fields}
 
 
-def test_entity_file_that_is_not_json(tmp_path):
-    write(tmp_path / "p.cedar", GOOD)
-    write(tmp_path / "a.entities.json", "[{")
+def _entity_diagnostics(tmp_path, entities):
+    """The compile's diagnostics for a file of a good entity (line 2) then `entities`, one a line from line 3."""
+    lines = [json.dumps(e) for e in [_entity(uid={"type": "Ok", "id": "x"})] + entities]
+    write(tmp_path / "entities.json", "[\n" + ",\n ".join(lines) + "\n]")
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path / "entities.json")], db=str(tmp_path / "db"))
+    return err.value.diagnostics
+
+
+@pytest.mark.parametrize(("entity", "problem"), [
+    (_entity(attrs={"x": 1.5}), 'entity `User::"a"`: attribute `x`: 1.5 is a number with a fraction or exponent; '
+                                "Cedar numbers are integers"),
+    (_entity(attrs={"x": None}), 'entity `User::"a"`: attribute `x`: null is not a Cedar value'),
+    (_entity(attrs={"x": {"y": [1, None]}}), 'entity `User::"a"`: attribute `x.y[1]`: null is not a Cedar value'),
+    (_entity(attrs={"x": 2**63}), 'entity `User::"a"`: attribute `x`: the integer 9223372036854775808 is outside'),
+    (_entity(attrs={"x": {"__extn": {"fn": "ip", "arg": "zz"}}}),
+     'entity `User::"a"`: attribute `x`: ip("zz"): Cedar cannot read "zz" as an IP address'),
+    (_entity(attrs={"x": {"__extn": {"fn": "nope", "arg": "1"}}}),
+     'entity `User::"a"`: attribute `x`: "nope" is not a Cedar extension function'),
+    (_entity(tags={"t": 0.5}), 'entity `User::"a"`: tag `t`: 0.5 is a number with a fraction'),
+    (_entity(attrs=[]), 'entity `User::"a"`: "attrs" must be a record (JSON object), not a set (JSON array)'),
+    ({"uid": {"type": "User", "id": "a"}, "parents": []}, 'entity `User::"a"`: no "attrs"'),
+    (_entity(parents=['Group::"g"']), 'entity `User::"a"`: parent "Group::\\"g\\"": an entity reference is a record'),
+    (_entity(uid={"type": "User", "id": None}), 'entity: "uid": an entity reference needs "id", a string, not null'),
+    (_entity(uid={"type": "if", "id": "a"}), 'entity: "uid": `if` is not a Cedar entity type name'),
+    ([1], 'entity: an entity is a record (JSON object) with "uid", "attrs" and "parents", not a set (JSON array)'),
+])
+def test_an_entity_cedar_rejects_is_named_with_its_place_and_what_is_wrong(tmp_path, entity, problem):
+    (message,) = _entity_diagnostics(tmp_path, [entity])
+    assert message.startswith(f"entities.json:3:2: {problem}"), message
+    assert not any(name in message for name in ("NoneType", "float", "dict", "list", "deserialization"))
+
+
+def test_rejected_entities_are_listed_up_to_a_bound(tmp_path):
+    from authz.compiler.entity_errors import MAX_REPORTED
+
+    bad = [_entity(uid={"type": "User", "id": str(i)}, attrs={"x": None}) for i in range(MAX_REPORTED + 5)]
+    diagnostics = _entity_diagnostics(tmp_path, bad)
+    assert len(diagnostics) == MAX_REPORTED + 1 and "more entities are rejected" in diagnostics[-1]
+    assert [d.split(": ")[1] for d in diagnostics[:3]] == ['entity `User::"0"`', 'entity `User::"1"`',
+                                                           'entity `User::"2"`']
+
+
+def test_a_key_named_twice_is_placed(tmp_path):
+    write(tmp_path / "entities.json",
+          '[\n{"uid": {"type": "User", "id": "a"}, "attrs": {"x": 1, "x": 2}, "parents": []}]')
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path / "entities.json")], db=str(tmp_path / "db"))
+    assert err.value.diagnostics == ['entities.json:2:1: entity `User::"a"`: a JSON object in it names the same '
+                                     'key twice']
+
+
+def test_an_entity_defined_differently_in_two_files_names_both(tmp_path):
+    write(tmp_path / "a.entities.json", json.dumps([_entity()]))
+    write(tmp_path / "b.entities.json", json.dumps([_entity(attrs={"x": 1})]))
     with pytest.raises(CompileError) as err:
         authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
-    assert err.value.diagnostics[0].startswith("a.entities.json: cannot read entities")
+    assert err.value.diagnostics == ['b.entities.json: entity `User::"a"` is also defined, differently, in '
+                                     'a.entities.json']
+
+
+def test_entity_file_that_is_not_json_is_placed(tmp_path):
+    write(tmp_path / "p.cedar", GOOD)
+    write(tmp_path / "a.entities.json", '[\n  {"uid": {"type": "User", "id": "a"},}\n]')
+    write(tmp_path / "b.entities.json", '{"uid": {"type": "User", "id": "a"}}')
+    with pytest.raises(CompileError) as err:
+        authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    assert err.value.diagnostics == ["a.entities.json:2:39: Expecting property name enclosed in double quotes",
+                                     "b.entities.json: an entity file is a JSON array of entities, not a record "
+                                     "(JSON object)"]
 
 
 def test_duplicate_policy_ids_are_an_error(tmp_path):

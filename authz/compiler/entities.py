@@ -5,6 +5,8 @@ import json
 import cedarpy
 
 from ..errors import CompileError
+from ..jsonterms import kind
+from .entity_errors import describe, uid_text
 
 
 def _uid(obj):
@@ -26,29 +28,63 @@ class Entity:
         self.ancestors = ()
 
 
-def _validate(text, where):
+def _rejection(text):
+    """cedarpy's message if it rejects the entities in `text`, else None."""
     try:
         cedarpy.Entities.from_json_str(text)
-    except Exception as err:  # cedarpy raises ValueError; anything else is a rejection too
-        raise CompileError([f"{where}: invalid entities: {err}"]) from None
+    except Exception as err:  # noqa: BLE001 - cedarpy raises ValueError; anything else is a rejection too
+        return str(err) or "rejected"
+    return None
+
+
+def _read(path, name):
+    """The entity array in the file at `path` (`name` in messages), checked by cedarpy."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as err:
+        raise CompileError([f"{name}: cannot read entities: not UTF-8 text (byte {err.start})"]) from None
+    except OSError as err:
+        raise CompileError([f"{name}: cannot read entities: {err.strerror}"]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CompileError([f"{name}:{err.lineno}:{err.colno}: {err.msg}"]) from None
+    if not isinstance(data, list):
+        raise CompileError([f"{name}: an entity file is a JSON array of entities, not {kind(data)}"])
+    message = _rejection(text)
+    if message is not None:
+        raise CompileError(describe(text, data, message, name))
+    return data
+
+
+def _conflict(files, message):
+    """The diagnostic for entity files that cedarpy accepts one by one but not together."""
+    first = {}
+    for name, data in files:
+        for item in data:
+            uid = _uid(item["uid"])
+            seen = first.setdefault(uid, (name, item))
+            if seen[1] != item and seen[0] != name:
+                return f"{name}: entity `{uid_text(item['uid'])}` is also defined, differently, in {seen[0]}"
+    return f"{', '.join(name for name, _ in files)}: {message}"
 
 
 def load_entities(files):
-    """Entities from (path, display name) pairs; cedarpy must accept each file and their union."""
-    merged = []
+    """Entities from (path, name in messages) pairs; cedarpy must accept each file and their union."""
+    read, diagnostics = [], []
     for path, name in files:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-            data = json.loads(text)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CompileError([f"{name}: cannot read entities: {err}"]) from None
-        if not isinstance(data, list):
-            raise CompileError([f"{name}: invalid entities: expected a JSON array of entities"])
-        _validate(text, name)
-        merged.extend(data)
-    if len(files) > 1:
-        _validate(json.dumps(merged), "entities")
+            read.append((name, _read(path, name)))
+        except CompileError as err:
+            diagnostics.extend(err.diagnostics)
+    if diagnostics:
+        raise CompileError(diagnostics)
+    merged = [item for _, data in read for item in data]
+    if len(read) > 1:
+        message = _rejection(json.dumps(merged))
+        if message is not None:
+            raise CompileError([_conflict(read, message)])
     entities = {}
     for item in merged:
         uid = _uid(item["uid"])
