@@ -9,3 +9,4 @@ cdef class Decision:
     cdef readonly bint allowed
     cdef readonly list policies
     cdef list _errors   # None when no policy errored: the empty list is made only if someone asks
+    cdef readonly bint permitted  # some permit was satisfied (also when a forbid denies: approvals ask this)

@@ -795,8 +795,9 @@ cdef class Request:
 @cython.no_gc
 @cython.freelist(1024)
 cdef class Decision:
-    """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`.
-    Its fields are declared in _evaluator.pxd."""
+    """The answer to one request: `allowed`, `decision`, `policies` (the determining ids) and `errors`;
+    `permitted` says whether some permit was satisfied, also when a forbid denies. Its fields are
+    declared in _evaluator.pxd."""
 
     @property
     def errors(self):
@@ -1809,6 +1810,7 @@ cdef class Generation:
             n_forbid += effect
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = n_forbid == 0 and n_sat > 0
+        d.permitted = n_sat > n_forbid
         # The reasons: the satisfied forbids if any, else the satisfied permits, in policy order, each once
         # (a well-formed index yields each candidate once; a policy filed twice is still reported once).
         cdef int n_reasons = 0, j, k

@@ -1,5 +1,6 @@
 """authz.Engine: opens an index read-only and decides requests against its current generation, zero-copy."""
 
+import json
 import os
 import struct
 import zlib
@@ -7,10 +8,12 @@ import zlib
 import lmdb
 
 from . import _evaluator
-from .compiler.writer import CURRENT_KEY, crc_key, data_file_key, generation_key, open_env, release_env
+from .compiler.writer import (CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env,
+                              release_env)
 from .errors import IndexUnavailableError
 
 Decision = _evaluator.Decision
+_NONE = {}
 
 
 class Engine(_evaluator.EngineCore):
@@ -22,6 +25,7 @@ class Engine(_evaluator.EngineCore):
         self._env = open_env(self.db, create=False)
         self._file = data_file_key(self.db)
         self._loaded = None  # the data file the installed generation was read from
+        self._annotations = _NONE
         self._retired = []  # environments of an index since replaced at this path (see _follow_replacement)
         self._last_txnid = None
         self.refresh()
@@ -63,7 +67,11 @@ class Engine(_evaluator.EngineCore):
                 raise IndexUnavailableError(f"`{self.db}`: generation {number} is corrupted")
             try:
                 generation = _evaluator.Generation(blob, number, txn)
-            except _evaluator.IndexFormatError as err:
+                raw = txn.get(annotations_key(number))
+                annotations = json.loads(bytes(raw).decode("utf-8", "surrogatepass")) if raw is not None else {}
+                if type(annotations) is not dict:
+                    raise ValueError("not a JSON object")
+            except (_evaluator.IndexFormatError, ValueError) as err:
                 raise IndexUnavailableError(f"`{self.db}`: generation {number} is unreadable: {err}") from None
         except lmdb.Error as err:
             txn.abort()
@@ -73,9 +81,14 @@ class Engine(_evaluator.EngineCore):
             raise
         # The generation holds `txn` (and so its snapshot) until no decision uses it any more.
         self._install(generation, self.poll_interval_s)
+        self._annotations = annotations
         self._last_txnid = txn.id()
         self._loaded = self._file
         return number
+
+    def annotations(self, policy_id):
+        """The annotations besides @id of a policy of the current generation: {name: value or None}."""
+        return self._annotations.get(policy_id, _NONE)
 
     def _poll(self):
         try:

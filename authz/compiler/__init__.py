@@ -24,6 +24,7 @@ def _template_of(lowering, source):
     used = {arg if kind else arg[1] for _, kind, arg in template.holes}
     if type(template.policy_id) is int:
         used.add(template.policy_id)
+    used.update(value for _, value in template.annotations if type(value) is int)
     return template if used == set(range(len(source.literals))) else _SHAPE_FALLBACK
 
 
@@ -84,10 +85,16 @@ def find_sources(srcs):
 
 def compile_generation(srcs):
     """The generation blob for `srcs`; raises CompileError listing every problem found."""
+    return compile_parts(srcs)[0]
+
+
+def compile_parts(srcs):
+    """(generation blob, {policy id: {annotation: value}} of the policies with annotations besides @id)
+    for `srcs`; raises CompileError listing every problem found."""
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
-    diagnostics, records, ids, seen, compiled = [], [], [], {}, []
+    diagnostics, records, ids, seen, compiled, annotations = [], [], [], {}, [], {}
     # Templates are keyed by the text cedarpy parsed (and whether its literals are placeholders), which
     # determines the shape's EST: never by the EST object's identity, which a later file's parse reuses.
     templates = {}
@@ -112,19 +119,20 @@ def compile_generation(srcs):
                 if template is _SHAPE_FALLBACK:
                     # Parsed again on its own, literals in place: that parse is the one it is checked against.
                     source = dataclasses.replace(source, est=parse_alone(source), literals=(), placeholders=False)
-                    alone = lowering.lower(source.est, source.where, placeholders=False)
-                    record, keys, annotated = alone.instantiate((), symbols)
-                else:
-                    try:
-                        record, keys, annotated = template.instantiate(source.literals, symbols)
-                    except CompileError as err:
-                        raise CompileError([f"{source.where}: {d}" for d in err.diagnostics]) from None
+                    template = lowering.lower(source.est, source.where, placeholders=False)
+                try:
+                    record, keys, annotated = template.instantiate(source.literals, symbols)
+                except CompileError as err:
+                    raise CompileError([f"{source.where}: {d}" for d in err.diagnostics]) from None
+                policy_annotations = template.annotations_of(source.literals)
             except CompileError as err:
                 diagnostics.extend(err.diagnostics)
                 continue
             records.append((record, keys))
             policy_id = annotated if annotated is not None else f"{name}:{source.index}"
-            compiled.append((source, (record, keys, policy_id)))
+            compiled.append((source, (record, keys, policy_id, policy_annotations)))
+            if policy_annotations:
+                annotations[policy_id] = policy_annotations
             if policy_id in seen:
                 diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")
             seen[policy_id] = source.where
@@ -137,7 +145,7 @@ def compile_generation(srcs):
     if diagnostics:
         raise CompileError(diagnostics)
     verify_policies([c[0] for c in compiled], [c[1] for c in compiled], symbols)
-    return build_generation(records, ids, entities, symbols)
+    return build_generation(records, ids, entities, symbols), annotations
 
 
 # Deeply nested policies (long `+` chains, nested sets) become deeply nested JSON and recursion in
@@ -152,9 +160,9 @@ def compile_sources(srcs, db):
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, _COMPILE_RECURSION_LIMIT))
     try:
-        blob = compile_generation(srcs)
+        blob, annotations = compile_parts(srcs)
     except RecursionError:
         raise CompileError(["policies nested too deeply to compile"]) from None
     finally:
         sys.setrecursionlimit(previous)
-    return publish(os.fspath(db), blob)
+    return publish(os.fspath(db), blob, annotations)

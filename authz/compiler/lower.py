@@ -27,16 +27,24 @@ class _Unsupported(Exception):
 class Template:
     """A lowered policy shape: record bytes with u32 holes for the interned ids of its literals."""
 
-    __slots__ = ("record", "holes", "keys", "policy_id", "record_keys")
+    __slots__ = ("record", "holes", "keys", "policy_id", "record_keys", "annotations")
 
-    def __init__(self, record, holes, keys, policy_id, record_keys=()):
+    def __init__(self, record, holes, keys, policy_id, record_keys=(), annotations=()):
         self.record = record
         self.holes = holes
         self.keys = keys
         self.policy_id = policy_id
+        # The annotations other than @id: (name, value), the value a literal slot (int), a str or None.
+        self.annotations = annotations
         # The key lists of record literals some of whose keys are holes: Cedar refuses a record literal
         # that names a key twice, which only the literals' values can tell.
         self.record_keys = record_keys
+
+    def annotations_of(self, literals):
+        """The policy's annotations other than @id, {name: value or None}, or None when it has none."""
+        if not self.annotations:
+            return None
+        return {name: literals[value] if type(value) is int else value for name, value in self.annotations}
 
     def instantiate(self, literals, symbols):
         """(record, index keys, annotated id or None) for one policy with these literal values;
@@ -128,7 +136,12 @@ class PolicyLowering:
         if isinstance(annotated, str):
             slot = self._slot(annotated)
             policy_id = annotated if slot is None else slot
-        return Template(bytes(out), tuple(self._holes), keys, policy_id, tuple(self._record_keys))
+        others = []
+        for name, value in annotations.items():
+            if name != "id":
+                slot = self._slot(value) if isinstance(value, str) else None
+                others.append((name, value if slot is None else slot))
+        return Template(bytes(out), tuple(self._holes), keys, policy_id, tuple(self._record_keys), tuple(others))
 
     # -- interned fields (u32), possibly holes --
     def _uid_field(self, out, entity):

@@ -26,7 +26,7 @@ class _Shape:
     """The token stream (_records.pyx) one parsed policy EST must compile to, with the places its literals
     go: `fills` holds (position, literal slot, entity type or None). Also its scope keys and id, likewise."""
 
-    __slots__ = ("est", "tokens", "fills", "keys", "policy_id", "placeholders")
+    __slots__ = ("est", "tokens", "fills", "keys", "policy_id", "placeholders", "annotations")
 
     def __init__(self, est, placeholders):
         self.est, self.placeholders = est, placeholders
@@ -196,6 +196,14 @@ class _Shape:
             text = annotations["id"] or ""
             slot = self._slot(text)
             self.policy_id = ("text", text) if slot is None else ("slot", slot)
+        self.annotations = [(name, value, self._slot(value) if isinstance(value, str) else None)
+                            for name, value in annotations.items() if name != "id"]
+
+    def bind_annotations(self, literals):
+        """The annotations besides @id with this policy's literals in place, or None."""
+        if not self.annotations:
+            return None
+        return {name: value if slot is None else literals[slot] for name, value, slot in self.annotations}
 
 
 def _resolve_keys(spec, literals, symbols):
@@ -222,13 +230,13 @@ def _resolve_keys(spec, literals, symbols):
 def verify_policies(sources, compiled, symbols):
     """Raises CompileError naming each policy whose record, index keys or id differ from its own parse.
 
-    `sources[k]` is policy k's PolicySource; `compiled[k]` its (record, keys, policy id)."""
+    `sources[k]` is policy k's PolicySource; `compiled[k]` its (record, keys, policy id, annotations)."""
     strings, uids, types = list(symbols.strings), list(symbols.uids), list(symbols.types)
     # One _Shape per parsed EST object. The EST is kept in its _Shape, so while this dict lives no other
     # object can take its id(): the key cannot be reused (unlike a key to an object that was freed).
     shapes = {}
     problems = []
-    for source, (record, keys, policy_id) in zip(sources, compiled):
+    for source, (record, keys, policy_id, annotations) in zip(sources, compiled):
         try:
             shape = shapes.get(id(source.est))
             if shape is None or shape.est is not source.est or shape.placeholders != source.placeholders:
@@ -246,6 +254,8 @@ def verify_policies(sources, compiled, symbols):
                 want_id = value if kind == "text" else source.literals[value]
             if policy_id != want_id:
                 raise _Mismatch(f"its id is `{policy_id}`, not `{want_id}`")
+            if annotations != shape.bind_annotations(source.literals):
+                raise _Mismatch("its annotations differ")
         except (_Mismatch, RecordError, IndexError, KeyError) as err:
             problems.append(f"{source.where}: internal compiler error: policy `{policy_id}` compiled into "
                             f"something else ({err}); nothing was published")

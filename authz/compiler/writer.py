@@ -1,5 +1,6 @@
 """Assembles a generation blob (layout.py) from lowered policies and entities, and publishes it to LMDB."""
 
+import json
 import os
 import struct
 import zlib
@@ -26,6 +27,11 @@ def generation_key(number):
 
 def crc_key(number):
     return b"crc/%016x" % number
+
+
+def annotations_key(number):
+    """The generation's policy annotations besides @id: JSON {policy id: {name: value}} (absent: none)."""
+    return b"ann/%016x" % number
 
 
 def _scope_key(key):
@@ -333,8 +339,9 @@ def release_env(env):
             return
 
 
-def publish(db, blob):
-    """Writes `blob` as the next generation and makes it current in one write transaction; returns its number."""
+def publish(db, blob, annotations=None):
+    """Writes `blob` (and its policies' `annotations`) as the next generation and makes it current in one
+    write transaction; returns its number."""
     env = open_env(db, create=True)
     try:
         # A reader killed without closing (SIGKILL) leaves its slot, which would keep every later
@@ -348,11 +355,15 @@ def publish(db, blob):
             number = previous + 1
             txn.put(generation_key(number), blob)
             txn.put(crc_key(number), U32.pack(zlib.crc32(blob)))
+            if annotations:
+                text = json.dumps(annotations, ensure_ascii=False)
+                txn.put(annotations_key(number), text.encode("utf-8", "surrogatepass"))
             txn.put(CURRENT_KEY, struct.pack("<Q", number))
             # Readers still holding the previous generation keep their snapshot; LMDB reuses its pages later.
             if previous:
                 txn.delete(generation_key(previous))
                 txn.delete(crc_key(previous))
+                txn.delete(annotations_key(previous))
         return number
     except lmdb.MapFullError:
         raise IndexUnavailableError(f"cannot write index `{db}`: the generation does not fit in the "
