@@ -92,6 +92,9 @@ def check_command(db, request):
 
 
 def _register_optional_commands():
+    from .cli_health import health  # imports grpc only when it runs
+
+    main.add_command(health)
     try:
         from .server.cli_serve import serve
     except ImportError:  # the gRPC server's dependencies are not installed
