@@ -23,9 +23,12 @@ def kind(value):
 
 
 def shown(value, limit=80):
-    """`value` as JSON text (TOML dates as text), cut to about `limit` characters."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
-        text = kind(value)
+    """`value` as JSON text (a TOML date or time as TOML writes it), cut to about `limit` characters."""
+    if hasattr(value, "isoformat"):
+        text = value.isoformat()
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError, RecursionError):
+            text = kind(value)
     return text if len(text) <= limit else text[:limit] + "…"

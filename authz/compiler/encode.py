@@ -3,6 +3,7 @@
 import struct
 
 from ..errors import CompileError
+from ..jsonterms import shown
 from . import layout as L
 
 U32 = struct.Struct("<I")
@@ -51,7 +52,7 @@ class Symbols:
         if isinstance(obj, dict) and "__entity" in obj:
             obj = obj["__entity"]
         if not (isinstance(obj, dict) and isinstance(obj.get("type"), str) and isinstance(obj.get("id"), str)):
-            raise CompileError([f"not an entity uid: `{obj!r}`"])
+            raise CompileError([f"not an entity reference: {shown(obj)}"])
         return self.uid_index(obj["type"], obj["id"])
 
 
@@ -96,7 +97,7 @@ def encode_value(out, value, symbols):
             fn = L.EXTENSION_FUNCTIONS.get(extn["fn"])
             args = [extn["arg"]] if "arg" in extn else extn["args"]
             if fn is None or not isinstance(args, list) or len(args) != fn[1]:
-                raise CompileError([f"unsupported extension value `{extn!r}`"])
+                raise CompileError([f"unsupported extension value {shown(value)}"])
             out.append(L.V_EXT)
             out.append(fn[0])
             out.append(len(args))
@@ -109,4 +110,4 @@ def encode_value(out, value, symbols):
                 pack_str(out, key)
                 encode_value(out, item, symbols)
     else:
-        raise CompileError([f"unsupported value `{value!r}`"])
+        raise CompileError([f"not a Cedar value: {shown(value)}"])

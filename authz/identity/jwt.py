@@ -82,7 +82,7 @@ class Issuer:
             raise ValueError("an issuer needs `issuer` or `trust_domain`")
         if isinstance(self.audiences, str) or not self.audiences or not all(
                 isinstance(a, str) and a for a in self.audiences):
-            raise ValueError("`audiences` must be a non-empty list of strings")
+            raise ValueError("`audiences` must be a non-empty array of strings")
         bad = [a for a in self.algorithms if a not in ALGORITHM_KEYS]
         if bad or not self.algorithms:
             raise ValueError(f"algorithm `{bad[0] if bad else ''}` is not allowed; choose from {', '.join(ALGORITHMS)}")
@@ -361,7 +361,7 @@ class JwtVerifier:
             raise IdentityError(TOKEN_WRONG_AUDIENCE, "the token has no `aud` claim")
         audiences = [aud] if isinstance(aud, str) else aud
         if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-            raise IdentityError(TOKEN_MALFORMED, "the `aud` claim is not a string or a list of strings")
+            raise IdentityError(TOKEN_MALFORMED, "the `aud` claim is not a string or an array of strings")
         if not any(a in entry.audiences for a in audiences):
             raise IdentityError(TOKEN_WRONG_AUDIENCE, f"the token is not meant for {', '.join(entry.audiences)}")
         sub = claims.get("sub")

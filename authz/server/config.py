@@ -14,6 +14,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from authz.errors import AuthzError
+from authz.jsonterms import shown
 
 BUNDLED_POLICIES = pathlib.Path(__file__).resolve().parent.parent / "examples" / "policies"
 DEFAULT_LISTEN = "127.0.0.1:9191"
@@ -81,11 +82,11 @@ class ServeConfig:
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be a positive integer, not `{value!r}`")
+                raise ConfigError(f"`{name}` must be a positive integer, not {shown(value)}")
         for name in ("reload_interval_s", "drain_s", "max_connection_age_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"`{name}` must be a number >= 0, not `{value!r}`")
+                raise ConfigError(f"`{name}` must be a number >= 0, not {shown(value)}")
         if self.max_concurrent_streams < 0:
             raise ConfigError("`max_concurrent_streams` must be >= 0")
         if not isinstance(self.insecure_allow_self_asserted_callers, bool):
@@ -124,9 +125,9 @@ class ServeConfig:
     def _validate_decision_log(self) -> None:
         size, keep = self.decision_log_max_bytes, self.decision_log_keep
         if isinstance(size, bool) or not isinstance(size, int) or not (size == 0 or size >= 4096):
-            raise ConfigError(f"`decision_log_max_bytes` must be 0 (no limit) or at least 4096, not `{size!r}`")
+            raise ConfigError(f"`decision_log_max_bytes` must be 0 (no limit) or at least 4096, not {shown(size)}")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 1000:
-            raise ConfigError(f"`decision_log_keep` must be an integer from 0 to 1000, not `{keep!r}`")
+            raise ConfigError(f"`decision_log_keep` must be an integer from 0 to 1000, not {shown(keep)}")
 
     @property
     def identity_settings(self) -> "IdentitySettings":
@@ -218,7 +219,7 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
     for key, value in values.items():
         kind = _FIELDS[key].type
         if kind.startswith("str") and value is not None and not isinstance(value, str):
-            raise ConfigError(f"`{key}` must be a string, not `{value!r}`")
+            raise ConfigError(f"`{key}` must be a string, not {shown(value)}")
     return cfg.validate()
 
 
@@ -345,7 +346,7 @@ def _resolve_identity_paths(identity, base: pathlib.Path):
 def _strings(value, name: str, allow_empty: bool = False) -> tuple:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
             isinstance(v, str) and v for v in value) or (not value and not allow_empty):
-        raise ConfigError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}list of strings")
+        raise ConfigError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}array of strings")
     return tuple(value)
 
 

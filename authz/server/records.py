@@ -1,7 +1,10 @@
 """Converts JSON values and protobuf Structs to Cedar context values, bounded in depth."""
 from __future__ import annotations
 
+import math
+
 from authz.errors import RequestError
+from authz.jsonterms import shown
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -47,10 +50,18 @@ def _from_value(v, max_depth: int, field: str, depth: int):
     if kind == "number_value":
         n = v.number_value
         if not n.is_integer() or not _INT64_MIN <= n <= _INT64_MAX:
-            raise RequestError(f"`{field}`: `{n!r}` is not a 64-bit integer (Cedar has no floats)")
+            raise RequestError(f"`{field}`: {_number_problem(n)}")
         return int(n)
     if kind == "struct_value":
         return {k: _from_value(x, max_depth, f"{field}.{k}", depth + 1) for k, x in v.struct_value.fields.items()}
     if kind == "list_value":
         return [_from_value(x, max_depth, f"{field}[{i}]", depth + 1) for i, x in enumerate(v.list_value.values)]
     raise RequestError(f"`{field}`: null is not a Cedar value")
+
+
+def _number_problem(n: float) -> str:
+    if not math.isfinite(n):
+        return f"{shown(n)} is not a Cedar value"
+    if not n.is_integer():
+        return f"{shown(n)} is a number with a fraction; Cedar numbers are 64-bit integers"
+    return f"{int(n)} is outside Cedar's 64-bit integer range"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from authz.errors import AuthzError
+from authz.jsonterms import shown
 
 DEFAULT_ISSUER = "authz"
 MAX_TTL_CEILING_S = 24 * 3600  # no configuration can make a task token live longer than a day
@@ -48,15 +49,15 @@ class TokenConfig:
             kind = fields[key].type
             if kind == "str":
                 if not isinstance(value, str):
-                    raise TokenConfigError(f"`tokens.{key}` must be a string, not `{value!r}`")
+                    raise TokenConfigError(f"`tokens.{key}` must be a string, not {shown(value)}")
             elif kind == "int":
                 if isinstance(value, float) and value.is_integer():
                     table[key] = value = int(value)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise TokenConfigError(f"`tokens.{key}` must be a positive integer, not `{value!r}`")
+                    raise TokenConfigError(f"`tokens.{key}` must be a positive integer, not {shown(value)}")
             else:  # float
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    raise TokenConfigError(f"`tokens.{key}` must be a positive number, not `{value!r}`")
+                    raise TokenConfigError(f"`tokens.{key}` must be a positive number, not {shown(value)}")
                 table[key] = float(value)
         if "max_revocations_per_caller" not in table and "max_revocations" in table:
             table["max_revocations_per_caller"] = max(1, table["max_revocations"] // 100)
