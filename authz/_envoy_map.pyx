@@ -7,7 +7,14 @@ as Cedar request dicts.
 and returns one request, or one per JSON-RPC batch entry. It runs once per Envoy Check, on the
 worker's event loop: as Python it cost ~3.3 µs a request (~25k instructions; ~11.6k now), so it is
 typed C here.
+
+MCP streamable HTTP (2026-07-28) mirrors the JSON-RPC method and name into `Mcp-Method` and
+`Mcp-Name` headers and chosen tool arguments into `Mcp-Param-*` headers: with them a request is
+mapped without its body, and when the body is there too, both must say the same
+(`mcp_header_mismatch` otherwise). A request without `Mcp-Method` pays one dict lookup for this.
 """
+import base64
+import binascii
 import json
 import re
 import urllib.parse
@@ -15,6 +22,14 @@ import urllib.parse
 from authz.server.records import from_json
 
 ANONYMOUS = {"type": "Anonymous", "id": "anonymous"}
+# Bounds on the MCP headers taken into `context.mcp` (every header also counts toward
+# Limits.max_headers / max_header_bytes, and stays in `context.http.headers` as sent).
+MAX_MCP_PARAMS = 32           # Mcp-Param-* headers in one request
+MAX_MCP_VALUE_BYTES = 4096    # one Mcp-Method, Mcp-Name or Mcp-Param-* value as sent
+MCP_PARAM_PREFIX = "mcp-param-"
+BASE64_OPEN, BASE64_CLOSE = "=?base64?", "?="  # an encoded Mcp-Name / Mcp-Param-* value
+# The methods whose name the body carries, and where (SEP-2243: params.name, or params.uri).
+_NAME_KEYS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _UID = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"((?:[^"\\]|\\.)*)"$')
 
 
@@ -76,6 +91,90 @@ cdef object body_document(bytes body, dict headers):
         partial = headers.get("x-envoy-auth-partial-body") == "true"
         raise MappingError("request_parse_error",
                            "request body is truncated" if partial else "request body is not valid JSON") from None
+
+
+cdef bint is_plain_header_value(str value):
+    """Visible ASCII, space and tab only: what an MCP header value may carry unencoded."""
+    cdef Py_UCS4 c
+    if not value.isascii():
+        return False
+    for c in value:
+        if (c < 0x20 and c != 0x09) or c == 0x7F:
+            return False
+    return True
+
+
+cdef str mcp_header_value(str header, str value, bint decode):
+    """A bounded MCP header value as the client meant it: with `decode`, the `=?base64?…?=` form is
+    the UTF-8 text it encodes. MappingError when it is too long, not plain or not decodable."""
+    if len(value) > MAX_MCP_VALUE_BYTES:
+        raise MappingError("request_too_large", f"`{header}` is longer than {MAX_MCP_VALUE_BYTES} bytes")
+    if not is_plain_header_value(value):
+        raise MappingError("request_parse_error",
+                           f"`{header}` holds characters other than visible ASCII, space and tab "
+                           "(such a value is sent as =?base64?...?=)")
+    if decode and value.startswith(BASE64_OPEN) and value.endswith(BASE64_CLOSE) \
+            and len(value) >= len(BASE64_OPEN) + len(BASE64_CLOSE):
+        try:
+            return base64.b64decode(value[len(BASE64_OPEN):len(value) - len(BASE64_CLOSE)],
+                                    validate=True).decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise MappingError("request_parse_error", f"`{header}` is not base64 of UTF-8 text") from None
+    return value
+
+
+cdef dict mcp_param_headers(dict headers):
+    """`Mcp-Param-<name>: value` headers as {name (lower-case): decoded value}; bounded in count."""
+    cdef dict out = {}
+    cdef str key, name
+    for key, value in headers.items():
+        if not key.startswith(MCP_PARAM_PREFIX):
+            continue
+        name = key[len(MCP_PARAM_PREFIX):]
+        if not name:
+            raise MappingError("request_parse_error", "an `Mcp-Param-` header without a name")
+        if len(out) == MAX_MCP_PARAMS:
+            raise MappingError("request_too_large", f"more than {MAX_MCP_PARAMS} Mcp-Param-* headers")
+        out[name] = mcp_header_value(key, value, True)
+    return out
+
+
+cdef object body_name(str method, object params):
+    """The name an MCP request body carries (params.name, or params.uri for resources/read), or None."""
+    if type(params) is not dict:
+        return None
+    key = _NAME_KEYS.get(method)
+    if key is not None:
+        name = (<dict>params).get(key)
+    else:
+        name = (<dict>params).get("name")
+        if type(name) is not str:
+            name = (<dict>params).get("uri")
+    return name if type(name) is str else None
+
+
+cdef class McpHeaders:
+    """The request's Mcp-Method, Mcp-Name (decoded) and Mcp-Param-* headers; None where absent."""
+
+    cdef readonly object method, name
+    cdef readonly dict params
+
+    def __init__(self, dict headers):
+        method, name = headers.get("mcp-method"), headers.get("mcp-name")
+        self.method = None if method is None else mcp_header_value("Mcp-Method", method, False)
+        self.name = None if name is None else mcp_header_value("Mcp-Name", name, True)
+        self.params = mcp_param_headers(headers)
+
+    cdef check_body(self, str rpc_method, object params):
+        """MappingError mcp_header_mismatch unless the headers present say what the body says."""
+        if self.method is not None and self.method != rpc_method:
+            raise MappingError("mcp_header_mismatch",
+                               f"the Mcp-Method header `{self.method}` is not the body's method `{rpc_method}`")
+        if self.name is not None:
+            name = body_name(rpc_method, params)
+            if name != self.name:
+                raise MappingError("mcp_header_mismatch", f"the Mcp-Name header `{self.name}` is not the body's "
+                                   + (f"`{name}`" if name is not None else "(it names nothing)"))
 
 
 cdef dict peer(object p):
@@ -149,30 +248,46 @@ def map_check_request(req, Limits limits):
 
     doc = body_document(body, headers)
     cdef list entries
+    cdef McpHeaders mcp_headers = None
     if is_rpc(doc):
         entries = [doc]
     elif type(doc) is list and any(is_rpc(x) for x in <list>doc):
         if len(<list>doc) > limits.max_batch_size:
             raise MappingError("request_too_large", f"JSON-RPC batch of more than {limits.max_batch_size} entries")
         entries = <list>doc
-    else:
+    elif "mcp-method" not in headers:
         return [{"principal": principal, "action": action, "resource": resource, "context": context}]
+    else:
+        mcp_headers = McpHeaders(headers)
+        if doc is not None:
+            raise MappingError("mcp_header_mismatch",
+                               f"the Mcp-Method header `{mcp_headers.method}` comes with a JSON body that is not "
+                               "a JSON-RPC request")
+        return [header_request(mcp_headers, principal, action, resource, context, action_override,
+                               resource_override)]
 
+    mcp_headers = McpHeaders(headers)
     cdef list requests = []
     cdef Py_ssize_t n
     for n, entry in enumerate(entries):
         if type(entry) is not dict:
             raise MappingError("request_parse_error", f"JSON-RPC batch entry {n} is not an object")
         if not is_rpc(entry):  # a JSON-RPC response travelling client -> server: plain HTTP mapping
+            if mcp_headers.method is not None:
+                raise MappingError("mcp_header_mismatch", f"the Mcp-Method header `{mcp_headers.method}` comes "
+                                   f"with JSON-RPC batch entry {n}, which is not a request")
             requests.append({"principal": principal, "action": action, "resource": resource, "context": context})
             continue
         rpc_method = (<dict>entry)["method"]
         params = (<dict>entry).get("params")
+        mcp_headers.check_body(rpc_method, params)
         mcp = {"method": rpc_method}
+        name = body_name(rpc_method, params)
+        if name is not None:
+            mcp["name"] = name
         a = {"type": "Action", "id": rpc_method}
         r = resource
         if rpc_method == "tools/call":
-            name = (<dict>params).get("name") if type(params) is dict else None
             if type(name) is not str or not name:
                 raise MappingError("request_parse_error", "tools/call without a string `params.name`")
             r = {"type": "Tool", "id": name}
@@ -182,9 +297,30 @@ def map_check_request(req, Limits limits):
                 if type(args) is dict else {}
         elif type(params) is dict:
             mcp["params"] = from_json(params, limits.max_context_depth, "mcp.params")
+        mcp["param_headers"] = mcp_headers.params
         if action_override:
             a = action
         if resource_override:
             r = resource
         requests.append({"principal": principal, "action": a, "resource": r, "context": {**context, "mcp": mcp}})
     return requests
+
+
+cdef dict header_request(McpHeaders h, dict principal, dict action, dict resource, dict context,
+                         object action_override, object resource_override):
+    """The Cedar request of an MCP request mapped from its headers alone (no JSON-RPC body)."""
+    if not h.method:
+        raise MappingError("request_parse_error", "an empty Mcp-Method header")
+    cdef dict mcp = {"method": h.method}
+    if h.name is not None:
+        mcp["name"] = h.name
+    a = {"type": "Action", "id": h.method}
+    r = resource
+    if h.method == "tools/call":
+        if not h.name:
+            raise MappingError("request_parse_error", "Mcp-Method tools/call without an Mcp-Name header")
+        r = {"type": "Tool", "id": h.name}
+        mcp["tool"] = h.name
+    mcp["param_headers"] = h.params
+    return {"principal": principal, "action": action if action_override else a,
+            "resource": resource if resource_override else r, "context": {**context, "mcp": mcp}}

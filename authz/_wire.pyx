@@ -658,6 +658,17 @@ cdef int decode_header_value(Reader sub, dict out) except -1:
     return 0
 
 
+cdef int check_timestamp(Reader sub) except -1:
+    """A google.protobuf.Timestamp as protobuf would parse it: seconds (1) and nanos (2) are varints."""
+    cdef uint32_t field, wt
+    while sub.p < sub.end:
+        read_tag(&sub, &field, &wt)
+        if field <= 2 and wt != 0:
+            raise _Unusual()
+        skip_field(&sub, wt)
+    return 0
+
+
 def decode_envoy_check(bytes data, Py_ssize_t max_headers):
     """A serialized ext_authz v3 CheckRequest -> (method, path, host, scheme, headers, number of
     headers, header bytes, body, source, destination, context_extensions), the parts the Envoy
@@ -708,11 +719,14 @@ cdef tuple _decode_envoy_check(bytes data, Py_ssize_t max_headers):
         elif field == 4 and wt == 2 and not seen & 2:
             read_sub(&attrs, &req)
             seen |= 2
-            while req.p < req.end:  # Request: http (2)
+            while req.p < req.end:  # Request: time (1), http (2)
                 read_tag(&req, &field, &wt)
                 if field == 2 and wt == 2 and not seen & 4:
                     read_sub(&req, &http)
                     seen |= 4
+                elif field == 1 and wt == 2:  # Envoy sets it on every request; checked, not used
+                    read_sub(&req, &s)
+                    check_timestamp(s)
                 elif field <= 2:
                     raise _Unusual()
                 else:

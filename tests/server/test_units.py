@@ -107,8 +107,9 @@ def test_mapping_mcp_tools_call_and_batch():
     [r] = map_check_request(_req("POST", "/mcp", body=call), Limits())
     assert r["action"] == {"type": "Action", "id": "tools/call"}
     assert r["resource"] == {"type": "Tool", "id": "search"}
-    assert r["context"]["mcp"] == {"method": "tools/call", "tool": "search",
-                                   "arguments": {"q": "x", "n": 2, "f": "1.5", "deep": {"a": [1]}}}
+    assert r["context"]["mcp"] == {"method": "tools/call", "name": "search", "tool": "search",
+                                   "arguments": {"q": "x", "n": 2, "f": "1.5", "deep": {"a": [1]}},
+                                   "param_headers": {}}
     batch = [call, {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "file:///x"}},
              {"jsonrpc": "2.0", "id": 9, "result": {}}]
     rs = map_check_request(_req("POST", "/mcp", body=batch), Limits())
