@@ -1,5 +1,6 @@
 """In-process unit tests of the server modules: config, the Envoy mapping, records, the decision log, the watcher, proto sync."""
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -262,10 +263,25 @@ def test_generated_stubs_in_sync_with_proto():
     assert r.returncode == 0, r.stderr
 
 
+def _npx():
+    """npx's path. Without it the lint fails saying what to install (a skipped lint would prove nothing)."""
+    path = shutil.which("npx")
+    if path is None:
+        pytest.fail("`buf lint` runs through npx (the @bufbuild/buf npm package), which is not on PATH: install "
+                    "Node.js and npm (Debian/Ubuntu: apt-get install nodejs npm, as .ci/run does)", pytrace=False)
+    return path
+
+
 def test_buf_lint():
-    r = subprocess.run(["npx", "--yes", "@bufbuild/buf", "lint"], cwd=ROOT, capture_output=True, text=True,
+    r = subprocess.run([_npx(), "--yes", "@bufbuild/buf", "lint"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_buf_lint_without_npx_fails_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no npx
+    with pytest.raises(pytest.fail.Exception, match="install Node.js and npm"):
+        _npx()
 
 
 class _BrokenDecider:
