@@ -123,7 +123,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             req = self.callers.bind_v1([req], caller, self.decider, API)[0]
         if self.tokens is not None:
             req = self.tokens.bind(token, [req])[0]
-        o = self.decider.decide([req], API)[0]
+        o = self.decider.decide([req], API, None, context)[0]  # context: the caller's traceparent metadata
         if o.code == "request_parse_error":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, o.message)
         if o.code in ("index_unavailable", "internal_error", "revocation_unavailable", "keys_unavailable"):
@@ -216,7 +216,7 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         if self.tokens is not None:
             requests = self.tokens.bind(token, requests)
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(semantic)
-        results, first, generation = self.decider.decide_batch(requests, API, stop_on)
+        results, first, generation = self.decider.decide_batch(requests, API, stop_on, context)
         return encode_check_results(results, self.decider.id_prefix, first, generation, _PLAIN_CODES)
 
     def add_to_server(self, server) -> None:

@@ -233,6 +233,7 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     from authz.server.decider import Decider
     from authz.server.decisionlog import DecisionLog
     from authz.server.metrics import Metrics, NullMetrics
+    from authz.server.tracing import build_tracer
 
     metrics = Metrics() if metrics_enabled else NullMetrics()
     dlog = None
@@ -240,7 +241,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
         dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, on_drop=metrics.decision_log_dropped,
                            loop=asyncio.get_running_loop(), max_bytes=cfg.decision_log_max_bytes,
                            keep=cfg.decision_log_keep)
-    decider = Decider(cfg.db_path, dlog, metrics)
+    tracer = build_tracer(cfg.tracing_settings)
+    decider = Decider(cfg.db_path, dlog, metrics, tracer=tracer)
     server, health_servicer = build_server(cfg, decider)
     await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, POLICIES_HEALTH))
     mtls = cfg.identity_settings.mtls
@@ -286,6 +288,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     watcher.cancel()
     if dlog is not None:
         dlog.close()
+    if tracer is not None:
+        tracer.shutdown()  # exports the spans still queued
     return 0
 
 

@@ -52,6 +52,7 @@ class ServeConfig:
     max_connection_age_s: float = 0   # 0 = unlimited; a limit rebalances long-lived Envoy connections
     identity: dict = dataclasses.field(default_factory=dict)   # [identity]: raw table, see parse_identity
     tokens: dict = dataclasses.field(default_factory=dict)     # [tokens]
+    tracing: dict = dataclasses.field(default_factory=dict)    # [tracing]: raw table, see tracing.parse_tracing
     # Development mode (no identity configured) on a non-loopback address: never in production.
     insecure_allow_self_asserted_callers: bool = False
 
@@ -97,6 +98,7 @@ class ServeConfig:
         if self.policies and not pathlib.Path(self.policies).exists():
             raise ConfigError(f"policies folder `{self.policies}` does not exist")
         self._validate_tokens()
+        self.__dict__["_tracing_settings"] = _parse_tracing(self.tracing)
         self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return self
 
@@ -137,6 +139,14 @@ class ServeConfig:
             cached = self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return cached
 
+    @property
+    def tracing_settings(self) -> "TracingSettings":
+        """The validated `[tracing]` table (parsed once)."""
+        cached = self.__dict__.get("_tracing_settings")
+        if cached is None:
+            cached = self.__dict__["_tracing_settings"] = _parse_tracing(self.tracing)
+        return cached
+
     def _validate_tokens(self) -> None:
         from authz.tokens.config import TokenConfig, TokenConfigError
 
@@ -157,7 +167,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 SELF_ASSERTED_LISTENERS = ("listen",)
 # `authz serve` flags that fill [identity.mtls] (flag dest -> key).
 _MTLS_FLAGS = {"tls_cert": "cert", "tls_key": "key", "client_ca": "client_ca", "trust_domains": "trust_domains"}
-_TABLES = {"server", "identity", "tokens"}
+_TABLES = {"server", "identity", "tokens", "tracing"}
 
 
 def load_config(path: str | None, overrides: dict) -> ServeConfig:
@@ -180,7 +190,7 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
             raise ConfigError(f"{path}: unknown table `{sorted(unknown)[0]}`")
         server = doc.get("server", {})
         for key, value in server.items():
-            if key not in _FIELDS or key in ("identity", "tokens"):
+            if key not in _FIELDS or key in ("identity", "tokens", "tracing"):
                 raise ConfigError(f"{path}: unknown option `server.{key}`")
             values[key] = value
         base = pathlib.Path(path).resolve().parent
@@ -190,6 +200,11 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
                 values[key] = str(base / values[key])
         values["identity"] = _resolve_identity_paths(doc.get("identity", {}), base)
         values["tokens"] = doc.get("tokens", {})
+        tracing = doc.get("tracing", {})
+        if isinstance(tracing, dict) and isinstance(tracing.get("file"), str) and tracing["file"] \
+                and not pathlib.Path(tracing["file"]).is_absolute():
+            tracing = {**tracing, "file": str(base / tracing["file"])}
+        values["tracing"] = tracing
     overrides = dict(overrides)
     mtls_flags = {k: overrides.pop(k, None) for k in _MTLS_FLAGS}
     if any(v for v in mtls_flags.values()):
@@ -221,6 +236,16 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
         if kind.startswith("str") and value is not None and not isinstance(value, str):
             raise ConfigError(f"`{key}` must be a string, not {shown(value)}")
     return cfg.validate()
+
+
+def _parse_tracing(doc):
+    """The validated `[tracing]` table (authz.server.tracing), its errors as ConfigError."""
+    from authz.server.tracing import TracingConfigError, parse_tracing
+
+    try:
+        return parse_tracing(doc)
+    except TracingConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_hostport(text: str, name: str = "listen") -> tuple[str, int]:

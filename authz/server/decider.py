@@ -115,12 +115,13 @@ class Decider:
     Until the index can be opened every request is denied with `index_unavailable`.
     """
 
-    def __init__(self, db_path: str, decision_log=None, metrics=None, engine_factory=None):
+    def __init__(self, db_path: str, decision_log=None, metrics=None, engine_factory=None, tracer=None):
         from authz.server.metrics import NullMetrics
 
         self.db_path = db_path
         self.decision_log = decision_log
         self.metrics = metrics or NullMetrics()
+        self.tracer = tracer  # a tracing.DecisionTracer, or None (traces off: one test per decision)
         self.engine = None
         self.last_error = ""
         self._engine_factory = engine_factory
@@ -163,17 +164,20 @@ class Decider:
         self._seq += 1
         return decision_id(self._prefix, self._seq)
 
-    def decide_one(self, request: dict, api: str) -> Outcome:
-        """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path)."""
+    def decide_one(self, request: dict, api: str, trace=None) -> Outcome:
+        """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path).
+
+        `trace`: where the caller's trace context is (see tracing.py); the request's own HTTP
+        headers when None."""
         engine = self.engine
         if engine is None:
-            return self.decide([request], api)[0]
+            return self.decide([request], api, None, trace)[0]
         t0 = self.last_request_ns = time.perf_counter_ns()
         try:
             d = engine.check(request["principal"], request["action"], request["resource"],
                              request.get("context") or {})
         except Exception:
-            return self.decide([request], api)[0]  # the general path classifies and logs the failure
+            return self.decide([request], api, None, trace)[0]  # the general path classifies and logs the failure
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
         latency_ns = time.perf_counter_ns() - t0
         seq = self._seq = self._seq + 1
@@ -182,16 +186,19 @@ class Decider:
         self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
         if self.decision_log is not None:
             self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d)
+        if self.tracer is not None:
+            self.tracer.decision(api, trace, request, o, latency_ns)
         return o
 
-    def decide(self, requests: list, api: str, stop_on: str | None = None) -> list:
+    def decide(self, requests: list, api: str, stop_on: str | None = None, trace=None) -> list:
         """Decide each request dict ({principal, action, resource, context}) or Invalid, in order,
         against one generation; returns one Outcome per request.
 
         With `stop_on` ("allow" or "deny") the outcomes end at the first one with that decision
-        (an undecidable request counts as a deny); only returned outcomes are logged.
+        (an undecidable request counts as a deny); only returned outcomes are logged (and traced:
+        `trace` as in decide_one).
         """
-        results, first, generation = self.decide_batch(requests, api, stop_on)
+        results, first, generation = self.decide_batch(requests, api, stop_on, trace)
         prefix = self._prefix
         outcomes = []
         for i, d in enumerate(results):
@@ -202,10 +209,10 @@ class Decider:
                 outcomes.append(Outcome(did, d.allowed, d.policies, d.errors, generation))
         return outcomes
 
-    def decide_batch(self, requests: list, api: str, stop_on: str | None = None) -> tuple:
+    def decide_batch(self, requests: list, api: str, stop_on: str | None = None, trace=None) -> tuple:
         """decide() without Outcome objects: (results, first, generation), results[i] being the
         engine's Decision or (code, message, field) for a request answered without one, with the
-        decision id `decision_id(self.id_prefix, first + i)`. Logs and counts the results."""
+        decision id `decision_id(self.id_prefix, first + i)`. Logs, counts and traces the results."""
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         results: list = [None] * n
@@ -243,6 +250,8 @@ class Decider:
             # INVARIANT (DecisionBatch): nothing changes requests or results after this.
             self.decision_log.record_batch(api, latency_ns, generation,
                                            DecisionBatch(self._prefix, first, requests, results))
+        if self.tracer is not None:
+            self.tracer.batch(api, trace, requests, results, self._prefix, first, generation, latency_ns)
         return results, first, generation
 
     def _count(self, api: str, results: list, per_item_s: float) -> None:

@@ -89,6 +89,16 @@ def deny_reason(outcome) -> str:
     return "forbidden_by_policy" if outcome.policies else "no_permitting_policy"
 
 
+def _headers(mapped_from) -> dict | None:
+    """The HTTP headers of a CheckRequest that could not be mapped (where a trace context may be)."""
+    if type(mapped_from) is tuple:
+        return mapped_from[4]
+    try:
+        return dict(mapped_from.attributes.request.http.headers)
+    except Exception:  # noqa: BLE001 - only the trace's parent is lost
+        return None
+
+
 class _LazyCheckRequest:
     """The CheckRequest of a request mapped from the wire: parsed only if something asks for it
     (callers.bind_envoy reads the source certificate when it must)."""
@@ -135,13 +145,13 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             try:
                 requests = map_check_request(mapped_from, self.limits)
             except MappingError as e:
-                outcome = self.decider.decide([Invalid(e.code, str(e))], API)[0]
+                outcome = self.decider.decide([Invalid(e.code, str(e))], API, None, _headers(mapped_from))[0]
                 return deny_response(outcome.decision_id, outcome.code).SerializeToString()
             except Exception as e:  # e.g. a RequestError from an over-deep MCP argument
                 code = getattr(e, "code", "internal_error")
                 if code == "internal_error":
                     log.exception("cannot map a CheckRequest; denying")
-                outcome = self.decider.decide([Invalid(code, str(e))], API)[0]
+                outcome = self.decider.decide([Invalid(code, str(e))], API, None, _headers(mapped_from))[0]
                 return deny_response(outcome.decision_id, code).SerializeToString()
             if self.callers is not None:
                 try:
@@ -149,7 +159,7 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 except IdentityError as e:
                     first = requests[0]
                     invalid = Invalid(e.code, str(e), "authorization", None, first["action"], first["resource"])
-                    outcome = self.decider.decide([invalid], API)[0]
+                    outcome = self.decider.decide([invalid], API, None, first["context"]["http"]["headers"])[0]
                     return deny_response(outcome.decision_id, e.code).SerializeToString()
             if self.tokens is not None:
                 requests = self.tokens.bind_envoy(requests)
