@@ -16,6 +16,7 @@ from authz._hash cimport bytes_hash
 
 import re as _re
 import ipaddress as _ipaddress
+from authz.jsonterms import kind as _kind
 
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void* p) noexcept nogil
@@ -421,7 +422,7 @@ cdef str type_name(object v):
     if t is CedarSet: return "set"
     if t is dict: return "record"
     if t is Ext: return ("", "ipaddr", "decimal", "datetime", "duration")[(<Ext>v).kind]
-    return t.__name__
+    return _kind(v)
 
 
 cdef type_error(str expected, object got):
@@ -2045,7 +2046,7 @@ cdef Uid to_uid(Generation g, object v, str field):
                 return resolve_cached(g, <str>t, <str>i, field)
     if isinstance(v, Uid):
         return g.resolve((<Uid>v).type, (<Uid>v).id)
-    raise RequestError(f"`{field}`: expected an entity uid, got {type(v).__name__}")
+    raise RequestError(f"`{field}`: expected an entity uid (`Type::\"id\"` or {{\"type\": …, \"id\": …}}), not {_kind(v)}")
 
 
 cdef object to_value(Generation g, object v, int depth):
@@ -2149,7 +2150,7 @@ cdef object convert_value(Generation g, object v, int depth, bint build):
             convert_value(g, item, depth + 1, False)
         return False
     if t is not dict:
-        raise RequestError(f"context: unsupported value of type {t.__name__}")
+        raise RequestError(f"context: {_kind(v)} is not a Cedar value")
     if len(<dict>v) == 1:
         inner = (<dict>v).get("__entity")
         if isinstance(inner, dict) and type(inner.get("type")) is str and type(inner.get("id")) is str:
