@@ -2316,6 +2316,28 @@ cdef class EngineCore:
         cdef Uid r = to_uid(g, resource, "resource")
         return new_request(p, a, r, context, validate_context(g, context))
 
+    def string_set_attribute(self, entity, str name):
+        """The strings of attribute `name` of `entity` (a uid text or {type, id}) when it is a set, in
+        order, each once; [] when the entity or the attribute is absent or the value is not a set (a
+        call's data labels are its resource's `labels`)."""
+        cdef Generation g = self.current()
+        cdef Uid u = to_uid(g, entity, "entity")
+        cdef Py_ssize_t kn
+        cdef const char* kp = PyUnicode_AsUTF8AndSize(name, &kn)
+        if not g.is_entity(u):
+            return []
+        cdef Py_ssize_t at = g.find_text_in_block(g.u32(u.rec + UID_ATTRS), kp, kn)
+        if at < 0:
+            return []
+        v = g.decode(&at)
+        if type(v) is not CedarSet:
+            return []
+        out = []
+        for item in (<CedarSet>v).items:
+            if type(item) is str and item not in out:
+                out.append(item)
+        return out
+
     def check(self, principal, action, resource, context=None):
         """Decides one request; raises RequestError if it is malformed."""
         cdef Generation g = self.current()

@@ -59,3 +59,19 @@ def test_permitted_says_whether_a_permit_was_satisfied(tmp_path, principal, acti
     expected = cedarpy.is_authorized(request, permits_only, "[]").decision == cedarpy.Decision.Allow
     assert d.permitted == expected
     engine.close()
+
+
+def test_string_set_attribute_reads_a_resources_labels(tmp_path):
+    import json
+
+    (tmp_path / "p.cedar").write_text("permit(principal, action, resource);\n")
+    (tmp_path / "entities.json").write_text(json.dumps([
+        {"uid": {"type": "Tool", "id": "crm"}, "attrs": {"labels": ["pii", "customer", "pii", 3]}, "parents": []},
+        {"uid": {"type": "Tool", "id": "web"}, "attrs": {"labels": "pii"}, "parents": []}]))
+    authz.compile([str(tmp_path)], db=str(tmp_path / "db"))
+    engine = authz.Engine(str(tmp_path / "db"))
+    assert engine.string_set_attribute('Tool::"crm"', "labels") == ["pii", "customer"]
+    assert engine.string_set_attribute({"type": "Tool", "id": "web"}, "labels") == []  # not a set
+    assert engine.string_set_attribute('Tool::"absent"', "labels") == []
+    assert engine.string_set_attribute('Tool::"crm"', "other") == []
+    engine.close()
