@@ -1,8 +1,8 @@
 """The task and agent state records: validation of what a call adds, the update rules, the Cedar view,
 and the stored form. Pure: no storage, no clock (every function takes `now`), shared by every backend.
 
-A task record (stored as a fixed binary header, the rate windows' slots, then a JSON tail with
-tools, counts and suspended_by; see `encode_task`):
+A task record (stored as a fixed binary header, the rate windows' slots, the tools as JSON (kept
+encoded: re-encoded only when a tool is added), then JSON [counts, suspended_by]; see `encode_task`):
   started, last   first and latest call (seconds since the epoch)
   calls, denies   allowed / denied calls
   spend           sum of the costs of allowed calls (saturates at 2^63 - 1: a budget check stays refused)
@@ -26,14 +26,16 @@ from authz.state.config import LONG_MAX
 from authz.state.errors import Full, InvalidArgument, Unavailable
 
 _FORMAT = 1
-_TASK = struct.Struct("<BddqqqBqqq")   # format, started, last, calls, denies, spend, flags, due, m1 head, h1 head
+_TASK = struct.Struct("<BddqqqBqqqI")  # format, started, last, calls, denies, spend, flags, due, m1/h1 head, tools len
 _AGENT = struct.Struct("<BdBqqq")      # format, last, flags, due, m1 head, h1 head
 _OVERFLOW, _REVOKED, _M1, _H1 = 1, 2, 4, 8
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 _decode = json.JSONDecoder().decode
 
 
-def _utf8_len(value, what: str) -> int:
+def _utf8_len(value: str, what: str) -> int:
+    if value.isascii():
+        return len(value)
     try:
         return len(value.encode("utf-8"))
     except UnicodeEncodeError:
@@ -59,12 +61,12 @@ def check_now(now) -> float:
 
 def check_uid(uid, max_bytes: int, what: str = "resource") -> tuple:
     """(type, id) from {"type": …, "id": …} or a (type, id) pair; type + id at most `max_bytes` UTF-8 bytes."""
-    if isinstance(uid, dict):
-        if set(uid) != {"type", "id"}:
+    if type(uid) is tuple and len(uid) == 2:
+        kind, name = uid
+    elif isinstance(uid, dict):
+        if len(uid) != 2 or "type" not in uid or "id" not in uid:
             raise InvalidArgument(f"{what} must be {{\"type\": …, \"id\": …}}")
         kind, name = uid["type"], uid["id"]
-    elif isinstance(uid, tuple) and len(uid) == 2:
-        kind, name = uid
     else:
         raise InvalidArgument(f"{what} must be {{\"type\": …, \"id\": …}}")
     if type(kind) is not str or type(name) is not str or not kind:
@@ -78,9 +80,13 @@ def check_labels(labels, cfg) -> tuple:
     """The distinct labels of one call, each a non-empty string of at most cfg.max_label_bytes."""
     if isinstance(labels, (str, bytes)) or labels is None:
         raise InvalidArgument("labels must be a collection of strings")
+    if not labels:
+        return ()
     out = {}
+    most = cfg.max_label_bytes
     for label in labels:
-        check_text(label, "a label", cfg.max_label_bytes)
+        if type(label) is not str or not label or not label.isascii() or len(label) > most:
+            check_text(label, "a label", most)
         out[label] = None
         if len(out) > cfg.max_call_labels:
             raise InvalidArgument(f"a call carries more than {cfg.max_call_labels} labels")
@@ -97,7 +103,7 @@ class TaskState:
     """One task's state; see the module docstring."""
 
     __slots__ = ("id", "started", "last", "calls", "denies", "spend", "overflow", "tools", "counts", "m1", "h1",
-                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views")
+                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json")
 
     def __init__(self, task_id: str, now: float):
         self.id = task_id
@@ -109,6 +115,7 @@ class TaskState:
         self.suspended_by = ""
         self.due = 0
         self._tool_set, self._tool_views = set(), []
+        self._tools_json = b"[]"
 
     def view(self, now: float) -> dict:
         """`context.task`: plain JSON-able values, a copy (later updates do not change it)."""
@@ -121,29 +128,40 @@ class TaskState:
     def record_allowed(self, now: float, tool: tuple, labels: tuple, cost: int, cfg) -> None:
         """Count an allowed call. Full (and no change) when its labels would pass cfg.max_labels."""
         counts = self.counts
-        if len(counts) + sum(1 for label in labels if label not in counts) > cfg.max_labels:
+        new = 0
+        for label in labels:
+            if label not in counts:
+                new += 1
+        if new and len(counts) + new > cfg.max_labels:
             raise Full(f"task `{self.id}` would carry more than {cfg.max_labels} labels")
-        self.last = max(self.last, now)
-        self.calls = min(self.calls + 1, LONG_MAX)
-        self.spend = min(self.spend + cost, LONG_MAX)
+        if now > self.last:
+            self.last = now
+        if self.calls < LONG_MAX:
+            self.calls += 1
+        if cost:
+            self.spend = min(self.spend + cost, LONG_MAX)
         if tool not in self._tool_set:
             if len(self.tools) < cfg.max_tools:
                 self._add_tool(tool)
             else:
                 self.overflow = True
         for label in labels:
-            counts[label] = min(counts.get(label, 0) + 1, LONG_MAX)
+            n = counts.get(label, 0)
+            counts[label] = n + 1 if n < LONG_MAX else n
         self.m1.add(now)
         self.h1.add(now)
 
     def record_denied(self, now: float) -> None:
-        self.last = max(self.last, now)
-        self.denies = min(self.denies + 1, LONG_MAX)
+        if now > self.last:
+            self.last = now
+        if self.denies < LONG_MAX:
+            self.denies += 1
 
     def _add_tool(self, tool: tuple) -> None:
         self.tools.append(tool)
         self._tool_set.add(tool)
         self._tool_views.append({"__entity": {"type": tool[0], "id": tool[1]}})
+        self._tools_json = None
 
 
 class AgentState:
@@ -160,7 +178,8 @@ class AgentState:
         return {"rate": {"m1": self.m1.count(now), "h1": self.h1.count(now)}}
 
     def record_allowed(self, now: float) -> None:
-        self.last = max(self.last, now)
+        if now > self.last:
+            self.last = now
         self.m1.add(now)
         self.h1.add(now)
 
@@ -176,9 +195,12 @@ def _window_bytes(m1: bytes, h1: bytes) -> int:
 def encode_task(task: TaskState) -> bytes:
     m1, h1 = task.m1.stored(), task.h1.stored()
     flags = (_OVERFLOW if task.overflow else 0) | (_REVOKED if task.revoked else 0) | _window_bytes(m1, h1)
-    tail = _encode([task.tools, task.counts, task.suspended_by]).encode("utf-8")
+    tools = task._tools_json
+    if tools is None:
+        tools = task._tools_json = _encode(task.tools).encode("utf-8")
+    tail = _encode([task.counts, task.suspended_by]).encode("utf-8")
     return b"".join((_TASK.pack(_FORMAT, task.started, task.last, task.calls, task.denies, task.spend, flags,
-                                task.due, task.m1.head, task.h1.head), m1, h1, tail))
+                                task.due, task.m1.head, task.h1.head, len(tools)), m1, h1, tools, tail))
 
 
 def _damaged(what: str, name: str) -> Unavailable:
@@ -202,11 +224,13 @@ def decode_task(task_id: str, raw) -> TaskState:
     """The task record stored as `raw`; Unavailable when it is not one this version wrote."""
     raw = bytes(raw)
     try:
-        fmt, started, last, calls, denies, spend, flags, due, m1_head, h1_head = _TASK.unpack_from(raw)
+        fmt, started, last, calls, denies, spend, flags, due, m1_head, h1_head, n = _TASK.unpack_from(raw)
         if fmt != _FORMAT or min(calls, denies, spend, due) < 0 or not (_time_ok(started) and _time_ok(last)):
             raise ValueError
         m1, h1, at = _windows(raw, _TASK.size, flags, m1_head, h1_head)
-        tools, counts, suspended_by = _decode(raw[at:].decode("utf-8"))
+        tools_json = raw[at:at + n]
+        tools = _decode(tools_json.decode("utf-8"))
+        counts, suspended_by = _decode(raw[at + n:].decode("utf-8"))
         if type(tools) is not list or type(counts) is not dict or type(suspended_by) is not str:
             raise ValueError
         for n in counts.values():
@@ -222,6 +246,7 @@ def decode_task(task_id: str, raw) -> TaskState:
         if type(tool) is not list or len(tool) != 2 or type(tool[0]) is not str or type(tool[1]) is not str:
             raise _damaged("task", task_id)
         task._add_tool((tool[0], tool[1]))
+    task._tools_json = tools_json
     return task
 
 

@@ -132,6 +132,8 @@ class Batch(abc.ABC):
         self.config = config
         self.now = model.check_now(now)
         self._open = True
+        self._handles = {}  # (task id, agent id) -> TaskTxn: the calls of a batch reuse their handle
+        self._checked = {}  # (resource, labels) tuples already validated in this batch -> (tool, labels)
 
     # --- primitives a backend supplies -----------------------------------------------------------
     @abc.abstractmethod
@@ -173,6 +175,9 @@ class Batch(abc.ABC):
         """The handle of `task_id` decided for `agent_id` (the acting agent: its rate windows span tasks).
         A pending approval of the task that expired by `now` is expired here, first."""
         self._check_open()
+        handle = self._handles.get((task_id, agent_id)) if type(task_id) is str and type(agent_id) is str else None
+        if handle is not None:
+            return handle
         cfg = self.config
         model.check_text(task_id, "task id", cfg.max_id_bytes)
         model.check_text(agent_id, "agent id", cfg.max_id_bytes)
@@ -184,7 +189,8 @@ class Batch(abc.ABC):
                 self._changed(task)
             elif self.now >= approval.expires_at:
                 self._decide(approval, "expire")
-        return TaskTxn(self, task, self._agent(agent_id))
+        handle = self._handles[(task_id, agent_id)] = TaskTxn(self, task, self._agent(agent_id))
+        return handle
 
     def commit(self) -> None:
         self._check_open()
@@ -293,11 +299,15 @@ class TaskTxn:
         `cost`. InvalidArgument / Full (labels bound) leave the state unchanged."""
         batch = self.batch
         cfg = batch.config
-        tool = model.check_uid(resource, cfg.max_uid_bytes)
-        labels = model.check_labels(labels, cfg)
-        cost = model.check_cost(cost)
+        key = (resource, labels) if type(resource) is tuple and type(labels) is tuple else None
+        checked = batch._checked.get(key) if key is not None else None
+        if checked is None:
+            checked = (model.check_uid(resource, cfg.max_uid_bytes), model.check_labels(labels, cfg))
+            if key is not None:
+                batch._checked[key] = checked
+        model.check_cost(cost)
         self._check_active()
-        self.state.record_allowed(batch.now, tool, labels, cost, cfg)
+        self.state.record_allowed(batch.now, checked[0], checked[1], cost, cfg)
         self.agent.record_allowed(batch.now)
         batch._changed(self.state)
         batch._changed(self.agent)

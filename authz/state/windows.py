@@ -31,21 +31,31 @@ assert array("I").itemsize == 4
 
 
 class Window:
-    """One rate window; `slots` is None until its first call (and after every kept bucket aged out)."""
+    """One rate window; `slots` is None until its first call. It remembers its last count (`at`, `counted`):
+    the calls of a batch share one `now`, and a call counted at that `now` adds exactly one to it."""
 
-    __slots__ = ("width", "head", "slots")
+    __slots__ = ("width", "head", "slots", "at", "counted")
 
     def __init__(self, width: int, head: int = 0, slots: array | None = None):
         self.width, self.head, self.slots = width, head, slots
+        self.at = self.counted = None
 
     def add(self, now: float) -> None:
         """Count one call at `now`."""
         bucket = int(now // self.width)
         slots = self.slots
+        if slots is not None and bucket <= self.head:  # the common case: the newest bucket (or a clock behind)
+            i = self.head % SLOTS
+            if slots[i] < _SLOT_MAX:
+                slots[i] += 1
+                if self.at is not None and int(self.at // self.width) - self.head < SLOTS:
+                    self.counted += 1  # the newest bucket is in the remembered count (see count())
+            return
+        self.at = None
         if slots is None:
             slots = self.slots = array("I", _ZEROS)
             self.head = bucket
-        elif bucket > self.head:
+        else:
             if bucket - self.head >= SLOTS:
                 slots[:] = array("I", _ZEROS)
             else:
@@ -58,18 +68,23 @@ class Window:
 
     def count(self, now: float) -> int:
         """Calls counted at `now` (see the module docstring for the bound)."""
+        if now == self.at:
+            return self.counted
         slots = self.slots
         if slots is None:
             return 0
         aged = int(now // self.width) - self.head  # buckets after the newest: the oldest that many age out
         if aged <= 0:
-            return sum(slots)
-        if aged >= SLOTS:
-            return 0
-        gone = 0
-        for b in range(self.head - SPAN, self.head - SPAN + aged):
-            gone += slots[b % SLOTS]
-        return sum(slots) - gone
+            counted = sum(slots)
+        elif aged >= SLOTS:
+            counted = 0
+        else:
+            gone = 0
+            for b in range(self.head - SPAN, self.head - SPAN + aged):
+                gone += slots[b % SLOTS]
+            counted = sum(slots) - gone
+        self.at, self.counted = now, counted
+        return counted
 
     def stored(self) -> bytes:
         """The slots to store (none before the first call). Kept whatever their age: a later count from a

@@ -80,6 +80,22 @@ def test_the_stated_error_bound_holds(calls, at, width):
     assert windows.Window.load(width, window.head, window.stored()).count(now) == window.count(now)
 
 
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 200).map(lambda t: B + t / 2)), max_size=60),
+       width=st.sampled_from([windows.M1_WIDTH, windows.H1_WIDTH]))
+def test_the_remembered_count_always_equals_a_recount(ops, width):
+    """Adds and counts at any times, clocks stepping back included: a window's answer equals the answer of
+    the same slots read back from storage (which remembers nothing)."""
+    window = windows.Window(width)
+    for is_add, t in ops:
+        now = B + (t - B) * width
+        if is_add:
+            window.add(now)
+        else:
+            stored = windows.Window.load(width, window.head, window.stored())
+            assert window.count(now) == stored.count(now)
+
+
 def test_a_damaged_window_is_refused():
     with pytest.raises(ValueError):
         windows.Window.load(1, 5, b"\0" * 7)
