@@ -68,7 +68,7 @@ class RequestError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("decision", "policies", "errors", "decision_id", "generation", "request_error", "reason")
+    __slots__ = ("decision", "policies", "errors", "decision_id", "generation", "request_error", "reason", "approval_id")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class CheckResponse(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ERROR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     policies: _containers.RepeatedScalarFieldContainer[str]
     errors: _containers.RepeatedCompositeFieldContainer[PolicyError]
@@ -83,7 +84,8 @@ class CheckResponse(_message.Message):
     generation: int
     request_error: RequestError
     reason: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[_Union[PolicyError, _Mapping]]] = ..., decision_id: _Optional[str] = ..., generation: _Optional[int] = ..., request_error: _Optional[_Union[RequestError, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    approval_id: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[_Union[PolicyError, _Mapping]]] = ..., decision_id: _Optional[str] = ..., generation: _Optional[int] = ..., request_error: _Optional[_Union[RequestError, _Mapping]] = ..., reason: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
 
 class BatchCheckItem(_message.Message):
     __slots__ = ("principal", "action", "resource", "context")
