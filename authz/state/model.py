@@ -1,8 +1,9 @@
 """The task and agent state records: validation of what a call adds, the update rules, the Cedar view,
 and the stored form. Pure: no storage, no clock (every function takes `now`), shared by every backend.
 
-A task record (stored as a fixed binary header, the rate windows' slots, the tools as JSON (kept
-encoded: re-encoded only when a tool is added), then JSON [counts, suspended_by]; see `encode_task`):
+A task record (stored as a fixed binary header, the rate windows' slots, the tools and the label names
+as JSON (kept encoded: re-encoded only when one is added), then the counts as u64s in label order; see
+`encode_task`):
   started, last   first and latest call (seconds since the epoch)
   calls, denies   allowed / denied calls
   spend           sum of the costs of allowed calls (saturates at 2^63 - 1: a budget check stays refused)
@@ -20,13 +21,15 @@ from __future__ import annotations
 import json
 import math
 import struct
+from array import array
 
 from authz.state import windows
 from authz.state.config import LONG_MAX
 from authz.state.errors import Full, InvalidArgument, Unavailable
 
 _FORMAT = 1
-_TASK = struct.Struct("<BddqqqBqqqI")  # format, started, last, calls, denies, spend, flags, due, m1/h1 head, tools len
+# format, started, last, calls, denies, spend, flags, due, m1 head, h1 head, tools len, labels len, suspended_by
+_TASK = struct.Struct("<BddqqqBqqqII32s")
 _AGENT = struct.Struct("<BdBqqq")      # format, last, flags, due, m1 head, h1 head
 _OVERFLOW, _REVOKED, _M1, _H1 = 1, 2, 4, 8
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
@@ -103,7 +106,7 @@ class TaskState:
     """One task's state; see the module docstring."""
 
     __slots__ = ("id", "started", "last", "calls", "denies", "spend", "overflow", "tools", "counts", "m1", "h1",
-                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json")
+                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json")
 
     def __init__(self, task_id: str, now: float):
         self.id = task_id
@@ -115,7 +118,7 @@ class TaskState:
         self.suspended_by = ""
         self.due = 0
         self._tool_set, self._tool_views = set(), []
-        self._tools_json = b"[]"
+        self._tools_json = self._labels_json = b"[]"
 
     def view(self, now: float) -> dict:
         """`context.task`: plain JSON-able values, a copy (later updates do not change it)."""
@@ -132,8 +135,10 @@ class TaskState:
         for label in labels:
             if label not in counts:
                 new += 1
-        if new and len(counts) + new > cfg.max_labels:
-            raise Full(f"task `{self.id}` would carry more than {cfg.max_labels} labels")
+        if new:
+            if len(counts) + new > cfg.max_labels:
+                raise Full(f"task `{self.id}` would carry more than {cfg.max_labels} labels")
+            self._labels_json = None
         if now > self.last:
             self.last = now
         if self.calls < LONG_MAX:
@@ -195,12 +200,15 @@ def _window_bytes(m1: bytes, h1: bytes) -> int:
 def encode_task(task: TaskState) -> bytes:
     m1, h1 = task.m1.stored(), task.h1.stored()
     flags = (_OVERFLOW if task.overflow else 0) | (_REVOKED if task.revoked else 0) | _window_bytes(m1, h1)
-    tools = task._tools_json
+    tools, labels = task._tools_json, task._labels_json
     if tools is None:
         tools = task._tools_json = _encode(task.tools).encode("utf-8")
-    tail = _encode([task.counts, task.suspended_by]).encode("utf-8")
+    if labels is None:
+        labels = task._labels_json = _encode(list(task.counts)).encode("utf-8")
     return b"".join((_TASK.pack(_FORMAT, task.started, task.last, task.calls, task.denies, task.spend, flags,
-                                task.due, task.m1.head, task.h1.head, len(tools)), m1, h1, tools, tail))
+                                task.due, task.m1.head, task.h1.head, len(tools), len(labels),
+                                task.suspended_by.encode("ascii")),
+                     m1, h1, tools, labels, array("Q", task.counts.values()).tobytes()))
 
 
 def _damaged(what: str, name: str) -> Unavailable:
@@ -224,24 +232,29 @@ def decode_task(task_id: str, raw) -> TaskState:
     """The task record stored as `raw`; Unavailable when it is not one this version wrote."""
     raw = bytes(raw)
     try:
-        fmt, started, last, calls, denies, spend, flags, due, m1_head, h1_head, n = _TASK.unpack_from(raw)
+        (fmt, started, last, calls, denies, spend, flags, due, m1_head, h1_head, n_tools, n_labels,
+         suspended) = _TASK.unpack_from(raw)
         if fmt != _FORMAT or min(calls, denies, spend, due) < 0 or not (_time_ok(started) and _time_ok(last)):
             raise ValueError
         m1, h1, at = _windows(raw, _TASK.size, flags, m1_head, h1_head)
-        tools_json = raw[at:at + n]
-        tools = _decode(tools_json.decode("utf-8"))
-        counts, suspended_by = _decode(raw[at + n:].decode("utf-8"))
-        if type(tools) is not list or type(counts) is not dict or type(suspended_by) is not str:
+        tools_json, labels_json = raw[at:at + n_tools], raw[at + n_tools:at + n_tools + n_labels]
+        tools, labels = _decode(tools_json.decode("utf-8")), _decode(labels_json.decode("utf-8"))
+        values = array("Q")
+        values.frombytes(raw[at + n_tools + n_labels:])
+        if (type(tools) is not list or type(labels) is not list or len(values) != len(labels)
+                or (values and max(values) > LONG_MAX) or not all(type(label) is str for label in labels)):
             raise ValueError
-        for n in counts.values():
-            if type(n) is not int or not 0 <= n <= LONG_MAX:
-                raise ValueError
+        counts = dict(zip(labels, values))
+        suspended_by = suspended.rstrip(b"\0").decode("ascii")
+        if len(counts) != len(labels) or len(suspended_by) not in (0, 32):
+            raise ValueError
     except (ValueError, TypeError, struct.error):
         raise _damaged("task", task_id) from None
     task = TaskState(task_id, started)
     task.last, task.calls, task.denies, task.spend, task.due = last, calls, denies, spend, due
     task.overflow, task.revoked = bool(flags & _OVERFLOW), bool(flags & _REVOKED)
     task.m1, task.h1, task.counts, task.suspended_by = m1, h1, counts, suspended_by
+    task._labels_json = labels_json
     for tool in tools:
         if type(tool) is not list or len(tool) != 2 or type(tool[0]) is not str or type(tool[1]) is not str:
             raise _damaged("task", task_id)

@@ -24,18 +24,22 @@ def _decide(view, op, rule):
             and agent["rate"]["m1"] < rule["rate"] and not (tool == "egress" and "secret" in task["labels"]))
 
 
-def _run_ops(store, task, agent, ops, rule, out, errors):
+def _run_ops(store, task, agent, ops, rule, out, errors, per_batch):
+    """Decide `ops` in order, `per_batch` calls per transaction (a BatchCheck when more than one)."""
     try:
-        for op in ops:
-            now = T0 + op[0]
-            with store.begin(task, agent, now) as txn:
-                view = txn.view()
-                allowed = _decide(view, op, rule)
-                if allowed:
-                    txn.commit_allowed(("Tool", op[1]), op[2], op[3])
-                else:
-                    txn.commit_denied()
-            out.append((allowed, view, op))
+        for first in range(0, len(ops), per_batch):
+            decided = []
+            with store.batch(T0 + ops[first][0]) as batch:
+                for op in ops[first:first + per_batch]:
+                    txn = batch.task(task, agent)
+                    view = txn.view()
+                    allowed = _decide(view, op, rule)
+                    if allowed:
+                        txn.allowed(("Tool", op[1]), op[2], op[3])
+                    else:
+                        txn.denied()
+                    decided.append((allowed, view, (ops[first][0],) + op[1:]))
+            out += decided
     except Exception as err:  # reported to the test, not lost with the thread
         errors.append(repr(err))
 
@@ -48,9 +52,9 @@ def _worker(path, conn):
         if cmd is None:
             store.close()
             return
-        task, agent, rule, per_thread = cmd
+        task, agent, rule, per_thread, per_batch = cmd
         outs, errors = [[] for _ in per_thread], []
-        threads = [threading.Thread(target=_run_ops, args=(store, task, agent, ops, rule, out, errors))
+        threads = [threading.Thread(target=_run_ops, args=(store, task, agent, ops, rule, out, errors, per_batch))
                    for ops, out in zip(per_thread, outs)]
         for t in threads:
             t.start()
@@ -82,9 +86,9 @@ def workers(tmp_path_factory):
             p.kill()
 
 
-def _run(conns, task, agent, rule, per_process):
+def _run(conns, task, agent, rule, per_process, per_batch=1):
     for conn, per_thread in zip(conns, per_process):
-        conn.send((task, agent, rule, per_thread))
+        conn.send((task, agent, rule, per_thread, per_batch))
     results = []
     for conn in conns:
         assert conn.poll(60), "a worker process did not answer"
@@ -94,16 +98,18 @@ def _run(conns, task, agent, rule, per_process):
     return results
 
 
-def test_a_limit_of_n_admits_exactly_n_across_2_processes_and_8_threads(workers):
+@pytest.mark.parametrize("per_batch", [1, 4])
+def test_a_limit_of_n_admits_exactly_n_across_2_processes_and_8_threads(workers, per_batch):
     store, conns = workers
     n, per_thread = 50, 12
     rule = {"limit": n, "budget": 1 << 40, "rate": 1 << 40}
     ops = [(0.0, "pay", (), 1)] * per_thread
-    results = _run(conns, "limit-task", "limit-agent", rule, [[ops] * THREADS] * 2)
+    task = f"limit-task-{per_batch}"
+    results = _run(conns, task, "limit-agent", rule, [[ops] * THREADS] * 2, per_batch)
     assert len(results) == 2 * THREADS * per_thread
     assert sum(allowed for allowed, _, _ in results) == n
     assert sorted(view["task"]["calls"] for allowed, view, _ in results if allowed) == list(range(n))
-    final = store.task_view("limit-task", T0)
+    final = store.task_view(task, T0)
     assert (final["calls"], final["denies"], final["spend"]) == (n, len(results) - n, n)
 
 
@@ -121,14 +127,14 @@ OPS = st.tuples(st.floats(0, 120, allow_nan=False), st.sampled_from(["a", "b", "
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(per_process=st.lists(st.lists(st.lists(OPS, max_size=30), min_size=3, max_size=3), min_size=2, max_size=2),
-       limit=st.integers(0, 25), budget=st.integers(0, 600), rate=st.integers(1, 30))
+       limit=st.integers(0, 25), budget=st.integers(0, 600), rate=st.integers(1, 30), per_batch=st.integers(1, 4))
 def test_concurrent_interleavings_equal_a_sequential_replay_of_the_allowed_calls(workers, per_process, limit,
-                                                                                 budget, rate):
+                                                                                 budget, rate, per_batch):
     store, conns = workers
     n = next(_example)
     task, agent = f"prop-{n}", f"prop-agent-{n}"
     rule = {"limit": limit, "budget": budget, "rate": rate}
-    results = _run(conns, task, agent, rule, per_process)
+    results = _run(conns, task, agent, rule, per_process, per_batch)
     allowed = sorted((r for r in results if r[0]), key=lambda r: r[1]["task"]["calls"])
     assert [view["task"]["calls"] for _, view, _ in allowed] == list(range(len(allowed)))
     cfg = StateConfig(path="unused", **LIMITS)

@@ -45,8 +45,8 @@ def test_a_full_disk_denies_writes_nothing_and_recovers_once_freed(small_fs):
     more = [decide(store, limit=limit) for _ in range(3)]
     assert store.task_view("t1", T0)["calls"] == 2 + sum(more) <= limit  # every allow committed, none over
     filler.unlink()
-    grow(store)                                                  # the same store recovers, no reopening
-    assert store.sizes()["tasks"] == 301 + sum(results)
+    grow(store, 100)                                             # the same store recovers, no reopening
+    assert store.sizes()["tasks"] == 101 + sum(results)
     store.close()
 
 
@@ -116,9 +116,11 @@ def test_a_damaged_record_makes_its_task_unavailable_and_others_decide(tmp_path)
         raw[0] = 99  # an unknown format
         txn.put(b"t1", bytes(raw), db=env.open_db(b"tasks", txn=txn))
         txn.put(b"t3", b"\x01short", db=env.open_db(b"tasks", txn=txn))
+        raw[0] = 1
+        txn.put(b"t4", bytes(raw[:-8]), db=env.open_db(b"tasks", txn=txn))  # a record cut short
     env.close()
     store = make_store(path)
-    for task in ("t1", "t3"):
+    for task in ("t1", "t3", "t4"):
         with pytest.raises(Unavailable, match=f"task `{task}` is damaged"):
             store.begin(task, "a1", T0)
         assert decide(store, task=task) is False
