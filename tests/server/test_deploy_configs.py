@@ -117,3 +117,14 @@ def test_istio_config_serves_mesh_mtls_only(tmp_path):
     stderr = server.stderr()
     assert "trusted PEPs [spiffe://cluster.local/ns/tools/sa/tool-api]" in stderr, stderr
     assert "DEVELOPMENT MODE" not in stderr
+
+
+def test_dockerfile_pins_its_base_checks_health_and_serves_the_identity_config():
+    """The image as declared (building it needs a container engine and a registry: docs/serve.md#container-image)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    assert re.search(r'^  CMD \["authz", "health", "--server", "127\.0\.0\.1:9191"', text, re.M)
+    assert 'VOLUME ["/var/lib/authz"]' in text and "COPY docker/authz.toml /etc/authz/authz.toml" in text
+    assert 'CMD ["serve", "--config", "/etc/authz/authz.toml"]' in text
+    assert 'data_dir = "/var/lib/authz"' in (ROOT / "docker" / "authz.toml").read_text()
