@@ -14,9 +14,10 @@ In-process rows, each call timed on its own with time.perf_counter_ns (p50 / p99
   stateful, big    as `stateful`, on a task already holding 1,000 tools and 200 labels
   durable          as `stateful` with durable = true (an fsync per commit, on this machine's disk)
   batch of 100     one batch of 100 calls of one task (BatchCheck), per call, next to 100 plain checks
-Contention rows: 2 processes x 8 threads deciding with `stateful` for a fixed time, on one task and on a
-task per thread (LMDB has one writer per host: both serialize), next to 1 process x 1 thread; decisions/s
-and the per-decision latency including the wait for the writer lock.
+Contention rows: `stateful` decisions for a fixed time from 2 processes x 1 thread (the server's shape: each
+worker decides on one asyncio thread) and 2 processes x 8 threads, on one task and on a task per thread
+(LMDB has one writer per host: both serialize), next to 1 process x 1 thread; decisions/s and the
+per-decision latency including the wait for the writer lock.
 Ratios are against `plain` (in-process) or 1 x 1 (contention). Every loop is bounded in count and time.
 """
 from __future__ import annotations
@@ -269,6 +270,7 @@ def main():
         rows = in_process(tmp, db, budget)
         contended = {}
         for name, procs, threads, one in (("1 process x 1 thread", 1, 1, True),
+                                          ("2 processes x 1 thread, one task", 2, 1, True),
                                           ("2 processes x 8 threads, one task", 2, 8, True),
                                           ("2 processes x 8 threads, a task per thread", 2, 8, False)):
             print(f"contention: {name}...", file=sys.stderr)
