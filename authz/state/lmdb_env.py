@@ -2,8 +2,9 @@
 its stale reader slots cleared on open, and LMDB errors turned into Unavailable / Full.
 
 LMDB forbids opening one file twice in a process (its locks are per process) and using an environment
-in a forked child; every LmdbStore of a process on one file shares one environment here, and a
-forked child opens its own.
+in a forked child; every LmdbStore of a process on one file shares one environment here. A forked
+child closes the environment it inherited (safe since LMDB 0.9.23: the parent's locks and reader slots
+are left alone; py-lmdb refuses to open the file again while it is open) and opens its own.
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from authz.state.errors import Full, Unavailable
 
 DATABASES = (b"meta", b"tasks", b"agents", b"approvals", b"order", b"grants", b"feed", b"due")
 FORMAT = b"1"
-_ENVS = {}  # (st_dev, st_ino) of data.mdb -> [Environment, {name: db handle}, references]
+_ENVS = {}  # (st_dev, st_ino) of data.mdb -> [Environment, {name: db handle}, references, pid that opened it]
 _LOCK = threading.Lock()  # threads opening the same store at once would open its file twice
-os.register_at_fork(after_in_child=_ENVS.clear)
 
 
 def _file_key(path: str):
@@ -40,6 +40,10 @@ def open_env(path: str, map_size: int, durable: bool):
 def _open_env(path: str, map_size: int, durable: bool):
     key = _file_key(path)
     entry = _ENVS.get(key) if key is not None else None
+    if entry is not None and entry[3] != os.getpid():
+        del _ENVS[key]
+        entry[0].close()  # inherited across fork: never used here, closed so the file can be opened
+        entry = None
     if entry is not None:
         entry[2] += 1
         return entry[0], entry[1]
@@ -75,7 +79,7 @@ def _open_env(path: str, map_size: int, durable: bool):
     if key is None:
         env.close()
         raise Unavailable(f"cannot open the state store `{path}`: its data.mdb disappeared")
-    _ENVS[key] = [env, dbs, 1]
+    _ENVS[key] = [env, dbs, 1, os.getpid()]
     return env, dbs
 
 
@@ -88,7 +92,7 @@ def release_env(env, broken: bool = False) -> None:
 
 def _release_env(env, broken: bool) -> None:
     for key, entry in list(_ENVS.items()):
-        if entry[0] is env:
+        if entry[0] is env and entry[3] == os.getpid():
             entry[2] -= 1
             if broken or entry[2] == 0:
                 del _ENVS[key]
