@@ -31,12 +31,17 @@ write lock for it.
         return d                                           #   kind="quarantine", on_reject="revoke_task")
     try:
         outcome = store.transact(time.time(), step)        # commits; retries on Conflict (networked backends)
-    except StateError as err:                              # InvalidArgument -> invalid_argument;
-        outcome = deny(err.code)                           # Unavailable / Full -> state_unavailable
+    except Unavailable:                                    # Full included: fail closed
+        outcome = deny("state_unavailable")
+    except StateError as err:                              # InvalidArgument (a bad id, label or cost), ...
+        outcome = deny(err.code)
+`step` may run more than once (Conflict): it only decides and records; log and answer after transact.
 Never answer an allow before the commit returned: a failed commit (disk full) wrote nothing, and the
 decision is a deny. BatchCheck: one `transact` whose `step` walks every request of the batch (calls of
 one task see each other's updates, in request order); a failure denies every allow of the batch.
 `store.begin(task, agent, now)` is the one-call form (`txn.commit_allowed(...)` / `txn.commit_denied()`).
+`chain`: the identities of the call's delegation chain (the token's subject and every actor), in the
+form the server will also give approvers; `labels`: strings; `resource`: (type, id) or {"type", "id"}.
 
 Approvals API (authz.v1.Approvals, the console, the CLI): `store.list_approvals(now, state=, queue=,
 task=, limit=)`, `get_approval(id, now)`, `approve(id, approver, now)` (the server first makes its Cedar
@@ -46,6 +51,8 @@ task=, limit=)`, `get_approval(id, now)`, `approve(id, approver, now)` (the serv
 worker may call `store.sweep(time.time())` every few seconds (expiries, idle tasks, retention); each
 decision also applies a few due items first. A rejected or expired approval with on_reject
 "revoke_task" leaves the task revoked in the store: the server also revokes the task's tokens.
+(Issue 19 also moves the token revocation set, authz/tokens/revocation.py, behind this boundary: not
+done yet.) `store.sizes()` gives the records stored, for metrics.
 
 Errors (errors.py): InvalidArgument, NotFound, FailedPrecondition, SelfApproval, Unavailable, Full.
 docs/tasks.md describes the model, the windows and their error bound, and the approval lifecycle.
