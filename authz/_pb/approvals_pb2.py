@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from authz._pb import authz_pb2 as authz_dot_v1_dot_authz__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthz/v1/approvals.proto\x12\x08\x61uthz.v1\x1a\x14\x61uthz/v1/authz.proto\"\x80\x03\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\r\n\x05\x63hain\x18\x05 \x03(\t\x12&\n\tprincipal\x18\x06 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x07 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x08 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12\x0e\n\x06\x64igest\x18\t \x01(\t\x12\x10\n\x08policies\x18\n \x03(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x10\n\x08\x61pprover\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x14\n\x0crequested_at\x18\x0e \x01(\x01\x12\x12\n\nexpires_at\x18\x0f \x01(\x01\x12\x12\n\ndecided_at\x18\x10 \x01(\x01\x12\x18\n\x10grant_expires_at\x18\x11 \x01(\x01\x12\x0f\n\x07used_at\x18\x12 \x01(\x01\"Q\n\x14ListApprovalsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\">\n\x15ListApprovalsResponse\x12%\n\tapprovals\x18\x01 \x03(\x0b\x32\x12.authz.v1.Approval\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"&\n\x15WatchApprovalsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"E\n\rApprovalEvent\x12\x0e\n\x06\x63hange\x18\x01 \x01(\t\x12$\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x12.authz.v1.Approval2\xd1\x02\n\tApprovals\x12G\n\x04List\x12\x1e.authz.v1.ListApprovalsRequest\x1a\x1f.authz.v1.ListApprovalsResponse\x12\x37\n\x03Get\x12\x1c.authz.v1.GetApprovalRequest\x1a\x12.authz.v1.Approval\x12>\n\x07\x41pprove\x12\x1f.authz.v1.DecideApprovalRequest\x1a\x12.authz.v1.Approval\x12=\n\x06Reject\x12\x1f.authz.v1.DecideApprovalRequest\x1a\x12.authz.v1.Approval\x12\x43\n\x05Watch\x12\x1f.authz.v1.WatchApprovalsRequest\x1a\x17.authz.v1.ApprovalEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthz/v1/approvals.proto\x12\x08\x61uthz.v1\x1a\x14\x61uthz/v1/authz.proto\"\x80\x03\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\r\n\x05\x63hain\x18\x05 \x03(\t\x12&\n\tprincipal\x18\x06 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x07 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x08 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12\x0e\n\x06\x64igest\x18\t \x01(\t\x12\x10\n\x08policies\x18\n \x03(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x10\n\x08\x61pprover\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x14\n\x0crequested_at\x18\x0e \x01(\x01\x12\x12\n\nexpires_at\x18\x0f \x01(\x01\x12\x12\n\ndecided_at\x18\x10 \x01(\x01\x12\x18\n\x10grant_expires_at\x18\x11 \x01(\x01\x12\x0f\n\x07used_at\x18\x12 \x01(\x01\"Q\n\x14\x41pprovalsListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\">\n\x15\x41pprovalsListResponse\x12%\n\tapprovals\x18\x01 \x03(\x0b\x32\x12.authz.v1.Approval\"!\n\x13\x41pprovalsGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x14\x41pprovalsGetResponse\x12$\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x12.authz.v1.Approval\"5\n\x17\x41pprovalsApproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x18\x41pprovalsApproveResponse\x12$\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x12.authz.v1.Approval\"4\n\x16\x41pprovalsRejectRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x17\x41pprovalsRejectResponse\x12$\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x12.authz.v1.Approval\"&\n\x15\x41pprovalsWatchRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"N\n\x16\x41pprovalsWatchResponse\x12\x0e\n\x06\x63hange\x18\x01 \x01(\t\x12$\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x12.authz.v1.Approval2\x89\x03\n\tApprovals\x12G\n\x04List\x12\x1e.authz.v1.ApprovalsListRequest\x1a\x1f.authz.v1.ApprovalsListResponse\x12\x44\n\x03Get\x12\x1d.authz.v1.ApprovalsGetRequest\x1a\x1e.authz.v1.ApprovalsGetResponse\x12P\n\x07\x41pprove\x12!.authz.v1.ApprovalsApproveRequest\x1a\".authz.v1.ApprovalsApproveResponse\x12M\n\x06Reject\x12 .authz.v1.ApprovalsRejectRequest\x1a!.authz.v1.ApprovalsRejectResponse\x12L\n\x05Watch\x12\x1f.authz.v1.ApprovalsWatchRequest\x1a .authz.v1.ApprovalsWatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPROVAL']._serialized_start=61
   _globals['_APPROVAL']._serialized_end=445
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=447
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=528
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=530
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=592
-  _globals['_GETAPPROVALREQUEST']._serialized_start=594
-  _globals['_GETAPPROVALREQUEST']._serialized_end=626
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=628
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=679
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=681
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=719
-  _globals['_APPROVALEVENT']._serialized_start=721
-  _globals['_APPROVALEVENT']._serialized_end=790
-  _globals['_APPROVALS']._serialized_start=793
-  _globals['_APPROVALS']._serialized_end=1130
+  _globals['_APPROVALSLISTREQUEST']._serialized_start=447
+  _globals['_APPROVALSLISTREQUEST']._serialized_end=528
+  _globals['_APPROVALSLISTRESPONSE']._serialized_start=530
+  _globals['_APPROVALSLISTRESPONSE']._serialized_end=592
+  _globals['_APPROVALSGETREQUEST']._serialized_start=594
+  _globals['_APPROVALSGETREQUEST']._serialized_end=627
+  _globals['_APPROVALSGETRESPONSE']._serialized_start=629
+  _globals['_APPROVALSGETRESPONSE']._serialized_end=689
+  _globals['_APPROVALSAPPROVEREQUEST']._serialized_start=691
+  _globals['_APPROVALSAPPROVEREQUEST']._serialized_end=744
+  _globals['_APPROVALSAPPROVERESPONSE']._serialized_start=746
+  _globals['_APPROVALSAPPROVERESPONSE']._serialized_end=810
+  _globals['_APPROVALSREJECTREQUEST']._serialized_start=812
+  _globals['_APPROVALSREJECTREQUEST']._serialized_end=864
+  _globals['_APPROVALSREJECTRESPONSE']._serialized_start=866
+  _globals['_APPROVALSREJECTRESPONSE']._serialized_end=929
+  _globals['_APPROVALSWATCHREQUEST']._serialized_start=931
+  _globals['_APPROVALSWATCHREQUEST']._serialized_end=969
+  _globals['_APPROVALSWATCHRESPONSE']._serialized_start=971
+  _globals['_APPROVALSWATCHRESPONSE']._serialized_end=1049
+  _globals['_APPROVALS']._serialized_start=1052
+  _globals['_APPROVALS']._serialized_end=1445
 # @@protoc_insertion_point(module_scope)

@@ -48,7 +48,7 @@ class Approval(_message.Message):
     used_at: float
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., queue: _Optional[str] = ..., task: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., principal: _Optional[_Union[_authz_pb2.EntityUid, _Mapping]] = ..., action: _Optional[_Union[_authz_pb2.EntityUid, _Mapping]] = ..., resource: _Optional[_Union[_authz_pb2.EntityUid, _Mapping]] = ..., digest: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., approver: _Optional[str] = ..., reason: _Optional[str] = ..., requested_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., decided_at: _Optional[float] = ..., grant_expires_at: _Optional[float] = ..., used_at: _Optional[float] = ...) -> None: ...
 
-class ListApprovalsRequest(_message.Message):
+class ApprovalsListRequest(_message.Message):
     __slots__ = ("state", "queue", "task", "limit")
     STATE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -60,19 +60,25 @@ class ListApprovalsRequest(_message.Message):
     limit: int
     def __init__(self, state: _Optional[str] = ..., queue: _Optional[str] = ..., task: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
-class ListApprovalsResponse(_message.Message):
+class ApprovalsListResponse(_message.Message):
     __slots__ = ("approvals",)
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
     approvals: _containers.RepeatedCompositeFieldContainer[Approval]
     def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
 
-class GetApprovalRequest(_message.Message):
+class ApprovalsGetRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
-class DecideApprovalRequest(_message.Message):
+class ApprovalsGetResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class ApprovalsApproveRequest(_message.Message):
     __slots__ = ("id", "reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -80,13 +86,33 @@ class DecideApprovalRequest(_message.Message):
     reason: str
     def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
-class WatchApprovalsRequest(_message.Message):
+class ApprovalsApproveResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class ApprovalsRejectRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ApprovalsRejectResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class ApprovalsWatchRequest(_message.Message):
     __slots__ = ("queue",)
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     queue: str
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
-class ApprovalEvent(_message.Message):
+class ApprovalsWatchResponse(_message.Message):
     __slots__ = ("change", "approval")
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]

@@ -43,28 +43,28 @@ class ApprovalsStub:
         """
         self.List = channel.unary_unary(
                 '/authz.v1.Approvals/List',
-                request_serializer=authz_dot_v1_dot_approvals__pb2.ListApprovalsRequest.SerializeToString,
-                response_deserializer=authz_dot_v1_dot_approvals__pb2.ListApprovalsResponse.FromString,
+                request_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsListRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsListResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/authz.v1.Approvals/Get',
-                request_serializer=authz_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
-                response_deserializer=authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+                request_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsGetRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsGetResponse.FromString,
                 _registered_method=True)
         self.Approve = channel.unary_unary(
                 '/authz.v1.Approvals/Approve',
-                request_serializer=authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-                response_deserializer=authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+                request_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsApproveRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsApproveResponse.FromString,
                 _registered_method=True)
         self.Reject = channel.unary_unary(
                 '/authz.v1.Approvals/Reject',
-                request_serializer=authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-                response_deserializer=authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+                request_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsRejectRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsRejectResponse.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/authz.v1.Approvals/Watch',
-                request_serializer=authz_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.SerializeToString,
-                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalEvent.FromString,
+                request_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsWatchRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsWatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -119,28 +119,28 @@ def add_ApprovalsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ListApprovalsRequest.FromString,
-                    response_serializer=authz_dot_v1_dot_approvals__pb2.ListApprovalsResponse.SerializeToString,
+                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsListRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsListResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=authz_dot_v1_dot_approvals__pb2.GetApprovalRequest.FromString,
-                    response_serializer=authz_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsGetRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsGetResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
-                    request_deserializer=authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.FromString,
-                    response_serializer=authz_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsApproveRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsApproveResponse.SerializeToString,
             ),
             'Reject': grpc.unary_unary_rpc_method_handler(
                     servicer.Reject,
-                    request_deserializer=authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.FromString,
-                    response_serializer=authz_dot_v1_dot_approvals__pb2.Approval.SerializeToString,
+                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsRejectRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsRejectResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=authz_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.FromString,
-                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalEvent.SerializeToString,
+                    request_deserializer=authz_dot_v1_dot_approvals__pb2.ApprovalsWatchRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_approvals__pb2.ApprovalsWatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,8 +174,8 @@ class Approvals:
             request,
             target,
             '/authz.v1.Approvals/List',
-            authz_dot_v1_dot_approvals__pb2.ListApprovalsRequest.SerializeToString,
-            authz_dot_v1_dot_approvals__pb2.ListApprovalsResponse.FromString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsListRequest.SerializeToString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -201,8 +201,8 @@ class Approvals:
             request,
             target,
             '/authz.v1.Approvals/Get',
-            authz_dot_v1_dot_approvals__pb2.GetApprovalRequest.SerializeToString,
-            authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsGetRequest.SerializeToString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -228,8 +228,8 @@ class Approvals:
             request,
             target,
             '/authz.v1.Approvals/Approve',
-            authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-            authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsApproveRequest.SerializeToString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsApproveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -255,8 +255,8 @@ class Approvals:
             request,
             target,
             '/authz.v1.Approvals/Reject',
-            authz_dot_v1_dot_approvals__pb2.DecideApprovalRequest.SerializeToString,
-            authz_dot_v1_dot_approvals__pb2.Approval.FromString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsRejectRequest.SerializeToString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsRejectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,8 +282,8 @@ class Approvals:
             request,
             target,
             '/authz.v1.Approvals/Watch',
-            authz_dot_v1_dot_approvals__pb2.WatchApprovalsRequest.SerializeToString,
-            authz_dot_v1_dot_approvals__pb2.ApprovalEvent.FromString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsWatchRequest.SerializeToString,
+            authz_dot_v1_dot_approvals__pb2.ApprovalsWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,10 +12,11 @@ from authz._pb import authz_pb2, authz_pb2_grpc
 from authz._wire import decode_batch_check, encode_check_results
 from authz.errors import IdentityError, RequestError
 from authz.server.callers import IDENTITY_REASONS
-from authz.server.decider import Invalid
+from authz.server.decider import Invalid, Outcome, decision_id
 from authz.server.envoy import serialize_response
 from authz.server.malformed import reason, reject
 from authz.server.records import from_struct
+from authz.server.taskstate import STATE_CODES
 from authz.server.tokens_api import TOKEN_REASONS
 
 log = logging.getLogger("authz.server")
@@ -28,7 +29,7 @@ DENY_ON_FIRST_DENY = authz_pb2.EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY
 PERMIT_ON_FIRST_PERMIT = authz_pb2.EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT
 _SEMANTICS = {authz_pb2.EVALUATION_SEMANTIC_UNSPECIFIED, EXECUTE_ALL, DENY_ON_FIRST_DENY, PERMIT_ON_FIRST_PERMIT}
 # Deny codes a response gives as its reason only: token and identity failures are not request errors.
-_PLAIN_CODES = frozenset(TOKEN_REASONS | IDENTITY_REASONS)
+_PLAIN_CODES = frozenset(TOKEN_REASONS | IDENTITY_REASONS | STATE_CODES)
 _PRINCIPAL = operator.itemgetter("principal")  # of a decoded item
 
 
@@ -78,6 +79,8 @@ def to_response(o, resp=None) -> authz_pb2.CheckResponse:
         resp.errors.add(policy=e.get("policy", ""), message=e.get("message", ""))
     if not o.allowed:
         resp.reason = o.reason
+        if o.approval_id:
+            resp.approval_id = o.approval_id
     if o.code and o.code not in _PLAIN_CODES:
         resp.request_error.code = o.code
         resp.request_error.field = o.field
@@ -217,6 +220,13 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             requests = self.tokens.bind(token, requests)
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(semantic)
         results, first, generation = self.decider.decide_batch(requests, API, stop_on, context)
+        if any(type(d) is tuple and len(d) > 3 for d in results):  # an approval asked for: its id too
+            prefix, resp = self.decider.id_prefix, authz_pb2.BatchCheckResponse()
+            for k, d in enumerate(results):
+                did = decision_id(prefix, first + k)
+                to_response(Outcome(did, False, (), (), generation, *d) if type(d) is tuple else
+                            Outcome(did, d.allowed, d.policies, d.errors, generation), resp.results.add())
+            return resp.SerializeToString()
         return encode_check_results(results, self.decider.id_prefix, first, generation, _PLAIN_CODES)
 
     def add_to_server(self, server) -> None:

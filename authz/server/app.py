@@ -43,6 +43,21 @@ def server_options(cfg) -> list:
     return opts
 
 
+def build_task_state(cfg, tokens):
+    """The worker's task-state step: the state store in data_dir (opened lazily), revoking a task's or an
+    agent's tokens through the tokens' revocation set when a tripwire says so."""
+    from authz.server.taskstate import TaskState
+    from authz.state import LmdbStore
+    from authz.tokens.revocation import entry_expiry
+
+    def revoke(kind, subject):
+        now = time.time()
+        expires = entry_expiry(kind, now, tokens.keys.max_ttl_s, tokens.cfg.leeway_s)
+        tokens.revocations.revoke(kind, subject, expires, tokens.cfg.max_revocations, "tripwire", 0)
+
+    return TaskState(LmdbStore(cfg.state_config()), revoke)
+
+
 def build_server(cfg, decider):
     """A grpc.aio server with every servicer added (not yet bound or started); returns (server, health)."""
     import grpc
@@ -59,6 +74,7 @@ def build_server(cfg, decider):
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
     tokens = build_token_service(cfg, decider)
+    decider.task_state = build_task_state(cfg, tokens)
     callers = build_callers(cfg, tokens)
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)

@@ -53,6 +53,8 @@ class ServeConfig:
     identity: dict = dataclasses.field(default_factory=dict)   # [identity]: raw table, see parse_identity
     tokens: dict = dataclasses.field(default_factory=dict)     # [tokens]
     tracing: dict = dataclasses.field(default_factory=dict)    # [tracing]: raw table, see tracing.parse_tracing
+    state: dict = dataclasses.field(default_factory=dict)      # [state]: task state (see state_config)
+    approvals: dict = dataclasses.field(default_factory=dict)  # [approvals]
     # Development mode (no identity configured) on a non-loopback address: never in production.
     insecure_allow_self_asserted_callers: bool = False
 
@@ -98,6 +100,7 @@ class ServeConfig:
         if self.policies and not pathlib.Path(self.policies).exists():
             raise ConfigError(f"policies folder `{self.policies}` does not exist")
         self._validate_tokens()
+        self.state_config()
         self.__dict__["_tracing_settings"] = _parse_tracing(self.tracing)
         self.__dict__["_identity_settings"] = parse_identity(self.identity)
         return self
@@ -147,6 +150,34 @@ class ServeConfig:
             cached = self.__dict__["_tracing_settings"] = _parse_tracing(self.tracing)
         return cached
 
+    def state_config(self):
+        """The task-state store's StateConfig from `[state]` and `[approvals]` (ConfigError naming a bad key)."""
+        from authz.state import StateConfig, state_path
+
+        cached = self.__dict__.get("_state_config")
+        if cached is not None:
+            return cached
+        fields = {}
+        for table, keys in (("state", _STATE_KEYS), ("approvals", _APPROVAL_KEYS)):
+            doc = getattr(self, table)
+            if not isinstance(doc, dict):
+                raise ConfigError(f"`[{table}]` must be a table")
+            for key, value in doc.items():
+                if key not in keys:
+                    raise ConfigError(f"unknown option `{table}.{key}`")
+                if key == "backend":
+                    if value != "lmdb":
+                        raise ConfigError(f"`state.backend` must be \"lmdb\" (the embedded store in data_dir), "
+                                          f"not {shown(value)}")
+                    continue
+                fields[keys[key]] = value
+        try:
+            cached = StateConfig(path=state_path(self.data_dir), **fields)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.__dict__["_state_config"] = cached
+        return cached
+
     def _validate_tokens(self) -> None:
         from authz.tokens.config import TokenConfig, TokenConfigError
 
@@ -167,7 +198,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 SELF_ASSERTED_LISTENERS = ("listen",)
 # `authz serve` flags that fill [identity.mtls] (flag dest -> key).
 _MTLS_FLAGS = {"tls_cert": "cert", "tls_key": "key", "client_ca": "client_ca", "trust_domains": "trust_domains"}
-_TABLES = {"server", "identity", "tokens", "tracing"}
+_TABLES = {"server", "identity", "tokens", "tracing", "state", "approvals"}
+# [state] and [approvals] keys -> StateConfig fields (authz.state.config).
+_STATE_KEYS = {"backend": None, "durable": "durable", "map_size": "map_size", "max_tools": "max_tools",
+               "max_tasks": "max_tasks", "task_ttl_s": "task_ttl_s"}
+_APPROVAL_KEYS = {"ttl_s": "approval_ttl_s", "grant_ttl_s": "grant_ttl_s", "on_reject": "on_reject"}
 
 
 def load_config(path: str | None, overrides: dict) -> ServeConfig:
@@ -190,7 +225,7 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
             raise ConfigError(f"{path}: unknown table `{sorted(unknown)[0]}`")
         server = doc.get("server", {})
         for key, value in server.items():
-            if key not in _FIELDS or key in ("identity", "tokens", "tracing"):
+            if key not in _FIELDS or key in _TABLES:
                 raise ConfigError(f"{path}: unknown option `server.{key}`")
             values[key] = value
         base = pathlib.Path(path).resolve().parent
@@ -205,6 +240,8 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
                 and not pathlib.Path(tracing["file"]).is_absolute():
             tracing = {**tracing, "file": str(base / tracing["file"])}
         values["tracing"] = tracing
+        values["state"] = doc.get("state", {})
+        values["approvals"] = doc.get("approvals", {})
     overrides = dict(overrides)
     mtls_flags = {k: overrides.pop(k, None) for k in _MTLS_FLAGS}
     if any(v for v in mtls_flags.values()):

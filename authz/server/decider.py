@@ -7,6 +7,7 @@ import time
 
 from authz.errors import IndexUnavailableError, RequestError
 from authz.server.logthrottle import ThrottledLog
+from authz.server.taskstate import Granted, task_of
 
 log = logging.getLogger("authz.server")
 # An engine failure repeats for every request that reaches the damaged part: one traceback per 10 s.
@@ -34,11 +35,14 @@ class Outcome:
     request was denied without one (request_parse_error, index_unavailable, internal_error, ...).
     """
 
-    __slots__ = ("decision_id", "allowed", "policies", "errors", "generation", "code", "message", "field")
+    __slots__ = ("decision_id", "allowed", "policies", "errors", "generation", "code", "message", "field",
+                 "approval_id", "queue")
 
-    def __init__(self, decision_id, allowed, policies, errors, generation, code=None, message="", field=""):
+    def __init__(self, decision_id, allowed, policies, errors, generation, code=None, message="", field="",
+                 approval_id="", queue=""):
         self.decision_id, self.allowed, self.policies, self.errors = decision_id, allowed, policies, errors
         self.generation, self.code, self.message, self.field = generation, code, message, field
+        self.approval_id, self.queue = approval_id, queue  # approval_required: the approval the call waits for
 
     @property
     def decision(self) -> str:
@@ -88,19 +92,27 @@ class DecisionBatch:
 
     def event(self, i: int) -> tuple:
         """The decision log event of item i: (decision_id, principal, action, resource, decision,
-        policies, errors, reason, token)."""
+        policies, errors, reason, token), and for an approval asked or used, its
+        {"id", "queue"} / {"id", "approver"} as a tenth member."""
         d = self.results[i]
         did = decision_id(self.prefix, self.first + i)
+        approval = None
         if type(d) is tuple:
             code, decision, policies, errors = d[0], DENY, (), ()
+            if len(d) > 3:
+                approval = {"id": d[3], "queue": d[4]}
         else:
             code, decision, policies, errors = None, ALLOW if d.allowed else DENY, d.policies, d.errors
+            if type(d) is Granted:
+                approval = {"id": d.approval_id, "approver": d.approver}
         r = self.requests[i]
         if type(r) is Invalid:
-            return did, r.principal, r.action, r.resource, decision, policies, errors, code, r.token
-        ctx = r.get("context")
-        return (did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
-                token_of(r) if ctx and "delegation" in ctx else None)
+            event = (did, r.principal, r.action, r.resource, decision, policies, errors, code, r.token)
+        else:
+            ctx = r.get("context")
+            event = (did, r.get("principal"), r.get("action"), r.get("resource"), decision, policies, errors, code,
+                     token_of(r) if ctx and "delegation" in ctx else None)
+        return event if approval is None else event + (approval,)
 
 
 def _log_engine_failure() -> None:
@@ -115,13 +127,15 @@ class Decider:
     Until the index can be opened every request is denied with `index_unavailable`.
     """
 
-    def __init__(self, db_path: str, decision_log=None, metrics=None, engine_factory=None, tracer=None):
+    def __init__(self, db_path: str, decision_log=None, metrics=None, engine_factory=None, tracer=None,
+                 task_state=None):
         from authz.server.metrics import NullMetrics
 
         self.db_path = db_path
         self.decision_log = decision_log
         self.metrics = metrics or NullMetrics()
         self.tracer = tracer  # a tracing.DecisionTracer, or None (traces off: one test per decision)
+        self.task_state = task_state  # a taskstate.TaskState: requests made with a task token go through it
         self.engine = None
         self.last_error = ""
         self._engine_factory = engine_factory
@@ -170,7 +184,7 @@ class Decider:
         `trace`: where the caller's trace context is (see tracing.py); the request's own HTTP
         headers when None."""
         engine = self.engine
-        if engine is None:
+        if engine is None or (self.task_state is not None and task_of(request) is not None):
             return self.decide([request], api, None, trace)[0]
         t0 = self.last_request_ns = time.perf_counter_ns()
         try:
@@ -204,7 +218,7 @@ class Decider:
         for i, d in enumerate(results):
             did = decision_id(prefix, first + i)
             if type(d) is tuple:
-                outcomes.append(Outcome(did, False, (), (), generation, d[0], d[1], d[2]))
+                outcomes.append(Outcome(did, False, (), (), generation, *d))
             else:
                 outcomes.append(Outcome(did, d.allowed, d.policies, d.errors, generation))
         return outcomes
@@ -230,6 +244,15 @@ class Decider:
             if engine is None:
                 for i in valid:
                     results[i] = ("index_unavailable", "no policy index is loaded", "")
+            elif self.task_state is not None:
+                stateful = [i for i in valid if task_of(requests[i]) is not None]
+                if stateful:
+                    plain = [i for i in valid if task_of(requests[i]) is None]
+                    if plain:
+                        self._evaluate(engine, requests, plain, results)
+                    self._evaluate_with_state(engine, requests, stateful, results)
+                else:
+                    self._evaluate(engine, requests, valid, results)
             else:
                 self._evaluate(engine, requests, valid, results)
         # INVARIANT: single-threaded per worker, so the engine cannot switch generations between
@@ -280,6 +303,24 @@ class Decider:
     def id_prefix(self) -> str:
         """What every decision id of this process starts with (then 10 hex digits of a sequence number)."""
         return self._prefix
+
+    def _evaluate_with_state(self, engine, requests, indexes, results):
+        """results[i] for requests made with a task token: decided with their task's state (taskstate.py)."""
+        try:
+            self.task_state.decide(engine, requests, indexes, results)
+        except RequestError as e:  # a malformed request: decide the batch's items one by one to place it
+            if len(indexes) == 1:
+                results[indexes[0]] = ("request_parse_error", str(e), "")
+                return
+            for i in indexes:
+                self._evaluate_with_state(engine, requests, [i], results)
+        except IndexUnavailableError as e:
+            for i in indexes:
+                results[i] = ("index_unavailable", str(e), "")
+        except Exception:
+            _log_engine_failure()
+            for i in indexes:
+                results[i] = ("internal_error", "internal error", "")
 
     def _evaluate(self, engine, requests, valid, results):
         """Fill results[i] with the Decision, or (code, message, field) when there is none, for each valid index."""

@@ -331,7 +331,7 @@ class DecisionLog:
 
     def _format_event(self, shared, tail, event) -> str:
         """One event's JSON line, for what authz._jsonl leaves to Python (task tokens, unusual values)."""
-        decision_id, principal, action, resource, decision, policies, errors, reason, token = event
+        decision_id, principal, action, resource, decision, policies, errors, reason, token, *approval = event
         quid, qstr = self._quid, self._qstr
         line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
                 f'"action":{quid(action)},"resource":{quid(resource)},"decision":{qstr(decision)},'
@@ -343,6 +343,8 @@ class DecisionLog:
         if token is not None:  # the token's id, task and delegation chain; never the token itself
             jti, task, chain = token
             line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
+        if approval:  # the approval this call asked for ({"id", "queue"}) or was allowed by ({"id", "approver"})
+            line += f',"approval":{json.dumps(approval[0], ensure_ascii=False)}'
         return line + "}\n"
 
     def _quid(self, uid) -> str:

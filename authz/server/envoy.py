@@ -42,9 +42,13 @@ def allow_response(decision_id: str):
         ok_response=external_auth_pb2.OkHttpResponse(headers=[_header(DECISION_HEADER, decision_id)]))
 
 
-def deny_response(decision_id: str, reason: str):
-    """status PERMISSION_DENIED with a 403 JSON body {decision_id, reason}."""
-    body = json.dumps({"decision_id": decision_id, "reason": reason}, separators=(",", ":"))
+def deny_response(decision_id: str, reason: str, approval_id: str = "", queue: str = ""):
+    """status PERMISSION_DENIED with a 403 JSON body {decision_id, reason} (and for approval_required,
+    the approval_id and queue the call waits for)."""
+    doc = {"decision_id": decision_id, "reason": reason}
+    if approval_id:
+        doc["approval_id"], doc["queue"] = approval_id, queue
+    body = json.dumps(doc, separators=(",", ":"))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=_PERMISSION_DENIED, message=reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -167,11 +171,11 @@ class EnvoyAuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 o = self.decider.decide_one(requests[0], API)
                 if o.allowed:
                     return self._allow.render(o.decision_id)
-                return deny_response(o.decision_id, deny_reason(o)).SerializeToString()
+                return deny_response(o.decision_id, deny_reason(o), o.approval_id, o.queue).SerializeToString()
             outcomes = self.decider.decide(requests, API)
             for o in outcomes:
                 if not o.allowed:
-                    return deny_response(o.decision_id, deny_reason(o)).SerializeToString()
+                    return deny_response(o.decision_id, deny_reason(o), o.approval_id, o.queue).SerializeToString()
             return self._allow.render(outcomes[0].decision_id)
         except Exception:
             log.exception("Check failed; denying")

@@ -33,6 +33,20 @@ log = logging.getLogger("authz.tokens")
 API = "tokens"
 SERVICE = "authz.v1.Tokens"
 RESERVED_CONTEXT = ("token", "delegation")
+STATE_CONTEXT = ("task", "agent")  # set by the server from the task's state (taskstate.py)
+LONG_MAX = (1 << 63) - 1
+
+
+def _context_problem(ctx) -> tuple | None:
+    """(field, message) when a caller's context sets what only the server sets, or a bad `cost`."""
+    for key in STATE_CONTEXT:
+        if key in ctx:
+            return f"context.{key}", f"`context.{key}` is set by the server from the task's state"
+    if "cost" in ctx:
+        cost = ctx["cost"]
+        if type(cost) is not int or not 0 <= cost <= LONG_MAX:
+            return "context.cost", "`context.cost` must be a non-negative integer (Long)"
+    return None
 REVOKE_ACTION = {"type": "Action", "id": "authz::Revoke"}
 # Deny reasons of decisions made with a task token; they are decisions, not request errors.
 TOKEN_REASONS = frozenset({
@@ -128,6 +142,10 @@ class TokenService:
                 if key in ctx:
                     return Invalid("request_parse_error", f"`context.{key}` is set by task tokens only",
                                    f"context.{key}", r.get("principal"), r.get("action"), r.get("resource"))
+            problem = _context_problem(ctx)
+            if problem is not None:
+                return Invalid("request_parse_error", problem[1], problem[0], r.get("principal"), r.get("action"),
+                               r.get("resource"))
         return r
 
     @staticmethod
@@ -143,6 +161,10 @@ class TokenService:
         if not vt.scope.allows(action, resource):
             return Invalid("out_of_scope", "the request is outside the token's scope", "", vt.principal, action,
                            resource, log_token)
+        ctx = r.get("context")
+        problem = _context_problem(ctx) if ctx else None
+        if problem is not None:
+            return Invalid("request_parse_error", problem[1], problem[0], vt.principal, action, resource, log_token)
         return {"principal": vt.principal, "action": action, "resource": resource,
                 "context": vt.context(r.get("context"))}
 
