@@ -1,6 +1,7 @@
-"""Builds the compiled extensions (Cython 3): authz._evaluator (the engine), authz._wire (authz.v1 BatchCheck
-and Envoy Check on the wire), authz._jsonl (decision log lines), authz._envoy_map (the Envoy mapping) and authz.compiler._records (compiled
-records read back for the compiler's publish-time check)."""
+"""Builds the compiled extensions (Cython 3), each in the package it serves: authz.engine._evaluator (the
+evaluator), authz.server._wire (authz.v1 BatchCheck and Envoy Check on the wire), authz.server._jsonl (decision
+log lines), authz.server._envoy_map (the Envoy mapping) and authz.compiler._records (compiled records read back
+for the compiler's publish-time check)."""
 import os
 
 from Cython.Build import cythonize
@@ -19,10 +20,10 @@ if os.environ.get("AUTHZ_CYTHON_LINETRACE"):
 
 setup(
     ext_modules=cythonize(
-        [Extension("authz._evaluator", ["authz/_evaluator.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._wire", ["authz/_wire.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._jsonl", ["authz/_jsonl.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz._envoy_map", ["authz/_envoy_map.pyx"], extra_compile_args=["-O2"]),
+        [Extension("authz.engine._evaluator", ["authz/engine/_evaluator.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.server._wire", ["authz/server/_wire.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.server._jsonl", ["authz/server/_jsonl.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.server._envoy_map", ["authz/server/_envoy_map.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.compiler._records", ["authz/compiler/_records.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),

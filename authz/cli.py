@@ -102,7 +102,7 @@ def _register_optional_commands():
     else:
         main.add_command(serve)
     try:
-        from .tokens.cli_keys import keys
+        from .cli_keys import keys
     except ImportError:  # pyjwt / cryptography are not installed
         pass
     else:

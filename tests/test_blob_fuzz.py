@@ -25,9 +25,9 @@ import zlib
 import pytest
 
 import authz
-from authz import _evaluator
+from authz.engine import _evaluator
 from authz.compiler import layout
-from authz.compiler.writer import CURRENT_KEY, crc_key, generation_key, open_env, release_env
+from authz.engine.index import CURRENT_KEY, crc_key, generation_key, open_env, release_env
 from authz.errors import IndexUnavailableError
 
 POLICIES = '''@id("readers")
@@ -479,7 +479,7 @@ def test_a_condition_nested_beyond_what_the_compiler_writes_is_refused_or_decide
     damaged = blob[:at] + chain + blob[at + len(chain):]
     write_generation(db, damaged, zlib.crc32(damaged))
     decide = ("import sys, authz\n"
-              "from authz import _evaluator\n"
+              "from authz.engine import _evaluator\n"
               "engine = authz.Engine(sys.argv[1])\n"
               "try:\n"
               "    print(engine.check('User::\"u\"', 'Action::\"a\"', 'Doc::\"d\"', {}).to_dict())\n"

@@ -9,7 +9,7 @@ import cedarpy
 import pytest
 
 import authz
-from authz import _evaluator
+from authz.engine import _evaluator
 from cedar_gen import deep_text, deep_value
 
 REQUEST = dict(principal='Agent::"a"', action='Action::"x"', resource='Tool::"t"')

@@ -39,7 +39,7 @@ def test_principal_with_more_ancestors_than_the_stack_buffer(tmp_path):
 import random
 import struct
 
-from authz import _evaluator
+from authz.engine import _evaluator
 from authz.compiler import compile_generation
 from authz.compiler import layout as L
 
@@ -297,7 +297,7 @@ def test_uid_objects_take_the_type_names_cedarpy_takes(uid_text_engine, type_nam
 def test_uid_text_of_another_type_in_the_same_hash_slot(uid_text_engine):
     # A type whose uid hash for id "1" has the same low 16 bits as A::B::"1"'s: its probe for
     # T::"1" meets A::B::"1" (same id) first in any table of up to 65,536 slots, and must pass it.
-    from authz._evaluator import hash_key
+    from authz.engine._evaluator import hash_key
 
     target = hash_key(b"A::B", b"1") & 0xFFFF
     name = next(f"T{k}" for k in range(10**7) if hash_key(f"T{k}".encode(), b"1") & 0xFFFF == target)

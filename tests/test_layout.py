@@ -1,6 +1,6 @@
 """The byte layout constants the compiler writes agree with the ones the Cython evaluator reads."""
 
-from authz import _evaluator
+from authz.engine import _evaluator
 from authz.compiler import layout
 
 

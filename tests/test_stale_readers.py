@@ -16,7 +16,7 @@ COMPILES = 12
 # A process that keeps the index open (as a serving worker does) without holding a snapshot.
 _OPEN = """
 import sys, time
-from authz.compiler.writer import open_env
+from authz.engine.index import open_env
 env = open_env(sys.argv[1], create=False)
 print("open", flush=True)
 time.sleep(120)

@@ -11,7 +11,8 @@ from .layout import MAX_EXPR_DEPTH
 from .lower import PolicyLowering
 from .source import parse_alone, parse_policy_text
 from .verify import verify_policies
-from .writer import build_generation, publish
+from ..engine.index import publish
+from .writer import build_generation
 
 # A shape some of whose literals are not patchable holes: each such policy is lowered on its own.
 _SHAPE_FALLBACK = object()

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from authz._pb import authz_pb2, authz_pb2_grpc
-from authz._wire import decode_batch_check, encode_check_results
+from authz.server._wire import decode_batch_check, encode_check_results
 from authz.errors import IdentityError, RequestError
 from authz.server.callers import IDENTITY_REASONS
 from authz.server.decider import Invalid, Outcome, decision_id

@@ -202,7 +202,7 @@ def _index_generation(db: str) -> int | None:
     """The index's current generation number (None if it cannot be read)."""
     import struct
 
-    from authz.compiler.writer import CURRENT_KEY, open_env, release_env
+    from authz.engine.index import CURRENT_KEY, open_env, release_env
 
     try:
         env = open_env(db, create=False)

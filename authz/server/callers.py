@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import urllib.parse
 
-from authz._envoy_map import ANONYMOUS
+from authz.server._envoy_map import ANONYMOUS
 from authz.errors import IdentityError, RequestError
 from authz.identity import ALGORITHMS, Issuer, JwtVerifier, parse_spiffe_id, spiffe_id_from_certificate
 from authz.identity.spiffe import check_trust_domain

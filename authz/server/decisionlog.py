@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 
-from authz._jsonl import format_checks, format_decisions, format_events
+from authz.server._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch
 from authz.server.logfile import AppendError, LineFile
 
@@ -297,13 +297,13 @@ class DecisionLog:
     def _format_batch(self, batch) -> bytes:
         """The JSON lines of one queued batch, as UTF-8.
 
-        Hand-assembled JSON (authz._jsonl): this runs once per decision, and json.dumps of a dict
+        Hand-assembled JSON (authz.server._jsonl): this runs once per decision, and json.dumps of a dict
         costs many times as much. What the events of a batch share is formatted once.
         """
         t, api, latency_ns, generation, events, count = batch
         latency_ns, generation = int(latency_ns), int(generation or 0)
 
-        def line(event):  # the Python formatter, for what authz._jsonl leaves to it
+        def line(event):  # the Python formatter, for what authz.server._jsonl leaves to it
             return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event)
 
         if type(events) is list:
@@ -313,7 +313,7 @@ class DecisionLog:
                                 latency_ns, generation, lambda i: line(decided.event(i)))
 
     def _format_run(self, run) -> bytes:
-        """The JSON lines of a _CheckRun, as UTF-8 (authz._jsonl; the Python formatter for what it leaves)."""
+        """The JSON lines of a _CheckRun, as UTF-8 (authz.server._jsonl; the Python formatter for what it leaves)."""
         checks = run.checks
 
         def line(k):
@@ -330,7 +330,7 @@ class DecisionLog:
         return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
 
     def _format_event(self, shared, tail, event) -> str:
-        """One event's JSON line, for what authz._jsonl leaves to Python (task tokens, unusual values)."""
+        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values)."""
         decision_id, principal, action, resource, decision, policies, errors, reason, token, *approval = event
         quid, qstr = self._quid, self._qstr
         line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'

@@ -17,8 +17,8 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from authz._envoy_map import Limits, MappingError, check_view, map_check_request, parse_uid  # noqa: F401
-from authz._wire import decode_envoy_check
+from authz.server._envoy_map import Limits, MappingError, check_view, map_check_request, parse_uid  # noqa: F401
+from authz.server._wire import decode_envoy_check
 from authz.errors import IdentityError
 from authz.server.decider import Invalid
 

@@ -262,7 +262,7 @@ class Supervisor:
     def _clear_stale_readers(self):
         """Free the index reader slots of processes that died holding them (a SIGKILLed worker's would
         keep every later generation's pages from being reused, growing the index until the map is full)."""
-        from authz.compiler.writer import open_env, release_env
+        from authz.engine.index import open_env, release_env
         from authz.errors import IndexUnavailableError
 
         try:

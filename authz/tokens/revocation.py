@@ -24,7 +24,7 @@ import time
 
 import lmdb
 
-from authz.compiler.writer import open_env, release_env
+from authz.engine.index import open_env, release_env
 from authz.errors import AuthzError, IndexUnavailableError
 
 GEN_KEY = b"rvk/gen"

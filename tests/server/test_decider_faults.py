@@ -22,7 +22,7 @@ import authz
 from authz._pb import authz_pb2 as pb
 from authz._pb import authz_pb2_grpc as pbg
 from authz._pb import tokens_pb2, tokens_pb2_grpc
-from authz.compiler.writer import CURRENT_KEY, crc_key, generation_key
+from authz.engine.index import CURRENT_KEY, crc_key, generation_key
 from authz.errors import IndexUnavailableError, RequestError
 from harness import POLICIES, AuthzServer, caller_metadata, free_port, wait_until
 

@@ -1,10 +1,10 @@
-"""authz._jsonl (the decision log's line writer) against the Python formatter it stands in for."""
+"""authz.server._jsonl (the decision log's line writer) against the Python formatter it stands in for."""
 import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz._jsonl import format_checks, format_decisions, format_events
+from authz.server._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch, Invalid
 from authz.server.decisionlog import DecisionLog
 from harness import engine_decisions

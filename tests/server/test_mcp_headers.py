@@ -8,7 +8,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 
 import authz
-from authz._wire import decode_envoy_check
+from authz.server._wire import decode_envoy_check
 from authz.server.decider import Decider
 from authz.server.envoy import EnvoyAuthorizationServicer, Limits, MappingError, check_view, map_check_request
 from harness import AuthzServer, EchoUpstream, Envoy

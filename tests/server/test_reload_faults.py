@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz._pb import authz_pb2 as pb
 from authz._pb import authz_pb2_grpc as pbg
-from authz.compiler.writer import CURRENT_KEY, crc_key, generation_key
+from authz.engine.index import CURRENT_KEY, crc_key, generation_key
 from harness import AuthzServer, env_with_repo, free_port, wait_until
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

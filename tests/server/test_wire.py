@@ -1,4 +1,4 @@
-"""authz._wire against protobuf: decoding must agree with the protobuf path wherever it answers, and
+"""authz.server._wire against protobuf: decoding must agree with the protobuf path wherever it answers, and
 encoding must give exactly protobuf's bytes."""
 from collections import Counter
 
@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authz._pb import authz_pb2 as pb
-from authz._wire import decode_batch_check, encode_check_results
+from authz.server._wire import decode_batch_check, encode_check_results
 from authz.server.api import _PLAIN_CODES, AuthorizerServicer, to_response
 from authz.server.decider import Invalid, Outcome
 from harness import engine_decisions
@@ -176,7 +176,7 @@ def test_encode_nothing():
 
 from envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
 
-from authz._wire import decode_envoy_check  # noqa: E402
+from authz.server._wire import decode_envoy_check  # noqa: E402
 from authz.server.envoy import Limits, check_view  # noqa: E402
 
 _short = st.text(max_size=6)

@@ -8,8 +8,8 @@ same JSON either way.
 """
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset, strlen
-from authz._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
-from authz._evaluator cimport Decision
+from authz.server._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
+from authz.engine._evaluator cimport Decision
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport floor

@@ -12,7 +12,7 @@ from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, calloc, free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
-from authz._hash cimport bytes_hash
+from authz.engine._hash cimport bytes_hash
 
 import re as _re
 import ipaddress as _ipaddress

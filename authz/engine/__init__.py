@@ -1,4 +1,6 @@
-"""authz.Engine: opens an index read-only and decides requests against its current generation, zero-copy."""
+"""The engine: authz.Engine opens an index read-only and decides requests against its current generation,
+zero-copy, with the Cython evaluator (_evaluator.pyx) that reads the generation in place (index.py: the
+LMDB index)."""
 
 import json
 import os
@@ -7,10 +9,9 @@ import zlib
 
 import lmdb
 
+from ..errors import IndexUnavailableError
 from . import _evaluator
-from .compiler.writer import (CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env,
-                              release_env)
-from .errors import IndexUnavailableError
+from .index import CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env, release_env
 
 Decision = _evaluator.Decision
 _NONE = {}

@@ -3,7 +3,7 @@
 as Cedar request dicts.
 
 `map_check_request` takes a CheckRequest message, or the parts of one that
-`authz._wire.decode_envoy_check` reads from the wire (the tuple `check_view` makes of a message),
+`authz.server._wire.decode_envoy_check` reads from the wire (the tuple `check_view` makes of a message),
 and returns one request, or one per JSON-RPC batch entry. It runs once per Envoy Check, on the
 worker's event loop: as Python it cost ~3.3 µs a request (~25k instructions; ~11.6k now), so it is
 typed C here.
@@ -185,7 +185,7 @@ cdef dict peer(object p):
 def check_view(req, Limits limits):
     """What the mapping reads from a CheckRequest message: (method, path, host, scheme, headers,
     number of headers, header bytes, body, source, destination, context_extensions), as
-    authz._wire.decode_envoy_check reads it from the wire. Headers beyond the limit are not read."""
+    authz.server._wire.decode_envoy_check reads it from the wire. Headers beyond the limit are not read."""
     attrs = req.attributes
     http = attrs.request.http
     cdef dict headers

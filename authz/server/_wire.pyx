@@ -19,9 +19,9 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy
 from libc.stdlib cimport calloc, free
 from libc.math cimport floor
-from authz._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
-from authz._evaluator cimport Decision
-from authz._hash cimport bytes_hash
+from authz.server._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
+from authz.engine._evaluator cimport Decision
+from authz.engine._hash cimport bytes_hash
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_AsUTF8AndSize
 
@@ -672,7 +672,7 @@ cdef int check_timestamp(Reader sub) except -1:
 def decode_envoy_check(bytes data, Py_ssize_t max_headers):
     """A serialized ext_authz v3 CheckRequest -> (method, path, host, scheme, headers, number of
     headers, header bytes, body, source, destination, context_extensions), the parts the Envoy
-    mapping reads (authz._envoy_map.check_view gives the same from a message), or None for the
+    mapping reads (authz.server._envoy_map.check_view gives the same from a message), or None for the
     protobuf path. `header bytes` is the HttpRequest's size on the wire less its body: what
     protobuf's ByteSize() gives for the parsed message unless a field appears more than once (protobuf
     keeps the last, the wire holds each), so the limit on it is never looser here. With more than

@@ -1,4 +1,4 @@
-"""The `authz keys` click group: export the task-token JWKS, rotate the signing key."""
+"""The `authz keys` click group (the CLI layer): export the task-token JWKS, rotate the signing key."""
 from __future__ import annotations
 
 import json
