@@ -92,8 +92,10 @@ def check_command(db, request):
 
 
 def _register_optional_commands():
-    from .cli_health import health  # imports grpc only when it runs
+    from .cli_approvals import approvals  # imports grpc only when it runs
+    from .cli_health import health
 
+    main.add_command(approvals)
     main.add_command(health)
     try:
         from .server.cli_serve import serve

@@ -18,6 +18,7 @@ log = logging.getLogger("authz.server")
 ENVOY_SERVICE = "envoy.service.auth.v3.Authorization"
 V1_SERVICE = "authz.v1.Authorizer"
 TOKENS_SERVICE = "authz.v1.Tokens"
+APPROVALS_SERVICE = "authz.v1.Approvals"
 # A health "service" that is SERVING while the worker serves the policies folder's content and the
 # index's current generation; NOT_SERVING while it serves an older generation (a reload failed, or
 # the index's current generation cannot be loaded). The services above keep answering meanwhile.
@@ -65,7 +66,8 @@ def build_server(cfg, decider):
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-    from authz._pb import authz_pb2, tokens_pb2
+    from authz._pb import approvals_pb2, authz_pb2, tokens_pb2
+    from authz.server.approvals_api import ApprovalsServicer
     from authz.server.api import AuthorizerServicer
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
     from authz.server.malformed import add_guarded
@@ -79,12 +81,15 @@ def build_server(cfg, decider):
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)
     TokensServicer(tokens).add_to_server(server)
+    tokens.task_store = decider.task_state.store  # no token for a suspended or revoked task
+    ApprovalsServicer(decider.task_state, decider, cfg.development_mode).add_to_server(server)
     health_servicer = health.aio.HealthServicer()
     add_guarded(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     add_guarded(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflection.aio.ReflectionServicer((
         external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
         authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
         tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
+        approvals_pb2.DESCRIPTOR.services_by_name["Approvals"].full_name,
         health.SERVICE_NAME, reflection.SERVICE_NAME)), server)
     return server, health_servicer
 
@@ -160,7 +165,8 @@ def server_credentials(mtls):
     return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
 
 
-async def set_health(health_servicer, serving: bool, names=("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE)) -> None:
+async def set_health(health_servicer, serving: bool, names=("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE,
+                                                               APPROVALS_SERVICE)) -> None:
     """Overall and per-service status."""
     from grpc_health.v1 import health_pb2
 
@@ -260,7 +266,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     tracer = build_tracer(cfg.tracing_settings)
     decider = Decider(cfg.db_path, dlog, metrics, tracer=tracer)
     server, health_servicer = build_server(cfg, decider)
-    await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, POLICIES_HEALTH))
+    await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, APPROVALS_SERVICE,
+                                              POLICIES_HEALTH))
     mtls = cfg.identity_settings.mtls
     try:
         if mtls is not None:

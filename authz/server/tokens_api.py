@@ -20,6 +20,7 @@ from authz._pb import tokens_pb2, tokens_pb2_grpc
 from authz.server.callers import is_loopback_peer
 from authz.server.decider import Invalid
 from authz.server.malformed import add_guarded
+from authz.state import InvalidArgument, StateError
 from authz.tokens.caller import caller_identity
 from authz.tokens.config import MAX_TTL_CEILING_S, TokenConfig
 from authz.tokens.issuer import Authorization, Issuer
@@ -54,7 +55,9 @@ TOKEN_REASONS = frozenset({
     "agent_revoked", "token_malformed", "token_too_large", "token_bad_signature", "token_bad_algorithm",
     "token_wrong_type", "token_unknown_key", "token_wrong_issuer", "token_wrong_audience", "delegation_too_deep",
 })
-_UNAVAILABLE = frozenset({"revocation_unavailable", "keys_unavailable", "index_unavailable", "internal_error"})
+_UNAVAILABLE = frozenset({"revocation_unavailable", "keys_unavailable", "index_unavailable", "internal_error",
+                          "state_unavailable"})
+_PRECONDITION = frozenset({"task_suspended", "task_revoked"})
 
 
 class _NoKeys:
@@ -90,6 +93,25 @@ class TokenService:
         self.verifier = Verifier(cfg, self.keys, self.revocations, clock)
         self.issuer = Issuer(cfg, self.keys, self.verifier, clock)
         self.clock = clock
+        self.task_store = None  # the task-state Store (authz.state): no token for a suspended or revoked task
+
+    def check_task_active(self, task: str) -> None:
+        """TokenError task_suspended (an approval is pending) / task_revoked (in the task-state store), or
+        state_unavailable when the store cannot tell (fail closed). A task the store never saw is active."""
+        if self.task_store is None or not task:
+            return
+        try:
+            txn = self.task_store.begin(task, API, self.clock())  # the agent is not read
+        except StateError as e:
+            raise TokenError("invalid_argument" if isinstance(e, InvalidArgument) else "state_unavailable",
+                             str(e)) from None
+        try:
+            if txn.revoked:
+                raise TokenError("task_revoked", f"task `{task}` is revoked")
+            if txn.suspended_by:
+                raise TokenError("task_suspended", f"task `{task}` waits for approval {txn.suspended_by}")
+        finally:
+            txn.batch.abort()  # read only: nothing of this batch is written
 
     # -- decisions made with a token ------------------------------------------------------------
 
@@ -194,6 +216,14 @@ class TokenService:
         return Authorization(o.allowed, o.decision_id, o.reason)
 
 
+def _task_of(svc: TokenService, token: str) -> str | None:
+    """The task of a subject token, when it verifies (else the exchange refuses it with its reason)."""
+    try:
+        return svc.verifier.verify(token).task
+    except Exception:  # noqa: BLE001 - exchange() reports the token's problem
+        return None
+
+
 def _scope_pb(claim: dict) -> tokens_pb2.TokenScope:
     return tokens_pb2.TokenScope(actions=claim["actions"], resources=claim["resources"])
 
@@ -221,6 +251,8 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             status = grpc.StatusCode.INVALID_ARGUMENT
         elif isinstance(e, RevocationFullError):
             status = grpc.StatusCode.RESOURCE_EXHAUSTED
+        elif code in _PRECONDITION:
+            status = grpc.StatusCode.FAILED_PRECONDITION
         elif code in _UNAVAILABLE or isinstance(e, (RevocationError, KeyStoreError)):
             status = grpc.StatusCode.UNAVAILABLE
         else:
@@ -247,6 +279,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
         svc = await self._service(context)
         caller = await self._caller(context)
         try:
+            svc.check_task_active(request.task)
             issued = svc.issuer.issue(caller, request.task, list(request.scope.actions), list(request.scope.resources),
                                       request.ttl_s, list(request.may_act), svc.authorize)
         except (TokenError, ScopeError, KeyStoreError) as e:
@@ -264,6 +297,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
         if not request.subject_token:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument: `subject_token` is missing")
         try:
+            svc.check_task_active(_task_of(svc, request.subject_token))
             issued = svc.issuer.exchange(caller, request.subject_token, list(request.scope.actions),
                                          list(request.scope.resources), request.ttl_s, list(request.may_act),
                                          svc.authorize)
