@@ -2,16 +2,20 @@
 (examples/envoy/envoy.yaml) and a 2-worker `authz serve`: MCP tool calls made with a task token. A payment
 over 1,000 answers 403 {decision_id, reason approval_required, approval_id, queue} and suspends the task
 until a reviewer approves it (authz.v1.Approvals). No egress after
-personal data; egress after a secret revokes the task; deploy only after the tests ran in the task."""
+personal data; egress after a secret revokes the task; deploy only after the tests ran in the task; and,
+over authz.v1 (a caller sets context.cost), the spend budget."""
 import json
 import pathlib
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from harness import AuthzServer, EchoUpstream, Envoy, caller_metadata, issue_token
 
 from authz._pb import approvals_pb2 as apb
 from authz._pb import approvals_pb2_grpc as apbg
+from authz._pb import authz_pb2 as pb
+from authz._pb import authz_pb2_grpc as pbg
 
 BUNDLED = pathlib.Path(__file__).resolve().parents[2] / "authz" / "examples" / "policies"
 TOOLS = ["payments.transfer", "kb.search", "crm.read", "vault.read", "webhook.post", "ci.run_tests", "deploy"]
@@ -104,3 +108,24 @@ def test_deploy_only_after_the_tests_ran_in_this_task(stack):
     assert tool_call(envoy, tok, "deploy")[0] == 403
     assert tool_call(envoy, tok, "ci.run_tests")[0] == 200
     assert tool_call(envoy, tok, "deploy")[0] == 200
+
+
+def test_a_spend_budget_over_authz_v1(stack):
+    server, _ = stack
+    tok = token(server, "t-v1-budget")
+
+    def spend(cost=None):
+        ctx = struct_pb2.Struct()
+        if cost is not None:
+            ctx.update({"cost": cost})
+        with server.channel() as ch:
+            return pbg.AuthorizerStub(ch).Check(
+                pb.CheckRequest(action=pb.EntityUid(type="Action", id="tools/call"),
+                                resource=pb.EntityUid(type="Tool", id="kb.search"), context=ctx),
+                metadata=[("authorization", f"Bearer {tok}")], timeout=10)
+
+    assert spend(6000).decision == pb.DECISION_ALLOW
+    assert spend(4000).decision == pb.DECISION_ALLOW  # exactly the budget
+    assert spend().decision == pb.DECISION_ALLOW      # no cost: within it
+    r = spend(1)
+    assert (r.decision, list(r.policies)) == (pb.DECISION_DENY, ["task-budget"])
