@@ -82,8 +82,10 @@ def build_server(cfg, decider):
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)
     TokensServicer(tokens).add_to_server(server)
     tokens.task_store = decider.task_state.store  # no token for a suspended or revoked task
-    ApprovalsServicer(decider.task_state, decider, cfg.development_mode).add_to_server(server)
     health_servicer = health.aio.HealthServicer()
+    # INVARIANT (grpcio-health-checking's aio HealthServicer): enter_graceful_shutdown() sets this flag.
+    ApprovalsServicer(decider.task_state, decider, cfg.development_mode,
+                      lambda: health_servicer._gracefully_shutting_down).add_to_server(server)
     add_guarded(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     add_guarded(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflection.aio.ReflectionServicer((
         external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,

@@ -67,9 +67,10 @@ def decision_request(approver: str, action: dict, approval, reason: str | None =
 class ApprovalsServicer(pbg.ApprovalsServicer):
     """authz.v1.Approvals over a worker's TaskState (its store and token revoker) and Decider."""
 
-    def __init__(self, task_state, decider, development_mode: bool, clock=time.time):
+    def __init__(self, task_state, decider, development_mode: bool, draining=lambda: False, clock=time.time):
+        """`draining()`: true once the worker drains (Watch streams then end, so the drain need not wait)."""
         self.store, self.revoker = task_state.store, task_state.revoker
-        self.decider, self.development_mode, self.clock = decider, development_mode, clock
+        self.decider, self.development_mode, self.draining, self.clock = decider, development_mode, draining, clock
         self._upkeep = None
 
     def add_to_server(self, server) -> None:
@@ -206,7 +207,7 @@ class ApprovalsServicer(pbg.ApprovalsServicer):
         except StateError as e:
             await self._fail(context, e)
         await context.send_initial_metadata(())  # the client knows every later change will reach it
-        while True:
+        while not self.draining():
             try:
                 changes = self.store.changes_since(seq)
                 if changes.gap:  # changes were dropped: start again from what stands now

@@ -6,6 +6,7 @@ approvals (a server with `[approvals] ttl_s = 1`), refused approvers and bad inp
 status codes and exit codes."""
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -217,5 +218,19 @@ def test_approving_an_expired_approval_is_failed_precondition(tmp_path):
             assert rc == 1 and "expired" in err
             # Expiry acts as a reject (on_reject "resume"): the call stays denied, the task resumes.
             assert call(ch, tok, "kb.search").decision == pb.DECISION_ALLOW
+    finally:
+        srv.stop()
+
+
+def test_watch_streams_end_when_the_server_drains(tmp_path):
+    srv = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(BUNDLED), "--data-dir",
+                                 str(tmp_path / "data")]).start()
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            watch = approvals(ch).Watch(apb.ApprovalsWatchRequest(), metadata=caller_metadata(REVIEWER), timeout=60)
+            watch.initial_metadata()
+            srv.proc.send_signal(signal.SIGTERM)
+            assert list(watch) == []  # ended by the server, OK: not cut off when the drain's grace ran out
+            assert watch.code() == grpc.StatusCode.OK
     finally:
         srv.stop()
