@@ -200,7 +200,7 @@ def test_unknown_malformed_and_bad_input(server, channel):
 
 
 def test_approving_an_expired_approval_is_failed_precondition(tmp_path):
-    srv = _serve(tmp_path, "[approvals]\nttl_s = 1\n")
+    srv = _serve(tmp_path, '[approvals]\nttl_s = 1\non_reject = "revoke_task"\n')
     try:
         with grpc.insecure_channel(srv.address) as ch:
             tok = issue(ch, "t-expire")
@@ -211,13 +211,20 @@ def test_approving_an_expired_approval_is_failed_precondition(tmp_path):
             wait_until(lambda: stub.Get(apb.ApprovalsGetRequest(id=pending.approval_id), metadata=md,
                                         timeout=10).approval.state == "expired", 30, "the approval to expire",
                        interval_s=0.2)
+            # Expiry acts as a reject; with on_reject "revoke_task" the workers' upkeep revokes the task's tokens.
+            tokens = tpbg.TokensStub(ch)
+
+            def revoked():
+                r = tokens.Introspect(tpb.IntrospectRequest(token=tok), timeout=10)
+                return not r.active and r.reason == "task_revoked"
+
+            wait_until(revoked, 30, "the expired approval's task to be revoked", interval_s=0.2)
             status, details = code_of(stub.Approve, apb.ApprovalsApproveRequest(id=pending.approval_id),
                                       metadata=md, timeout=10)
             assert status == grpc.StatusCode.FAILED_PRECONDITION and "expired" in details
             rc, _, err = cli(srv, "approve", pending.approval_id, "--as", REVIEWER)
             assert rc == 1 and "expired" in err
-            # Expiry acts as a reject (on_reject "resume"): the call stays denied, the task resumes.
-            assert call(ch, tok, "kb.search").decision == pb.DECISION_ALLOW
+            assert call(ch, tok, "kb.search").decision == pb.DECISION_DENY
     finally:
         srv.stop()
 
