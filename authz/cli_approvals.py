@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import sys
 
 import click
@@ -67,7 +68,7 @@ class _Client:
         if any(tls):
             if not all(tls):
                 raise click.UsageError("mTLS needs --ca, --cert and --key")
-            ca, cert, key = (open(p, "rb").read() for p in tls)
+            ca, cert, key = (pathlib.Path(p).read_bytes() for p in tls)
             creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
             options = [("grpc.ssl_target_name_override", opts["server_name"])] if opts["server_name"] else []
             self.channel = grpc.secure_channel(opts["server"], creds, options=options)

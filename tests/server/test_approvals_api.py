@@ -104,6 +104,10 @@ def test_the_approval_cycle_through_the_service_and_the_cli(server, channel):
         assert call(channel, tok, "kb.search").reason == "task_suspended"
         status, details = code_of(issue, channel, "t-cycle")
         assert status == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("task_suspended")
+        status, details = code_of(tpbg.TokensStub(channel).Exchange, tpb.ExchangeRequest(
+            subject_token=tok, scope=tpb.TokenScope(actions=['Action::"tools/call"'], resources=TOOLS[:1]), ttl_s=60),
+            metadata=caller_metadata(AGENT), timeout=10)
+        assert status == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("task_suspended")
 
         # The listing, as a table and as JSON.
         rc, out, err = cli(server, "list", "--state", "pending", "--task", "t-cycle")
