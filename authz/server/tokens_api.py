@@ -57,7 +57,11 @@ TOKEN_REASONS = frozenset({
 })
 _UNAVAILABLE = frozenset({"revocation_unavailable", "keys_unavailable", "index_unavailable", "internal_error",
                           "state_unavailable"})
-_PRECONDITION = frozenset({"task_suspended", "task_revoked"})
+
+
+class TaskInactive(TokenError):
+    """The task-state store holds the task suspended or revoked: FAILED_PRECONDITION (a revocation of
+    the tokens layer stays PERMISSION_DENIED)."""
 
 
 class _NoKeys:
@@ -107,9 +111,9 @@ class TokenService:
                              str(e)) from None
         try:
             if txn.revoked:
-                raise TokenError("task_revoked", f"task `{task}` is revoked")
+                raise TaskInactive("task_revoked", f"task `{task}` is revoked")
             if txn.suspended_by:
-                raise TokenError("task_suspended", f"task `{task}` waits for approval {txn.suspended_by}")
+                raise TaskInactive("task_suspended", f"task `{task}` waits for approval {txn.suspended_by}")
         finally:
             txn.batch.abort()  # read only: nothing of this batch is written
 
@@ -251,7 +255,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             status = grpc.StatusCode.INVALID_ARGUMENT
         elif isinstance(e, RevocationFullError):
             status = grpc.StatusCode.RESOURCE_EXHAUSTED
-        elif code in _PRECONDITION:
+        elif isinstance(e, TaskInactive):
             status = grpc.StatusCode.FAILED_PRECONDITION
         elif code in _UNAVAILABLE or isinstance(e, (RevocationError, KeyStoreError)):
             status = grpc.StatusCode.UNAVAILABLE
