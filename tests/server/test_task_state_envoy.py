@@ -3,7 +3,7 @@
 over 1,000 answers 403 {decision_id, reason approval_required, approval_id, queue} and suspends the task
 until a reviewer approves it (authz.v1.Approvals). No egress after
 personal data; egress after a secret revokes the task; deploy only after the tests ran in the task; and,
-over authz.v1 (a caller sets context.cost), the spend budget."""
+over authz.v1 (a caller sets context.cost), the spend budget; the per-agent rate across tasks."""
 import json
 import pathlib
 
@@ -34,8 +34,8 @@ def stack(tmp_path_factory):
         server.stop()
 
 
-def token(server, task):
-    return issue_token(server.address, "ops-agent", task, ['Action::"tools/call"'],
+def token(server, task, agent="ops-agent"):
+    return issue_token(server.address, agent, task, ['Action::"tools/call"'],
                        [f'Tool::"{t}"' for t in TOOLS], ttl_s=600).access_token
 
 
@@ -129,3 +129,12 @@ def test_a_spend_budget_over_authz_v1(stack):
     assert spend().decision == pb.DECISION_ALLOW      # no cost: within it
     r = spend(1)
     assert (r.decision, list(r.policies)) == (pb.DECISION_DENY, ["task-budget"])
+
+
+def test_at_most_30_calls_a_minute_per_agent_across_its_tasks(stack):
+    server, envoy = stack
+    first, second = token(server, "t-rate-1", "report-bot"), token(server, "t-rate-2", "report-bot")
+    # 31 calls in well under a minute; the window never under-counts (docs/tasks.md), so the 31st is refused.
+    assert [tool_call(envoy, first if i % 2 else second, "kb.search")[0] for i in range(30)] == [200] * 30
+    status, denied = tool_call(envoy, first, "kb.search")
+    assert (status, denied["reason"]) == (403, "forbidden_by_policy")
