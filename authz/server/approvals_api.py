@@ -4,7 +4,7 @@ Who asks: the caller's verified identity (bearer JWT or mTLS peer); in developme
 `x-authz-caller` metadata, from loopback peers only (as the Tokens admin calls). Approving and
 rejecting are Cedar decisions of the approver: Action::"authz::Approve" / Action::"authz::Reject" on
 Approval::"<id>", context {queue, task, chain (Agent entities), principal, action, resource (the call's,
-as entities), kind} (+ reason for a reject). A deny is PERMISSION_DENIED naming the decision id;
+as entities), kind, reason} (the approver's reason; required to reject). A deny is PERMISSION_DENIED naming the decision id;
 nobody in the call's delegation chain may approve it (PERMISSION_DENIED `self_approval`, the store's rule).
 A rejected or expired approval whose on_reject is "revoke_task" also revokes the task's tokens: at once
 for a reject, and by each worker's upkeep (sweep + change feed, every UPKEEP_S) for an expiry.
@@ -167,18 +167,19 @@ class ApprovalsServicer(pbg.ApprovalsServicer):
         return pb.ApprovalsGetResponse(approval=approval_pb(approval))
 
     async def Approve(self, request, context):  # noqa: N802 - gRPC method name
-        if len(request.reason) > MAX_REASON_CHARS:
+        reason = request.reason.strip()
+        if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"invalid_argument: reason is longer than {MAX_REASON_CHARS} characters")
-        caller, decision_id = await self._decide(context, request.id, APPROVE)
+                                f"invalid_argument: a reason is printable and at most {MAX_REASON_CHARS} characters")
+        caller, decision_id = await self._decide(context, request.id, APPROVE, reason)
         try:
             approval = self.store.approve(request.id, caller, self.clock())
         except StateError as e:
             if isinstance(e, FailedPrecondition):
                 self._after_expiry(request.id)
             await self._fail(context, e)
-        log.warning("approval %s (task `%s`, queue `%s`) approved by %s (decision %s)", approval.id, approval.task,
-                    approval.queue, caller, decision_id)
+        log.warning("approval %s (task `%s`, queue `%s`) approved by %s (decision %s): %s", approval.id,
+                    approval.task, approval.queue, caller, decision_id, reason or "no reason given")
         return pb.ApprovalsApproveResponse(approval=approval_pb(approval))
 
     async def Reject(self, request, context):  # noqa: N802 - gRPC method name
@@ -194,8 +195,8 @@ class ApprovalsServicer(pbg.ApprovalsServicer):
             if isinstance(e, FailedPrecondition):
                 self._after_expiry(request.id)
             await self._fail(context, e)
-        log.warning("approval %s (task `%s`, queue `%s`) rejected by %s (decision %s)", approval.id, approval.task,
-                    approval.queue, caller, decision_id)
+        log.warning("approval %s (task `%s`, queue `%s`) rejected by %s (decision %s): %s", approval.id,
+                    approval.task, approval.queue, caller, decision_id, reason)
         self._revoke_task(approval)
         return pb.ApprovalsRejectResponse(approval=approval_pb(approval))
 
