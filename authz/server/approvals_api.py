@@ -236,19 +236,21 @@ class ApprovalsServicer(pbg.ApprovalsServicer):
     async def upkeep(self) -> None:
         """Every UPKEEP_S: apply what fell due (expiries), and revoke the tokens of tasks whose approval
         expired with on_reject "revoke_task" (every worker does it; revoking twice is harmless)."""
-        seq = None
+        seq, failing = None, ""
         while True:
             try:
                 self.store.sweep(self.clock())
                 if seq is None:
                     seq = self.store.sizes()["changes"]
-                changes = self.store.changes_since(seq)
+                changes = self.store.changes_since(seq, MAX_LIMIT)
                 for _, a in changes.items:
                     if a.state == "expired":
                         self._revoke_task(a)
-                seq = changes.last
+                seq, failing = changes.last, ""
             except StateError as e:
-                log.warning("approvals upkeep: %s", e)
+                if str(e) != failing:  # once per distinct failure, not every UPKEEP_S
+                    failing = str(e)
+                    log.warning("approvals upkeep: %s", e)
             except Exception:
                 log.exception("approvals upkeep failed")
             await asyncio.sleep(UPKEEP_S)
