@@ -245,3 +245,20 @@ def test_watch_streams_end_when_the_server_drains(tmp_path):
             assert watch.code() == grpc.StatusCode.OK
     finally:
         srv.stop()
+
+
+def test_an_unusable_store_is_unavailable_and_issues_no_token(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "state").write_text("not an LMDB folder")  # the store cannot open: every use fails closed
+    srv = AuthzServer(tmp_path, ["--listen", "127.0.0.1:0", "--policies", str(BUNDLED), "--data-dir",
+                                 str(data)]).start()
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            status, details = code_of(approvals(ch).List, apb.ApprovalsListRequest(),
+                                      metadata=caller_metadata(REVIEWER), timeout=10)
+            assert status == grpc.StatusCode.UNAVAILABLE and details.startswith("state_unavailable")
+            status, details = code_of(issue, ch, "t-unusable")
+            assert status == grpc.StatusCode.UNAVAILABLE and details.startswith("state_unavailable")
+    finally:
+        srv.stop()
