@@ -27,6 +27,7 @@ log = logging.getLogger("authz.server")
 
 STATE_KEYS = ("task", "agent")      # context keys only the server sets
 TOKEN_KEYS = ("token", "delegation")  # context keys a task token sets
+PER_SENDING_KEYS = TOKEN_KEYS + ("source", "destination")  # left out of a request's digest (see _digest)
 QUARANTINE = "quarantine"
 ON_DENY = ("suspend_task", "revoke_task", "revoke_agent")
 STATE_CODES = frozenset({"task_revoked", "task_suspended", "approval_required", "state_unavailable"})
@@ -63,9 +64,15 @@ def _chain(ctx) -> list:
 
 
 def _digest(principal, action, resource, ctx) -> str:
-    """The request's digest: the caller's context without what the token adds (a retry with another
-    token of the task is the same call)."""
-    return request_digest(principal, action, resource, {k: v for k, v in ctx.items() if k not in TOKEN_KEYS})
+    """The request's digest: its principal, action, resource and context, without what changes from one
+    sending of the same call to the next: what the token adds (a retry with another token of the task is
+    the same call), the connection (`source`, `destination`) and, for a request Envoy mapped, its HTTP
+    headers (request ids, trace context); the method, path, query, host and the MCP call stay in."""
+    kept = {k: v for k, v in ctx.items() if k not in PER_SENDING_KEYS}
+    http = kept.get("http")
+    if type(http) is dict and "headers" in http:
+        kept["http"] = {k: v for k, v in http.items() if k != "headers"}
+    return request_digest(principal, action, resource, kept)
 
 
 def _labels(engine, resource, policies) -> tuple:

@@ -69,10 +69,9 @@ def test_a_payment_over_1000_suspends_the_task_until_approved(stack):
     assert tool_call(envoy, tok, "kb.search")[0] == 200  # the task resumed
 
 
-@pytest.mark.xfail(strict=True, reason="the request digest (authz/server/taskstate.py _digest) covers the whole "
-                   "Envoy-mapped context, whose http.headers carry Envoy's per-request x-request-id (and source "
-                   "the client's port): a retry through Envoy never matches the approved call")
 def test_the_approved_payment_passes_once_through_envoy(stack):
+    """The retry carries another x-request-id and may come from another port: the digest leaves the
+    headers and the connection out, so it is the approved call (and the call after it needs approval)."""
     server, envoy = stack
     tok, denied = _pay_and_approve(server, envoy, "t-envoy-pay-retry")
     assert tool_call(envoy, tok, "payments.transfer", amount=5000, to="acme")[0] == 200
