@@ -109,10 +109,12 @@ class TaskState:
 
     def _step(self, engine, batch, requests, indexes, results, actions) -> None:
         actions.clear()  # a retried transaction starts over
+        many = len(indexes) > 1  # in a batch the store remembers validated (resource, labels) tuples
         for i in indexes:
             r = requests[i]
             ctx = r.get("context") or {}
             principal, action, resource = r["principal"], r["action"], r["resource"]
+            stored = (resource["type"], resource["id"]) if many and type(resource) is dict else resource
             txn = batch.task(ctx["token"]["task"], _agent_id(principal))
             if txn.revoked:
                 txn.denied()
@@ -125,7 +127,7 @@ class TaskState:
             d = engine.check(principal, action, resource, {**ctx, **txn.view()})
             results[i] = d
             if d.allowed:
-                txn.allowed(resource, _labels(engine, resource, d.policies), ctx.get("cost", 0))
+                txn.allowed(stored, _labels(engine, resource, d.policies), ctx.get("cost", 0))
                 continue
             notes = [engine.annotations(p) for p in d.policies]
             if d.policies and d.permitted and all(n.get("approval") for n in notes):
@@ -133,7 +135,7 @@ class TaskState:
                 grant = txn.consume_grant(digest)
                 if grant is not None:
                     results[i] = Granted(d.policies, grant.approval_id, grant.approver)
-                    txn.allowed(resource, _labels(engine, resource, ()), ctx.get("cost", 0))
+                    txn.allowed(stored, _labels(engine, resource, ()), ctx.get("cost", 0))
                     continue
                 queue = notes[0]["approval"]
                 a = txn.request_approval(queue, _chain(ctx) or [_agent_id(principal)], principal, action, resource,

@@ -68,7 +68,8 @@ class Window:
 
     def count(self, now: float) -> int:
         """Calls counted at `now` (see the module docstring for the bound)."""
-        if now == self.at:
+        # The count depends only on now's bucket, and add() keeps the remembered one current (or forgets it).
+        if self.at is not None and (now == self.at or int(now // self.width) == int(self.at // self.width)):
             return self.counted
         slots = self.slots
         if slots is None:
