@@ -318,3 +318,23 @@ def test_through_envoy(stack):
                e["decision"] == "allow" for e in events)
     assert any(e.get("reason") == "mcp_header_mismatch" for e in events)
     assert any(e["resource"] == 'Tool::"se!arch"' and e["decision"] == "deny" for e in events)
+
+
+def test_denies_are_rendered_from_templates_byte_for_byte():
+    # The servicer renders denies from per-reason templates (mcp_header_mismatch among them); each
+    # must be exactly what protobuf writes for the same deny, and the odd ones take protobuf's path.
+    from authz.server.envoy import _DenyTemplates, deny_response
+
+    templates = _DenyTemplates(22)
+    did = "0123456789abcdef012345"
+    for reason in ("no_permitting_policy", "forbidden_by_policy", "mcp_header_mismatch", "request_parse_error",
+                   "request_too_large", "a#reason", "#" * 22, "", "no_permitting_policy"):
+        assert templates.render(did, reason) == deny_response(did, reason).SerializeToString()
+    assert templates.render(did, "approval_required", "ap-1", "ops") == deny_response(
+        did, "approval_required", "ap-1", "ops").SerializeToString()
+    assert templates.render("short", "no_permitting_policy") == deny_response(
+        "short", "no_permitting_policy").SerializeToString()
+    assert templates._parts["#" * 22] == ()  # the marker itself in the reason: not templated
+    for n in range(_DenyTemplates.MAX_REASONS + 5):
+        assert templates.render(did, f"r{n}") == deny_response(did, f"r{n}").SerializeToString()
+    assert len(templates._parts) == _DenyTemplates.MAX_REASONS
