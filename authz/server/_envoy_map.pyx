@@ -127,7 +127,7 @@ cdef dict mcp_param_headers(dict headers):
     """`Mcp-Param-<name>: value` headers as {name (lower-case): decoded value}; bounded in count."""
     cdef dict out = {}
     cdef str key, name
-    for key, value in headers.items():
+    for key in headers:
         if not key.startswith(MCP_PARAM_PREFIX):
             continue
         name = key[len(MCP_PARAM_PREFIX):]
@@ -135,7 +135,7 @@ cdef dict mcp_param_headers(dict headers):
             raise MappingError("request_parse_error", "an `Mcp-Param-` header without a name")
         if len(out) == MAX_MCP_PARAMS:
             raise MappingError("request_too_large", f"more than {MAX_MCP_PARAMS} Mcp-Param-* headers")
-        out[name] = mcp_header_value(key, value, True)
+        out[name] = mcp_header_value(key, headers[key], True)
     return out
 
 
@@ -322,5 +322,6 @@ cdef dict header_request(McpHeaders h, dict principal, dict action, dict resourc
         r = {"type": "Tool", "id": h.name}
         mcp["tool"] = h.name
     mcp["param_headers"] = h.params
+    context["mcp"] = mcp  # INVARIANT: `context` was made for this request alone
     return {"principal": principal, "action": action if action_override else a,
-            "resource": resource if resource_override else r, "context": {**context, "mcp": mcp}}
+            "resource": resource if resource_override else r, "context": context}
