@@ -48,7 +48,7 @@ class TracingSettings:
     file: str = ""                    # file: JSON lines appended here
     service_name: str = "authz"
     sample_ratio: float = 1.0         # of traces that no sampled caller started; a caller's choice is kept
-    timeout_s: float = 10.0           # one export to the collector
+    timeout_s: float = 3.0            # one export to the collector (at most 5: a stopping worker exports in its drain)
 
 
 _KEYS = {f.name for f in dataclasses.fields(TracingSettings)}
@@ -73,8 +73,8 @@ def parse_tracing(doc) -> TracingSettings:
         raise TracingConfigError("`tracing.service_name` must not be empty")
     if isinstance(s.sample_ratio, bool) or not isinstance(s.sample_ratio, (int, float)) or not 0 <= s.sample_ratio <= 1:
         raise TracingConfigError("`tracing.sample_ratio` must be a number from 0 to 1")
-    if isinstance(s.timeout_s, bool) or not isinstance(s.timeout_s, (int, float)) or not 0 < s.timeout_s <= 60:
-        raise TracingConfigError("`tracing.timeout_s` must be a number of seconds from 0 to 60")
+    if isinstance(s.timeout_s, bool) or not isinstance(s.timeout_s, (int, float)) or not 0 < s.timeout_s <= 5:
+        raise TracingConfigError("`tracing.timeout_s` must be a number of seconds above 0, at most 5")
     if s.exporter == "otlp" and not s.endpoint.startswith(("http://", "https://")):
         raise TracingConfigError(f"`tracing.endpoint` must be an http:// or https:// URL, not `{s.endpoint}`")
     if s.exporter == "file" and not s.file:
@@ -232,23 +232,36 @@ class JsonLinesExporter:  # an SDK SpanExporter (export, shutdown, force_flush)
 
 
 class OtlpJsonExporter:  # an SDK SpanExporter
-    """OTLP/HTTP with the JSON encoding (POST to the collector's traces URL, e.g. :4318/v1/traces)."""
+    """OTLP/HTTP with the JSON encoding (POST to the collector's traces URL, e.g. :4318/v1/traces).
+
+    After a failed export, batches are dropped for RETRY_AFTER_S without trying: a collector that is
+    down costs one timeout, not one per batch (also when a stopping worker flushes its queue)."""
+
+    RETRY_AFTER_S = 5.0
 
     def __init__(self, endpoint: str, timeout_s: float):
         self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._retry_at = 0.0
 
     def export(self, spans):
+        if time.monotonic() < self._retry_at:
+            return _result(False)
+        ok = self._post(spans)
+        if not ok:
+            self._retry_at = time.monotonic() + self.RETRY_AFTER_S
+        return _result(ok)
+
+    def _post(self, spans) -> bool:
         body = json.dumps(otlp_json(spans), separators=(",", ":")).encode()
         req = urllib.request.Request(self.endpoint, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
                 r.read(64 * 1024)
-                ok = 200 <= r.status < 300
-        except (urllib.error.URLError, OSError, ValueError) as e:
+                return True
+        except (urllib.error.URLError, OSError, ValueError) as e:  # HTTPError (not 2xx) included
             _export_failures.log(logging.ERROR, "trace export", "cannot export spans to %s: %s", self.endpoint, e)
-            return _result(False)
-        return _result(ok)
+            return False
 
     def shutdown(self):
         pass

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import authz
@@ -16,7 +17,7 @@ from authz._pb import authz_pb2_grpc as pbg
 from authz.server.config import ConfigError, load_config
 from authz.server.decider import Decider
 from authz.server.envoy import EnvoyAuthorizationServicer, Limits
-from authz.server.tracing import DecisionTracer, TracingSettings, build_tracer
+from authz.server.tracing import DecisionTracer, OtlpJsonExporter, TracingSettings, build_tracer
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from harness import POLICIES, AuthzServer, EchoUpstream, Envoy, wait_until
 from test_mcp_headers import envoy_request
@@ -46,6 +47,7 @@ def test_tracing_is_off_by_default_and_costs_no_tracer(tmp_path):
     ('enabled = true\nexporter = "file"', "`tracing.file` is required"),
     ('endpoint = "collector:4318"', "`tracing.endpoint` must be an http:// or https:// URL"),
     ("sample_ratio = 2", "`tracing.sample_ratio` must be a number from 0 to 1"),
+    ("timeout_s = 30", "`tracing.timeout_s` must be a number of seconds above 0, at most 5"),
     ("bogus = 1", "unknown option `tracing.bogus`"),
 ])
 def test_tracing_config_errors(tmp_path, table, message):
@@ -170,7 +172,7 @@ def test_a_server_writes_spans_of_envoy_and_v1_decisions(tmp_path):
 class _Collector:
     """An OTLP/HTTP collector on 127.0.0.1 keeping the JSON bodies POSTed to /v1/traces."""
 
-    def __init__(self):
+    def __init__(self, status: int = 200):
         bodies = self.bodies = []
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,7 +180,7 @@ class _Collector:
                 data = self.rfile.read(int(self.headers["content-length"]))
                 if self.path == "/v1/traces" and self.headers["content-type"] == "application/json":
                     bodies.append(json.loads(data))
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", "2")
                 self.end_headers()
@@ -221,3 +223,25 @@ def test_a_server_exports_spans_to_an_otlp_collector(tmp_path):
     assert attributes["authz.policies"] == {"arrayValue": {"values": [{"stringValue": "agent-call"}]}}
     assert attributes["authz.generation"] == {"intValue": str(r.generation)}
     assert int(span["startTimeUnixNano"]) <= int(span["endTimeUnixNano"])
+
+
+def test_a_failing_collector_costs_one_try_then_spans_are_dropped_for_a_while(tmp_path):
+    (tmp_path / "p.cedar").write_text(POLICIES)
+    authz.compile([str(tmp_path / "p.cedar")], db=str(tmp_path / "db"))
+    spans = InMemorySpanExporter()
+    tracer = DecisionTracer(TracingSettings(enabled=True), exporter=spans)
+    decider = Decider(str(tmp_path / "db"), tracer=tracer)
+    assert decider.open_engine()
+    decider.decide([{"principal": {"type": "Agent", "id": "a1"}, "action": {"type": "Action", "id": "call"},
+                     "resource": {"type": "Tool", "id": "x"}, "context": {}}], "v1")
+    tracer.shutdown()
+    [span] = spans.get_finished_spans()
+    with _Collector(status=503) as collector:
+        exporter = OtlpJsonExporter(collector.url, 5)
+        assert exporter.export([span]) == SpanExportResult.FAILURE
+        assert exporter.export([span]) == SpanExportResult.FAILURE  # not tried: the collector just failed
+        assert len(collector.bodies) == 1
+    with _Collector() as collector:
+        exporter = OtlpJsonExporter(collector.url, 5)
+        assert exporter.export([span]) == SpanExportResult.SUCCESS
+        assert collector.spans()[0]["name"] == "authz.decision"
