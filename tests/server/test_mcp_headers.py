@@ -97,6 +97,31 @@ def test_a_request_as_envoy_sends_it_takes_the_wire_decoder():
     assert (r["action"]["id"], r["resource"]["id"]) == ("GET", "/public/doc")
 
 
+def test_damaged_envoy_requests_are_declined_or_read_as_protobuf_reads_them():
+    # Envoy's own shape (request.time, empty metadata contexts), cut, flipped, grown or shrunk: the wire
+    # decoder either declines or agrees with protobuf (test_wire.envoy_answer), and takes a share.
+    from hypothesis import strategies as st
+    from test_wire import count_answers, damaged, parsed_or_none
+
+    limits = Limits()
+
+    def answer(data: bytes) -> str:
+        view = decode_envoy_check(data, limits.max_headers)
+        message = parsed_or_none(ea.CheckRequest, data)
+        if view is None:
+            return "declined" if message is not None else "refused"
+        assert message is not None, "accepted bytes that protobuf rejects"
+        reference = check_view(message, limits)
+        assert view[:6] + view[7:] == reference[:6] + reference[7:] and view[6] >= reference[6]
+        return "accepted"
+
+    whole = [envoy_request(headers=h).SerializeToString()
+             for h in ({}, {"mcp-method": "tools/call", "mcp-name": "search", "mcp-param-x": "1"})]
+    answers = count_answers(st.sampled_from(whole).flatmap(damaged), answer, examples=300)
+    # Most damage breaks the message for protobuf too; of what it still reads, the decoder takes most.
+    assert answers["accepted"] >= 300 // 10 and answers["accepted"] >= 3 * answers["declined"], answers
+
+
 def test_headers_alone_map_a_tool_call():
     [r] = mapped(envoy_request(headers={"mcp-method": "tools/call", "mcp-name": "search",
                                         "mcp-param-region": "eu"}))
