@@ -70,6 +70,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return s
 
 
+def reserve_listen_port(host: str, port: int):
+    """Prove host:port free, then hold it for the workers; returns (reservation, port).
+
+    For port 0 the reservation itself picks the port, so no other socket can take the
+    number between the check and the hold.
+    """
+    if port:
+        check_port_free(host, port)
+    try:
+        s = reserve_port(host, port)
+    except OSError as e:
+        raise AddressInUseError(f"cannot listen on `{format_hostport(host, port)}`: {e.strerror}") from None
+    return s, s.getsockname()[1]
+
+
 class _Worker:
     __slots__ = ("index", "process", "conn", "pid")
 
@@ -111,7 +126,9 @@ class Supervisor:
         os.makedirs(cfg.data_dir, exist_ok=True)
         try:
             host, port = parse_hostport(cfg.listen)
-            port = check_port_free(host, port)
+            # Held from here on: a port chosen by the kernel (`:0`) could otherwise be handed to
+            # the metrics listener, or anyone, while the policies compile.
+            self._reservation, port = reserve_listen_port(host, port)
             if cfg.metrics_listen:
                 from authz.server import metrics as metrics_mod
 
@@ -121,7 +138,6 @@ class Supervisor:
                 code = self._initial_compile()
                 if code:
                     return code
-            self._reservation = reserve_port(host, port)
             self.listen = format_hostport(host, port)
             for i in range(cfg.workers):
                 self.workers.append(self._spawn(i))
