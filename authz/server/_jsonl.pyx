@@ -2,9 +2,10 @@
 """Decision events as JSON lines, written into one C buffer (the decision log's per-decision cost).
 
 `format_events` writes the common event, whose uids are {type, id} dicts of strings (or None),
-whose policies are strings and which has no task token, straight as UTF-8 JSON. Any other event
-is handed to the `fallback` formatter (Python, authz.server.decisionlog), so the output is the
-same JSON either way.
+whose policies are strings and which has no task token, straight as UTF-8 JSON; `format_decisions`
+and `format_checks` also write the `token` part of a request made with a task token (its context's
+`token` and `delegation`, as the server sets them). Any other event is handed to the `fallback`
+formatter (Python, authz.server.decisionlog), so the output is the same JSON either way.
 """
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset, strlen
@@ -246,9 +247,51 @@ cdef int put_decision_id(Buf* b, str prefix, unsigned long long seq) except -1:
     return 0
 
 
+cdef bint plain_token(object ctx):
+    """True when a request context's `token` and `delegation` are what the server sets for a task token
+    (a jti and a task that are strings, a chain of {"__entity": {"id": str, ...}} entries): what
+    put_token writes as decisionlog's token_of and _format_event would."""
+    tok = (<dict>ctx).get("token")
+    dlg = (<dict>ctx).get("delegation")
+    if type(tok) is not dict or type(dlg) is not dict:
+        return False
+    if type((<dict>tok).get("jti")) is not str or type((<dict>tok).get("task")) is not str:
+        return False
+    chain = (<dict>dlg).get("chain", ())
+    if type(chain) is not list and type(chain) is not tuple:
+        return False
+    for e in chain:
+        if type(e) is not dict:
+            return False
+        ent = (<dict>e).get("__entity")
+        if type(ent) is not dict or type((<dict>ent).get("id")) is not str:
+            return False
+    return True
+
+
+cdef int put_token(Buf* b, dict ctx) except -1:
+    """`,"token":{"jti":…,"task":…,"chain":[…]}` of a context plain_token accepted."""
+    cdef dict tok = <dict>ctx["token"]
+    cdef bint first = True
+    put(b, b',"token":{"jti":', 16)
+    put_json_str(b, <str>tok["jti"])
+    put(b, b',"task":', 8)
+    put_json_str(b, <str>tok["task"])
+    put(b, b',"chain":[', 10)
+    for e in (<dict>ctx["delegation"]).get("chain", ()):
+        if not first:
+            put(b, b',', 1)
+        first = False
+        put_json_str(b, <str>(<dict>(<dict>e)["__entity"])["id"])
+    put(b, b']}', 2)
+    return 0
+
+
 cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, Fields* f, principal, action,
-                  resource, str decision, policies, errors, str reason, UidSlot* memo=NULL) except -1:
-    """One event's line; its decision id is `decision_id`, or prefix + seq when that is None."""
+                  resource, str decision, policies, errors, str reason, UidSlot* memo=NULL,
+                  dict token_ctx=None) except -1:
+    """One event's line; its decision id is `decision_id`, or prefix + seq when that is None; with
+    `token_ctx` (a context plain_token accepted), its token part."""
     put(b, b'{"decision_id":', 15)
     if decision_id is not None:
         put_json_str(b, decision_id)
@@ -281,6 +324,8 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, F
     if reason:
         put(b, b',"reason":', 10)
         put_json_str(b, reason)
+    if token_ctx is not None:
+        put_token(b, token_ctx)
     put(b, b'}\n', 2)
     return 0
 
@@ -320,9 +365,9 @@ def format_events(list events, double t, str api, long long latency_ns, unsigned
 cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, object req, object d,
                       UidSlot* memo) except -1:
     """The line of the decided request `req` (results `d`), with the decision id prefix + seq, if it is
-    a Decision on a request dict with plain uids and no task token in its context; False (nothing
-    written) for the fallback to write. `memo`: principal, action and resource slots that items of a
-    batch share."""
+    a Decision on a request dict with plain uids (and, in its context, no task token or a plain one);
+    False (nothing written) for the fallback to write. `memo`: principal, action and resource slots
+    that items of a batch share."""
     if type(req) is not dict or type(d) is not Decision:
         return False
     cdef dict r = <dict>req
@@ -330,12 +375,17 @@ cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, obj
     cdef Py_ssize_t mark = b.n
     ctx = r.get("context")
     p, a, res = r.get("principal"), r.get("action"), r.get("resource")
+    cdef dict token_ctx = None
+    if ctx and "delegation" in ctx:
+        if type(ctx) is not dict or not plain_token(ctx):
+            return False
+        token_ctx = <dict>ctx
     # (a uid in a memo slot was checked when it was written)
-    if (not ctx or "delegation" not in ctx) and (<void*>p == memo[0].uid or plain_uid(p)) \
+    if (<void*>p == memo[0].uid or plain_uid(p)) \
             and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) and plain_strings(dd.policies):
         try:
             put_line(b, None, prefix, seq, f, p, a, res, "allow" if dd.allowed else "deny", dd.policies,
-                     dd._errors, None, memo)
+                     dd._errors, None, memo, token_ctx)
             return True
         except UnicodeEncodeError:
             b.n = mark
@@ -348,7 +398,7 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
     """format_events() of a decided batch, without event tuples: results[i] (an engine Decision, or a
     tuple for a request answered without one) of requests[i] (a request dict, or not), with the
     decision id prefix + (first + i). `fallback(i)` gives the line of any item but a Decision on a
-    request dict with plain uids and no task token in its context."""
+    request dict with plain uids and no task token, or a plain one, in its context."""
     cdef Fields f
     batch_fields(&f, t, api, latency_ns, generation)
     cdef Buf b

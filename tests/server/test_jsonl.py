@@ -70,10 +70,22 @@ class FakeDecision:
         self.allowed, self.policies, self.errors = allowed, policies, errors
 
 
+_entity = st.fixed_dictionaries({"__entity": st.fixed_dictionaries({"type": st.just("Agent"), "id": _text})})
+# A task token's context as the server sets it (written by _jsonl), and shapes it leaves to the fallback.
+_token_context = st.one_of(
+    st.builds(lambda jti, task, chain: {"delegation": {"chain": chain, "depth": len(chain)},
+                                        "token": {"jti": jti, "task": task, "exp": 1}},
+              _text, _text, st.lists(_entity, max_size=3)),
+    st.builds(lambda jti, task, chain: {"delegation": {"chain": chain}, "token": {"jti": jti, "task": task}},
+              st.one_of(_text, st.none(), st.integers()), st.one_of(_text, st.none()),
+              st.lists(st.one_of(_entity, _text, st.just({"__entity": {"id": 3}}), st.just({})), max_size=3)),
+    st.just({"delegation": "x", "token": {"jti": "j", "task": "t"}}),
+    st.just({"delegation": {}, "token": None}))
 _request = st.one_of(
     st.fixed_dictionaries({"principal": _uid, "action": _uid, "resource": _uid,
                            "context": st.one_of(st.just({}), st.just({"delegation": {"chain": []},
-                                                                     "token": {"jti": "j", "task": "t"}}))}),
+                                                                     "token": {"jti": "j", "task": "t"}}),
+                                                _token_context)}),
     st.builds(lambda code, p: Invalid(code, "m", "f", p, None, None, None), st.sampled_from(["c1", "c2"]), _uid))
 
 
@@ -121,12 +133,12 @@ _shared_uids = [{"type": "Agent", "id": 'a"1'}, {"type": "Action", "id": "call\n
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(range(len(_shared_uids))), st.sampled_from(range(len(_shared_uids))),
-                          _uid, _result), max_size=8))
+                          _uid, st.one_of(st.just({}), _token_context), _result), max_size=8))
 def test_batch_items_sharing_uid_objects(tmp_path_factory, items):
     """Items sharing their principal / action objects (as BatchCheck's do) write each line in full,
     also after an item whose line was cut short (a lone surrogate) and taken by the fallback."""
-    requests = [{"principal": _shared_uids[p], "action": _shared_uids[a], "resource": r, "context": {}}
-                for p, a, r, _ in items]
+    requests = [{"principal": _shared_uids[p], "action": _shared_uids[a], "resource": r, "context": c}
+                for p, a, r, c, _ in items]
     fast, reference = _formatted_both_ways(tmp_path_factory, DecisionBatch("0a1b2c3d4e5f", 1, requests,
                                                                            [d for *_, d in items]))
     assert fast == reference
@@ -199,3 +211,21 @@ def test_record_check_counts_what_the_queue_has_no_room_for(tmp_path):
     assert log.dropped == 2 and dropped == [1, 1]
     assert [json.loads(x)["decision_id"] for x in (tmp_path / "d.jsonl").read_text().splitlines()] == [
         "p0000000001", "p0000000002"]
+
+
+def test_task_token_lines_written_without_the_fallback():
+    """A request made with a task token, as the server binds it, is written by _jsonl itself (the
+    fallback, many times slower, is for unusual shapes only)."""
+    ctx = {"token": {"jti": "j-1", "task": 't"1', "exp": 2}, "delegation": {"chain": [
+        {"__entity": {"type": "Agent", "id": "root"}}, {"__entity": {"type": "Agent", "id": "sub\n"}}], "depth": 2}}
+    request = {"principal": {"type": "Agent", "id": "sub\n"}, "action": {"type": "Action", "id": "call"},
+               "resource": {"type": "Tool", "id": "db"}, "context": ctx}
+    decision = engine_decisions()[0]
+
+    def fallback(_):
+        raise AssertionError("the fallback was asked")
+
+    line = format_decisions("0a1b2c3d4e5f", 1, [request], [decision], T, API, LATENCY_NS, GENERATION, fallback)
+    assert json.loads(line)["token"] == {"jti": "j-1", "task": 't"1', "chain": ["root", "sub\n"]}
+    run = format_checks("0a1b2c3d4e5f", API, [(T, LATENCY_NS, GENERATION, 1, request, decision)], fallback)
+    assert run == line
