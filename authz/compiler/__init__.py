@@ -89,9 +89,9 @@ def compile_generation(srcs):
     return compile_parts(srcs)[0]
 
 
-def compile_parts(srcs):
+def compile_parts(srcs, entity_overlay=None):
     """(generation blob, {policy id: {annotation: value}} of the policies with annotations besides @id)
-    for `srcs`; raises CompileError listing every problem found."""
+    for `srcs`; raises CompileError listing every problem found. `entity_overlay`: see load_entities."""
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
@@ -139,7 +139,7 @@ def compile_parts(srcs):
             seen[policy_id] = source.where
             ids.append(policy_id)
     try:
-        entities = load_entities(entity_files)
+        entities = load_entities(entity_files, entity_overlay)
     except CompileError as err:
         diagnostics.extend(err.diagnostics)
         entities = {}
@@ -154,14 +154,15 @@ def compile_parts(srcs):
 _COMPILE_RECURSION_LIMIT = 4 * MAX_EXPR_DEPTH + 1000
 
 
-def compile_sources(srcs, db):
-    """Compiles `srcs` and publishes the result as the index's new current generation; returns its number."""
+def compile_sources(srcs, db, entity_overlay=None):
+    """Compiles `srcs` and publishes the result as the index's new current generation; returns its number.
+    `entity_overlay`: (name, entity list) replacing the files' entities of the same uids (load_entities)."""
     if isinstance(srcs, (str, os.PathLike)):
         srcs = [srcs]
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, _COMPILE_RECURSION_LIMIT))
     try:
-        blob, annotations = compile_parts(srcs)
+        blob, annotations = compile_parts(srcs, entity_overlay)
     except RecursionError:
         raise CompileError(["policies nested too deeply to compile"]) from None
     finally:

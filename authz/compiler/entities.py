@@ -70,14 +70,27 @@ def _conflict(files, message):
     return f"{', '.join(name for name, _ in files)}: {message}"
 
 
-def load_entities(files):
-    """Entities from (path, name in messages) pairs; cedarpy must accept each file and their union."""
+def load_entities(files, overlay=None):
+    """Entities from (path, name in messages) pairs; cedarpy must accept each file and their union.
+
+    `overlay`: (name in messages, entity list) whose entities replace those of the files with the same
+    uid, whole (authz test: a case's own entities); cedarpy must accept it and the result."""
     read, diagnostics = [], []
     for path, name in files:
         try:
             read.append((name, _read(path, name)))
         except CompileError as err:
             diagnostics.extend(err.diagnostics)
+    if overlay is not None:
+        name, items = overlay
+        text = json.dumps(items)
+        message = _rejection(text) if isinstance(items, list) else "a JSON array of entities is expected"
+        if message is not None:
+            diagnostics.extend(describe(text, items, message, name) if isinstance(items, list) else [f"{name}: {message}"])
+        else:
+            replaced = {_uid(item["uid"]) for item in items}
+            read = [(n, [item for item in data if _uid(item["uid"]) not in replaced]) for n, data in read]
+            read.append((name, items))
     if diagnostics:
         raise CompileError(diagnostics)
     merged = [item for _, data in read for item in data]
