@@ -44,11 +44,11 @@ def server_options(cfg) -> list:
     return opts
 
 
-def build_task_state(cfg, tokens):
-    """The worker's task-state step: the state store in data_dir (opened lazily), revoking a task's or an
-    agent's tokens through the tokens' revocation set when a tripwire says so."""
+def build_task_state(cfg, tokens, store=None):
+    """The worker's task-state step over `store` (default: the configured one, opened lazily), revoking a
+    task's or an agent's tokens through the tokens' revocation set when a tripwire says so."""
     from authz.server.taskstate import TaskState
-    from authz.state import LmdbStore
+    from authz.state.open import open_store
     from authz.tokens.revocation import entry_expiry
 
     def revoke(kind, subject):
@@ -56,7 +56,7 @@ def build_task_state(cfg, tokens):
         expires = entry_expiry(kind, now, tokens.keys.max_ttl_s, tokens.cfg.leeway_s)
         tokens.revocations.revoke(kind, subject, expires, tokens.cfg.max_revocations, "tripwire", 0)
 
-    return TaskState(LmdbStore(cfg.state_config()), revoke)
+    return TaskState(open_store(cfg.state_config()) if store is None else store, revoke)
 
 
 def build_server(cfg, decider):
@@ -72,11 +72,13 @@ def build_server(cfg, decider):
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
     from authz.server.malformed import add_guarded
     from authz.server.tokens_api import TokensServicer, build_token_service
+    from authz.state.open import open_store, shared_keys
 
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)
-    tokens = build_token_service(cfg, decider)
-    decider.task_state = build_task_state(cfg, tokens)
+    store = open_store(cfg.state_config())  # task state, approvals, revocations (authz.state)
+    tokens = build_token_service(cfg, decider, store, shared_keys(cfg, store))
+    decider.task_state = build_task_state(cfg, tokens, store)
     callers = build_callers(cfg, tokens)
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)

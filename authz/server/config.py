@@ -172,7 +172,7 @@ class ServeConfig:
                     continue
                 fields[keys[key]] = value
         try:
-            cached = StateConfig(path=state_path(self.data_dir), **fields)
+            cached = StateConfig(path=state_path(self.data_dir), index_path=self.db_path, **fields)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.__dict__["_state_config"] = cached

@@ -82,18 +82,22 @@ class TokenService:
     """A worker's token machinery: keys, revocations, verifier, issuer, and the decider for token decisions."""
 
     def __init__(self, cfg: TokenConfig, data_dir: str, db_path: str, decider=None, clock=time.time,
-                 admin_from_loopback_only: bool = False):
+                 admin_from_loopback_only: bool = False, revocations=None, keys=None):
         self.cfg = cfg
         self.decider = decider
         # Development mode: callers name themselves, so Issue/Exchange/Revoke are taken from loopback peers only.
         self.admin_from_loopback_only = admin_from_loopback_only
+        # `keys`: a shared key store (authz.tokens.shared_keys) or None for the data folder's; `revocations`:
+        # the Store's revocation set (authz.state) or None for the index's.
         try:
-            ensure_keys(data_dir, cfg.max_ttl_s)
-            self.keys = KeyStore(data_dir, cfg.key_check_interval_s, clock)
+            if keys is None:
+                ensure_keys(data_dir, cfg.max_ttl_s)
+                keys = KeyStore(data_dir, cfg.key_check_interval_s, clock)
+            self.keys = keys() if callable(keys) else keys
         except (OSError, KeyStoreError) as e:  # fail closed: our tokens are refused, none is issued
             log.error("task tokens unavailable: %s", e)
             self.keys = _NoKeys(str(e))
-        self.revocations = RevocationStore(db_path, clock)
+        self.revocations = RevocationStore(db_path, clock) if revocations is None else revocations
         self.verifier = Verifier(cfg, self.keys, self.revocations, clock)
         self.issuer = Issuer(cfg, self.keys, self.verifier, clock)
         self.clock = clock
@@ -387,7 +391,9 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
                                           jwks_json=json.dumps(jwks, separators=(",", ":")))
 
 
-def build_token_service(cfg, decider) -> TokenService:
-    """The TokenService of a worker's (validated) ServeConfig."""
+def build_token_service(cfg, decider, store=None, keys=None) -> TokenService:
+    """The TokenService of a worker's (validated) ServeConfig; revocations in `store` (the worker's state
+    Store) when given; `keys` a shared key store (or a function making one) instead of the data folder's."""
     return TokenService(TokenConfig.from_dict(cfg.tokens), cfg.data_dir, cfg.db_path, decider,
-                        admin_from_loopback_only=cfg.development_mode)
+                        admin_from_loopback_only=cfg.development_mode,
+                        revocations=store.revocations if store is not None else None, keys=keys)

@@ -51,8 +51,13 @@ task=, limit=)`, `get_approval(id, now)`, `approve(id, approver, now)` (the serv
 worker may call `store.sweep(time.time())` every few seconds (expiries, idle tasks, retention); each
 decision also applies a few due items first. A rejected or expired approval with on_reject
 "revoke_task" leaves the task revoked in the store: the server also revokes the task's tokens.
-(Issue 19 also moves the token revocation set, authz/tokens/revocation.py, behind this boundary: not
-done yet.) `store.sizes()` gives the records stored, for metrics.
+`store.sizes()` gives the records stored, for metrics.
+
+Revocations (revocations.py): `store.revocations` is the deployment's revocation set of token ids,
+tasks and agents (the tokens layer's Verifier and Revoke use it): `generation()` one cheap read,
+`current()` a snapshot re-read only when the generation moved, `revoke(...)` with owner quotas and
+expiry, `lift(kind, value)`. LMDB keeps it in the policy index's environment (`index_path`, where it
+has always been) or, without one, in the state environment; Redis under the deployment's key prefix.
 
 Errors (errors.py): InvalidArgument, NotFound, FailedPrecondition, SelfApproval, Unavailable, Full.
 docs/tasks.md describes the model, the windows and their error bound, and the approval lifecycle.
@@ -62,8 +67,11 @@ from authz.state.config import StateConfig, state_path
 from authz.state.errors import (Conflict, FailedPrecondition, Full, InvalidArgument, NotFound, SelfApproval,
                                 StateError, Unavailable)
 from authz.state.lmdb_store import LmdbStore
+from authz.state.revocations import (RevocationError, RevocationFullError, RevocationQuotaError, Revocations,
+                                     RevocationSet)
 from authz.state.store import Batch, Changes, Grant, Store, TaskTxn
 
 __all__ = ["Approval", "Batch", "Changes", "Conflict", "FailedPrecondition", "Full", "Grant", "InvalidArgument",
-           "LmdbStore", "NotFound", "SelfApproval", "StateConfig", "StateError", "Store", "TaskTxn", "Unavailable",
+           "LmdbStore", "NotFound", "RevocationError",
+           "RevocationFullError", "RevocationQuotaError", "RevocationSet", "Revocations", "SelfApproval", "StateConfig", "StateError", "Store", "TaskTxn", "Unavailable",
            "request_digest", "state_path"]

@@ -23,6 +23,9 @@ class StateConfig:
     path: str
     map_size: int = 1 << 31          # address space reserved; the file grows as needed; past it: Full
     durable: bool = False            # True: fsync every commit (see docs/tasks.md, "Durability")
+    redis: object = None             # RedisSettings (redis_config.py): the shared backend; None = LMDB
+    index_path: str = ""             # LMDB: the policy index whose environment holds the revocation set
+                                     # ("" = the state store's own environment)
     # bounds of one task's state
     max_id_bytes: int = 256          # task and agent ids (UTF-8)
     max_uid_bytes: int = 512         # a tool's entity type + id (UTF-8)

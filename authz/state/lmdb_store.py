@@ -71,6 +71,19 @@ class LmdbStore(Store):
         # (b"t" | b"a", id) -> (stored bytes, decoded state): a record read again unchanged (the same
         # bytes) is not decoded again. Touched only inside write transactions (one at a time).
         self._cache = {}
+        self._revocations = None
+
+    @property
+    def revocations(self):
+        if self._revocations is None:
+            from authz.state.lmdb_revocations import LmdbRevocations, index_revocations
+            cfg = self.config
+            if cfg.index_path:
+                self._revocations = index_revocations(cfg.index_path)
+            else:
+                self._revocations = LmdbRevocations(lambda: open_env(cfg.path, cfg.map_size, cfg.durable)[0],
+                                                    release_env, cfg.path)
+        return self._revocations
 
     def _environment(self):
         env = self._env
@@ -92,6 +105,9 @@ class LmdbStore(Store):
         return mapped(err, self.config.path, doing)
 
     def close(self) -> None:
+        if self._revocations is not None:
+            self._revocations.close()
+            self._revocations = None
         if self._env is not None and self._pid == os.getpid():
             release_env(self._env)
         self._env = None

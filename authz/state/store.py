@@ -1,4 +1,4 @@
-"""The Store boundary: what the server calls, whatever holds the state (LMDB here, Redis next).
+"""The Store boundary: what the server calls, whatever holds the state (LMDB or Redis).
 
 A `Batch` is one atomic read -> decide -> update over one or more tasks; `TaskTxn` is one task's
 handle in it. The rules of a decision step (validation, suspension, grants, approvals) live here, once;
@@ -108,9 +108,14 @@ class Store(abc.ABC):
     def task_view(self, task_id: str, now: float) -> dict | None:
         """`context.task` of a stored task as of `now` (read-only), or None."""
 
+    @property
+    @abc.abstractmethod
+    def revocations(self):
+        """The deployment's revocation set (authz.state.revocations.RevocationSet), opened lazily."""
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Release the store; it cannot be used afterwards."""
+        """Release the store (and its revocation set); it cannot be used afterwards."""
 
     # --- validation shared by backends -------------------------------------------------------------
     def _check_filters(self, state, queue, task, limit) -> None:

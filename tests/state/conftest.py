@@ -17,3 +17,17 @@ def small_fs(tmp_path):
     mount_small_fs(folder, "512k")
     yield folder
     unmount(folder)
+
+
+@pytest.fixture
+def now():
+    import time
+    return time.time
+
+
+@pytest.fixture(params=["lmdb"])
+def any_store(request, tmp_path):
+    """A store of each backend (LMDB on a real folder)."""
+    s = make_store(tmp_path / "state")
+    yield s
+    s.close()

@@ -1,0 +1,26 @@
+"""Opening the configured state backend: `open_store(config)` (LMDB in data_dir, or Redis), and the
+signing keys that go with it (`shared_keys`: None for LMDB, whose keys stay in the data folder)."""
+from __future__ import annotations
+
+from authz.state.config import StateConfig
+
+
+def open_store(config: StateConfig):
+    """The Store of `config` (opened lazily: a store that cannot be reached fails stateful decisions
+    closed, it does not stop the server)."""
+    if config.redis is not None:
+        from authz.state.redis_store import RedisStore
+        return RedisStore(config)
+    from authz.state.lmdb_store import LmdbStore
+    return LmdbStore(config)
+
+
+def shared_keys(cfg, store):
+    """A function making the worker's signing-key store when the state is shared (every node signs and
+    verifies with the same keys, kept in Redis, encrypted), else None (the data folder's keys)."""
+    if store.config.redis is None:
+        return None
+    from authz.tokens.config import TokenConfig
+    from authz.tokens.shared_keys import SharedKeyStore
+    tokens = TokenConfig.from_dict(cfg.tokens)
+    return lambda: SharedKeyStore(store.redis_client, store.config.redis, tokens.max_ttl_s, tokens.leeway_s)
