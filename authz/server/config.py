@@ -37,6 +37,8 @@ class ServeConfig:
     db: str = ""                      # default: <data_dir>/authz.lmdb
     policies: str = ""                # watched and recompiled on change; "" = serve `db` as it is
     metrics_listen: str = ""          # "" = no metrics endpoint
+    http_listen: str = ""             # HTTP listener (AuthZEN, docs/authzen.md) in every worker; "" = off
+    public_url: str = ""              # the HTTP listener's base URL as PEPs reach it; "" = the URL they used
     decision_log: str | None = None   # None = <data_dir>/decisions.jsonl; "" = off
     decision_log_queue: int = 10000   # events buffered per worker before new ones are dropped
     decision_log_max_bytes: int = 100 * 1024 * 1024  # rotated before it passes this; 0 = never (external logrotate)
@@ -80,6 +82,10 @@ class ServeConfig:
         parse_hostport(self.listen, "listen")
         if self.metrics_listen:
             parse_hostport(self.metrics_listen, "metrics_listen")
+        if self.http_listen:
+            parse_hostport(self.http_listen, "http_listen")
+        if self.public_url:
+            _check_public_url(self.public_url)
         positive = ("workers", "decision_log_queue", "max_message_bytes", "max_batch_size",
                     "max_headers", "max_header_bytes", "max_context_depth")
         for name in positive:
@@ -195,7 +201,7 @@ class ServeConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 # The listeners that, in development mode, believe the names callers give themselves (`x-authz-caller`,
 # `source.principal`, explicit principals); metrics_listen serves only counters.
-SELF_ASSERTED_LISTENERS = ("listen",)
+SELF_ASSERTED_LISTENERS = ("listen", "http_listen")
 # `authz serve` flags that fill [identity.mtls] (flag dest -> key).
 _MTLS_FLAGS = {"tls_cert": "cert", "tls_key": "key", "client_ca": "client_ca", "trust_domains": "trust_domains"}
 _TABLES = {"server", "identity", "tokens", "tracing", "state", "approvals"}
@@ -299,6 +305,16 @@ def parse_hostport(text: str, name: str = "listen") -> tuple[str, int]:
     if not host or not 0 <= port <= 65535:
         raise ConfigError(f"`{name}` must be HOST:PORT, not `{text}`")
     return host, port
+
+
+def _check_public_url(url: str) -> None:
+    """`public_url`: an absolute http(s) URL with no query or fragment (the AuthZEN PDP identifier)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment \
+            or "#" in url or "?" in url:
+        raise ConfigError(f"`public_url` must be an http(s) URL with no query or fragment, not `{url}`")
 
 
 def is_loopback_host(host: str) -> bool:
