@@ -59,8 +59,10 @@ def build_task_state(cfg, tokens, store=None):
     return TaskState(open_store(cfg.state_config()) if store is None else store, revoke)
 
 
-def build_server(cfg, decider):
-    """A grpc.aio server with every servicer added (not yet bound or started); returns (server, health)."""
+def build_server(cfg, decider, parts=None):
+    """A grpc.aio server with every servicer added (not yet bound or started); returns (server, health).
+
+    `parts` (a dict), when given, receives the worker's `callers` and `tokens` (the HTTP listener shares them)."""
     import grpc
     from envoy.service.auth.v3 import external_auth_pb2
     from grpc_health.v1 import health, health_pb2_grpc
@@ -80,6 +82,8 @@ def build_server(cfg, decider):
     tokens = build_token_service(cfg, decider, store, shared_keys(cfg, store))
     decider.task_state = build_task_state(cfg, tokens, store)
     callers = build_callers(cfg, tokens)
+    if parts is not None:
+        parts.update(callers=callers, tokens=tokens)
     EnvoyAuthorizationServicer(decider, limits, tokens, callers).add_to_server(server)
     AuthorizerServicer(decider, cfg.max_batch_size, cfg.max_context_depth, tokens, callers).add_to_server(server)
     TokensServicer(tokens).add_to_server(server)
@@ -269,7 +273,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
                            keep=cfg.decision_log_keep)
     tracer = build_tracer(cfg.tracing_settings)
     decider = Decider(cfg.db_path, dlog, metrics, tracer=tracer)
-    server, health_servicer = build_server(cfg, decider)
+    parts: dict = {}
+    server, health_servicer = build_server(cfg, decider, parts)
     await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, APPROVALS_SERVICE,
                                               POLICIES_HEALTH))
     mtls = cfg.identity_settings.mtls
@@ -286,6 +291,16 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
         conn.send(("error", f"cannot listen on `{cfg.listen}`: {error or 'bind failed'}"))
         return 1
     await server.start()
+    http = None
+    if cfg.http_listen:  # AuthZEN over HTTP (authzen.py), on the port the supervisor holds for the workers
+        from authz.server.authzen import build_http_listener
+
+        http = build_http_listener(cfg, decider, parts["callers"], parts["tokens"])
+        try:
+            await http.start()
+        except OSError as e:
+            conn.send(("error", f"cannot listen on `{cfg.http_listen}`: {e.strerror or e}"))
+            return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -311,7 +326,10 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     # then new RPCs are refused (GOAWAY) and in-flight ones get the rest of drain_s.
     await health_servicer.enter_graceful_shutdown()
     waited = await _wait_until_quiet(decider, cfg.drain_s / 2)
-    await server.stop(max(cfg.drain_s - waited, 0.1))
+    if http is not None:  # requests in flight get drain_s (HttpListener), as gRPC's below
+        await asyncio.gather(http.stop(), server.stop(max(cfg.drain_s - waited, 0.1)))
+    else:
+        await server.stop(max(cfg.drain_s - waited, 0.1))
     watcher.cancel()
     if dlog is not None:
         dlog.close()

@@ -18,6 +18,8 @@ from authz.server.config import ConfigError, load_config
               help="With --db and no --policies: start even if no index is there yet (another process compiles "
                    "it); health stays NOT_SERVING until it appears. Without it, a missing index is an error.")
 @click.option("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:9191).")
+@click.option("--http-listen", "http_listen",
+              help="HTTP address HOST:PORT for AuthZEN (docs/authzen.md) in every worker (default: off).")
 @click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
 @click.option("--data-dir", "data_dir", help="Folder for the index and state (default authz-data).")
 @click.option("--metrics-listen", "metrics_listen", help="Prometheus /metrics address HOST:PORT (default: off).")
@@ -36,7 +38,7 @@ from authz.server.config import ConfigError, load_config
                                  "loopback. Never in production: configure [identity] instead.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path, log_level, **flags):
-    """Serve Envoy ext_authz v3 and authz.v1 Check/BatchCheck over gRPC.
+    """Serve Envoy ext_authz v3 and authz.v1 Check/BatchCheck over gRPC (and AuthZEN over HTTP with --http-listen).
 
     With no arguments it compiles and serves the bundled example policies on 127.0.0.1:9191.
     """

@@ -105,6 +105,8 @@ class Supervisor:
         self._metrics_http = None
         self._watcher = None
         self._reservation = None
+        self._http_reservation = None
+        self.http_listen = cfg.http_listen
         self._stop = threading.Event()
         self._restarts: list = []
         self._ctx = multiprocessing.get_context("spawn")
@@ -129,6 +131,10 @@ class Supervisor:
             # Held from here on: a port chosen by the kernel (`:0`) could otherwise be handed to
             # the metrics listener, or anyone, while the policies compile.
             self._reservation, port = reserve_listen_port(host, port)
+            if cfg.http_listen:  # held the same way: the workers' HTTP listeners share it (SO_REUSEPORT)
+                http_host, http_port = parse_hostport(cfg.http_listen, "http_listen")
+                self._http_reservation, http_port = reserve_listen_port(http_host, http_port)
+                self.http_listen = format_hostport(http_host, http_port)
             if cfg.metrics_listen:
                 from authz.server import metrics as metrics_mod
 
@@ -156,7 +162,8 @@ class Supervisor:
                 self._watcher.start()
             self._install_signals()
             pids = " ".join(str(w.pid) for w in self.workers)
-            print(f"authz: serving on {self.listen} (workers {cfg.workers}, pids {pids}, db {cfg.db_path})",
+            http = f", HTTP on {self.http_listen}" if cfg.http_listen else ""
+            print(f"authz: serving on {self.listen} (workers {cfg.workers}, pids {pids}, db {cfg.db_path}){http}",
                   file=self.out, flush=True)
             self._loop()
             return 0
@@ -200,7 +207,7 @@ class Supervisor:
         from authz.server.app import run_worker
 
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        cfg = _replace(self.cfg, listen=self.listen)
+        cfg = _replace(self.cfg, listen=self.listen, http_listen=self.http_listen)
         p = self._ctx.Process(target=run_worker, args=(cfg, index, child_conn, bool(self.cfg.metrics_listen),
                                                        self._policies_stale),
                               name=f"authz-worker-{index}", daemon=False)
@@ -326,6 +333,8 @@ class Supervisor:
             remove_multiprocess_dir(self._metrics_dir)
         if self._reservation is not None:
             self._reservation.close()
+        if self._http_reservation is not None:
+            self._http_reservation.close()
         log.info("stopped")
 
 

@@ -1,0 +1,197 @@
+"""AuthZEN Authorization API 1.0 over the worker's HTTP listener: `POST /access/v1/evaluation`, `POST /access/v1/evaluations`
+and `GET /.well-known/authzen-configuration`, deciding through the worker's Decider (api "authzen").
+
+Who may ask is decided as for authz.v1 (callers.py): in development mode (loopback only) requests are
+taken as given; otherwise the PEP authenticates (bearer JWT, or its mTLS client certificate), asks
+for itself with subject Agent::"<its identity>", and names another subject only as a trusted PEP (or
+when a policy permits it `Action::"authz::CheckAs"` on that subject). A deny is a 200 with
+{"decision": false}; a malformed payload a 400, an unauthenticated one a 401, each with a JSON
+{"message"}. `X-Request-ID` is echoed on every answer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from authz.errors import IdentityError
+from authz.server import authzen_map as amap
+from authz.server.authzen_entities import with_overlays
+from authz.server.decider import Invalid, decision_id
+from authz.server.http import HttpPeer
+
+log = logging.getLogger("authz.server")
+
+API = "authzen"
+EVALUATION_PATH = "/access/v1/evaluation"
+EVALUATIONS_PATH = "/access/v1/evaluations"
+CONFIGURATION_PATH = "/.well-known/authzen-configuration"
+REQUEST_ID = "X-Request-ID"
+MAX_REQUEST_ID = 256  # characters of X-Request-ID echoed (longer ones are refused)
+_JSON = "application/json"
+_ALLOW = b'{"decision":true}'
+_DENY = b'{"decision":false}'
+# Decisions that could not be made at all: a single evaluation answers them with an HTTP error.
+_UNAVAILABLE = {"index_unavailable": 503, "internal_error": 500, "state_unavailable": 503}
+
+
+def _reply(body: bytes, status: int = 200, request_id: str | None = None, headers: dict | None = None):
+    h = {REQUEST_ID: request_id} if request_id else {}
+    if headers:
+        h.update(headers)
+    return web.Response(body=body, status=status, content_type=_JSON, headers=h)
+
+
+def _error(status: int, message: str, request_id: str | None = None, headers: dict | None = None):
+    return _reply(json.dumps({"message": message}).encode(), status, request_id, headers)
+
+
+def _denied(code: str, message: str) -> dict:
+    """An item decided without the policies (bad item, identity, unavailable): false with its reason."""
+    return {"decision": False, "context": {"reason": code, "message": message[:512]}}
+
+
+class AuthzenApi:
+    """The AuthZEN endpoints over a Decider; `callers` is None or in development mode when requests are
+    taken as given; `tokens` (a TokenService) refuses the context keys only task tokens set."""
+
+    def __init__(self, decider, callers=None, tokens=None, max_body_bytes: int = 4 * 1024 * 1024,
+                 max_batch_size: int = 1000, max_depth: int = 32, public_url: str = ""):
+        self.decider = decider
+        self.callers = callers
+        self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
+        self.max_batch_size = max_batch_size
+        self.max_depth = max_depth
+        self.public_url = public_url.rstrip("/")
+        self.open = callers is None or callers.development_mode
+
+    def routes(self) -> list:
+        return [web.post(EVALUATION_PATH, self.evaluation), web.post(EVALUATIONS_PATH, self.evaluations),
+                web.get(CONFIGURATION_PATH, self.configuration)]
+
+    # -- the pieces of every POST ---------------------------------------------------------------
+
+    async def _begin(self, request):
+        """(request id, caller, body) of a POST, or an error response as the first member's replacement:
+        returns (request_id, caller, doc, None) or (request_id, None, None, response)."""
+        rid = request.headers.get(REQUEST_ID)
+        if rid is not None and len(rid) > MAX_REQUEST_ID:
+            return None, None, None, _error(400, f"`{REQUEST_ID}` is longer than {MAX_REQUEST_ID} characters")
+        caller = None
+        if not self.open:
+            try:
+                caller = self.callers.v1_caller(HttpPeer(request))
+            except IdentityError as e:
+                return rid, None, None, _error(401, f"{e.code}: {e}", rid, {"WWW-Authenticate": "Bearer"})
+            if caller.principal is None:
+                return rid, None, None, _error(401, "unauthenticated: present a bearer token or a client certificate",
+                                               rid, {"WWW-Authenticate": "Bearer"})
+        if request.content_type != _JSON:
+            return rid, None, None, _error(415, "the body must be JSON (Content-Type: application/json)", rid)
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return rid, None, None, _error(413, f"the body is larger than {self.max_body_bytes} bytes", rid)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return rid, None, None, _error(413, f"the body is larger than {self.max_body_bytes} bytes", rid)
+        try:
+            return rid, caller, amap.parse_body(raw), None
+        except amap.PayloadError as e:
+            return rid, None, None, _error(400, str(e), rid)
+
+    def _requests(self, evaluations: list, caller) -> list:
+        """Evaluations (or the PayloadErrors of bad items) -> what the Decider decides, in order: the caller's
+        standing applied (callers.py), the context keys only the server sets refused (tokens_api.py), then
+        the subject's and resource's properties as their attributes for this request (authzen_entities.py)."""
+        requests = [Invalid("request_parse_error", str(e), e.field) if isinstance(e, amap.PayloadError) else e.request
+                    for e in evaluations]
+        if caller is not None:
+            requests = self.callers.bind_v1(requests, caller, self.decider, API)
+        if self.tokens is not None:
+            requests = self.tokens.bind(None, requests)
+        for i, e in enumerate(evaluations):
+            if type(requests[i]) is dict and not isinstance(e, amap.PayloadError) and e.overlays:
+                requests[i] = with_overlays(self.decider.engine, requests[i], e.overlays)
+        return requests
+
+    @staticmethod
+    def _trace(request) -> dict:
+        h = request.headers
+        return {k: h[k] for k in ("traceparent", "tracestate") if k in h}
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    async def evaluation(self, request):
+        """POST /access/v1/evaluation: {"decision": bool}; a deny made without the policies says why in `context`."""
+        rid, caller, doc, error = await self._begin(request)
+        if error is not None:
+            return error
+        try:
+            e = amap.single(doc, self.max_depth)
+        except amap.PayloadError as err:
+            return _error(400, str(err), rid)
+        req = self._requests([e], caller)[0]
+        o = self.decider.decide([req], API, None, self._trace(request))[0]
+        headers = {"X-Authz-Decision-Id": o.decision_id}
+        if o.code is None:
+            return _reply(_ALLOW if o.allowed else _DENY, 200, rid, headers)
+        if o.code == "request_parse_error":
+            return _error(400, o.message, rid, headers)
+        status = _UNAVAILABLE.get(o.code)
+        if status is not None:
+            return _error(status, f"{o.code}: {o.message} (decision {o.decision_id})", rid, headers)
+        return _reply(json.dumps(_denied(o.code, o.message)).encode(), 200, rid, headers)
+
+    async def evaluations(self, request):
+        """POST /access/v1/evaluations: {"evaluations": [...]} in item order, ending at the first deny or
+        permit with the short-circuit semantics (a bad item counts as a deny)."""
+        rid, caller, doc, error = await self._begin(request)
+        if error is not None:
+            return error
+        try:
+            b = amap.batch(doc, self.max_depth, self.max_batch_size)
+        except amap.PayloadError as err:
+            return _error(400, str(err), rid)
+        requests = self._requests(b.items, caller)
+        results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request))
+        parts = []
+        for d in results:
+            if type(d) is tuple:
+                parts.append(json.dumps(_denied(d[0], d[1])).encode())
+            else:
+                parts.append(_ALLOW if d.allowed else _DENY)
+        body = b'{"evaluations":[' + b",".join(parts) + b"]}"
+        return _reply(body, 200, rid, {"X-Authz-Decision-Id": decision_id(self.decider.id_prefix, first)}
+                      if results else None)
+
+    async def configuration(self, request):
+        """GET /.well-known/authzen-configuration: the PDP metadata, with absolute endpoint URLs."""
+        rid = request.headers.get(REQUEST_ID)
+        if rid is not None and len(rid) > MAX_REQUEST_ID:
+            return _error(400, f"`{REQUEST_ID}` is longer than {MAX_REQUEST_ID} characters")
+        base = self.public_url or f"{request.scheme}://{request.host}"
+        doc = {"policy_decision_point": base, "access_evaluation_endpoint": base + EVALUATION_PATH,
+               "access_evaluations_endpoint": base + EVALUATIONS_PATH}
+        return _reply(json.dumps(doc).encode(), 200, rid, {"Cache-Control": "max-age=300"})
+
+
+def build_app(api: AuthzenApi, max_body_bytes: int, extra_routes=()) -> web.Application:
+    """The aiohttp Application of the HTTP listener (`extra_routes`: the bench's no-op endpoint)."""
+    app = web.Application(client_max_size=max_body_bytes, handler_args={})
+    app.add_routes(api.routes())
+    if extra_routes:
+        app.add_routes(list(extra_routes))
+    return app
+
+
+def build_http_listener(cfg, decider, callers, tokens, extra_routes=()):
+    """The worker's HTTP listener on `cfg.http_listen` serving AuthZEN (not started), sharing the worker's
+    Decider, Callers and TokenService; TLS requiring client certificates when [identity.mtls] is set."""
+    from authz.server.http import HttpListener
+
+    api = AuthzenApi(decider, callers, tokens, cfg.max_message_bytes, cfg.max_batch_size, cfg.max_context_depth,
+                     cfg.public_url)
+    return HttpListener(build_app(api, cfg.max_message_bytes, extra_routes), cfg.http_listen,
+                        cfg.identity_settings.mtls, cfg.drain_s)

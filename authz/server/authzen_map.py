@@ -1,0 +1,220 @@
+"""AuthZEN 1.0 payloads as Cedar requests: JSON parsing under bounds, defaults of an `evaluations` batch, the mapping.
+
+subject {type, id, properties} -> principal <type>::"<id>"; resource likewise; action {name,
+properties} -> Action::"<name>" with its properties as `context.action`; context -> the Cedar
+context. Values: string, boolean, integer (Long), array (set), object (record); a member whose
+value is null is left out (the spec's "absent"). Subject and resource properties are the
+entity's attributes for this request only, overlaid on the stored entity (`overlays`).
+Nothing here keeps state between requests: every request dict and entity is built new.
+"""
+from __future__ import annotations
+
+import json
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
+STOP_ON = {"execute_all": None, "deny_on_first_deny": "deny", "permit_on_first_permit": "allow"}
+_PARTS = ("subject", "action", "resource", "context")
+
+
+class PayloadError(Exception):
+    """A payload (or one item of a batch) that is not a valid AuthZEN request; `field` names where."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"`{field}`: {message}" if field else message)
+        self.field = field
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request body as a JSON object (PayloadError otherwise). Nesting beyond Python's recursion
+    limit is refused by the parser itself; `to_cedar` bounds the depth of every value that is used."""
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise PayloadError("", "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PayloadError("", f"the body is not JSON: {e}") from None
+    if type(doc) is not dict:
+        raise PayloadError("", "the body must be a JSON object")
+    return doc
+
+
+def to_cedar(value, max_depth: int, field: str, depth: int = 0):
+    """A JSON value as a Cedar value (see the module docstring); PayloadError for a value Cedar has
+    no form for (a fraction, an integer beyond 64 bits, null in an array) or nesting beyond `max_depth`.
+    Cedar's JSON escapes (`__entity`, `__extn`) are read by the engine as Cedar reads them."""
+    t = type(value)
+    if t is str or t is bool:
+        return value
+    if t is int:
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise PayloadError(field, f"{value} is outside Cedar's 64-bit integer range")
+        return value
+    if t is float:
+        if value.is_integer() and _INT64_MIN <= value <= _INT64_MAX:
+            return int(value)
+        raise PayloadError(field, f"{value!r} is not an integer; Cedar numbers are 64-bit integers")
+    if depth >= max_depth:
+        raise PayloadError(field, f"nested deeper than {max_depth} levels")
+    if t is dict:
+        return {k: to_cedar(v, max_depth, f"{field}.{k}", depth + 1) for k, v in value.items() if v is not None}
+    if t is list:
+        out = []
+        for i, v in enumerate(value):
+            if v is None:
+                raise PayloadError(f"{field}[{i}]", "null is not a Cedar value")
+            out.append(to_cedar(v, max_depth, f"{field}[{i}]", depth + 1))
+        return out
+    raise PayloadError(field, "null is not a Cedar value")
+
+
+def _record(value, max_depth: int, field: str) -> dict:
+    if type(value) is not dict:
+        raise PayloadError(field, "must be an object")
+    return to_cedar(value, max_depth, field)
+
+
+def _string(obj: dict, key: str, field: str, nonempty: bool = True) -> str:
+    value = obj.get(key)
+    if value is None:
+        raise PayloadError(f"{field}.{key}", "is missing")
+    if type(value) is not str:
+        raise PayloadError(f"{field}.{key}", "must be a string")
+    if nonempty and not value:
+        raise PayloadError(f"{field}.{key}", "must not be empty")
+    return value
+
+
+class Entity:
+    """A subject or resource of one evaluation: its uid and, when it has `properties`, their Cedar record."""
+
+    __slots__ = ("uid", "properties")
+
+    def __init__(self, uid: dict, properties: dict | None):
+        self.uid, self.properties = uid, properties
+
+
+def entity(value, max_depth: int, field: str) -> Entity:
+    """A subject or resource object -> Entity (PayloadError naming the field)."""
+    if type(value) is not dict:
+        raise PayloadError(field, "must be an object with `type` and `id`")
+    uid = {"type": _string(value, "type", field), "id": _string(value, "id", field, nonempty=False)}
+    props = value.get("properties")
+    if props is None:
+        return Entity(uid, None)
+    record = _record(props, max_depth, f"{field}.properties")
+    return Entity(uid, record or None)
+
+
+def action(value, max_depth: int, field: str) -> tuple:
+    """An action object -> (Action uid, properties record or None)."""
+    if type(value) is not dict:
+        raise PayloadError(field, "must be an object with `name`")
+    uid = {"type": "Action", "id": _string(value, "name", field)}
+    props = value.get("properties")
+    return uid, (None if props is None else _record(props, max_depth, f"{field}.properties"))
+
+
+class Evaluation:
+    """One evaluation as the engine takes it (`request`) with the entities whose attributes it sets."""
+
+    __slots__ = ("request", "overlays")
+
+    def __init__(self, request: dict, overlays: tuple):
+        self.request, self.overlays = request, overlays
+
+
+def evaluation(subject: Entity, act: tuple, resource: Entity, context: dict | None, field: str) -> Evaluation:
+    """The parts of one evaluation (converted) -> Evaluation; a fresh request dict and context every time."""
+    ctx = dict(context) if context else {}
+    action_uid, action_props = act
+    if action_props is not None:
+        if "action" in ctx:
+            raise PayloadError(f"{field}context.action", "is set from `action.properties`; send one or the other")
+        ctx["action"] = action_props
+    overlays = tuple(e for e in (subject, resource) if e.properties is not None)
+    return Evaluation({"principal": subject.uid, "action": action_uid, "resource": resource.uid, "context": ctx},
+                      overlays)
+
+
+class Batch:
+    """A parsed `evaluations` body: per item an Evaluation or the PayloadError that makes it a deny, and
+    the semantic's stop ("allow", "deny" or None)."""
+
+    __slots__ = ("items", "stop_on")
+
+    def __init__(self, items: list, stop_on):
+        self.items, self.stop_on = items, stop_on
+
+
+def single(doc: dict, max_depth: int) -> Evaluation:
+    """The body of `POST /access/v1/evaluation` -> Evaluation (PayloadError: a 400)."""
+    for part in ("subject", "action", "resource"):
+        if doc.get(part) is None:
+            raise PayloadError(part, "is missing")
+    context = doc.get("context")
+    return evaluation(entity(doc["subject"], max_depth, "subject"), action(doc["action"], max_depth, "action"),
+                      entity(doc["resource"], max_depth, "resource"),
+                      None if context is None else _record(context, max_depth, "context"), "")
+
+
+def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
+    """The body of `POST /access/v1/evaluations` -> Batch. PayloadError (a 400) for what concerns the whole
+    payload (options, the array, its length); an item that is wrong is that item's error only.
+
+    Without `evaluations` (or with an empty array) the body is one evaluation, answered as a batch of one.
+    A top-level subject, action, resource or context is the default of every item that lacks it; an item's
+    own replaces the default whole (no merging of properties).
+    """
+    options = doc.get("options")
+    semantic = "execute_all"
+    if options is not None:
+        if type(options) is not dict:
+            raise PayloadError("options", "must be an object")
+        semantic = options.get("evaluations_semantic", "execute_all")
+        if semantic not in SEMANTICS:
+            raise PayloadError("options.evaluations_semantic",
+                               f"must be one of {', '.join(SEMANTICS)}, not {json.dumps(semantic)[:100]}")
+    items = doc.get("evaluations")
+    if items is None or items == []:
+        return Batch([single(doc, max_depth)], STOP_ON[semantic])
+    if type(items) is not list:
+        raise PayloadError("evaluations", "must be an array")
+    if len(items) > max_items:
+        raise PayloadError("evaluations", f"{len(items)} items, more than the maximum batch size {max_items}")
+    # Defaults are converted once (a bad one is the error of each item that uses it).
+    defaults: dict = {}
+    for part, convert in (("subject", entity), ("action", action), ("resource", entity), ("context", _record)):
+        value = doc.get(part)
+        if value is None:
+            continue
+        try:
+            defaults[part] = convert(value, max_depth, part)
+        except PayloadError as e:
+            defaults[part] = e
+    out = []
+    for i, item in enumerate(items):
+        field = f"evaluations[{i}]"
+        try:
+            out.append(_item(item, defaults, max_depth, field))
+        except PayloadError as e:
+            out.append(e)
+    return Batch(out, STOP_ON[semantic])
+
+
+def _item(item, defaults: dict, max_depth: int, field: str) -> Evaluation:
+    if type(item) is not dict:
+        raise PayloadError(field, "must be an object")
+    parts = {}
+    for part, convert in (("subject", entity), ("action", action), ("resource", entity), ("context", _record)):
+        value = item.get(part)
+        if value is not None:
+            parts[part] = convert(value, max_depth, f"{field}.{part}")
+            continue
+        default = defaults.get(part)
+        if isinstance(default, PayloadError):
+            raise default
+        if default is None and part != "context":
+            raise PayloadError(f"{field}.{part}", "is missing (and there is no top-level default)")
+        parts[part] = default
+    return evaluation(parts["subject"], parts["action"], parts["resource"], parts["context"], f"{field}.")
