@@ -26,9 +26,17 @@ def main():
 @main.command("compile")
 @click.argument("srcs", nargs=-1, required=True, type=click.Path())
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(), help="LMDB index directory.")
-def compile_command(srcs, db):
+@click.option("--schema", default=None, type=click.Path(dir_okay=False),
+              help="Cedar schema the policies must validate against (see `authz validate`).")
+def compile_command(srcs, db, schema):
     """Compile Cedar policies and entity files into a new generation of the index at --db."""
     try:
+        if schema is not None:
+            from .tooling.validate import validate_sources
+
+            problems = validate_sources(list(srcs), schema)
+            if problems:
+                raise CompileError(problems)
         number = compile_sources(list(srcs), db)
     except CompileError as err:
         for line in err.diagnostics:
@@ -97,6 +105,10 @@ def _register_optional_commands():
 
     main.add_command(approvals)
     main.add_command(health)
+    from .tooling.commands import test_command, validate_command  # policy tooling (imports PyYAML when it runs)
+
+    main.add_command(validate_command)
+    main.add_command(test_command)
     try:
         from .server.cli_serve import serve
     except ImportError:  # the gRPC server's dependencies are not installed

@@ -1,6 +1,7 @@
 """Cedar JSON entity files -> validated entities with their transitively closed ancestors."""
 
 import json
+import re
 
 import cedarpy
 
@@ -86,7 +87,9 @@ def load_entities(files, overlay=None):
         text = json.dumps(items)
         message = _rejection(text) if isinstance(items, list) else "a JSON array of entities is expected"
         if message is not None:
-            diagnostics.extend(describe(text, items, message, name) if isinstance(items, list) else [f"{name}: {message}"])
+            # (positions in `text`, which the user never saw, are left out)
+            found = describe(text, items, message, "") if isinstance(items, list) else [f": {message}"]
+            diagnostics.extend(name + re.sub(r"^:\d+:\d+:", ":", d) for d in found)
         else:
             replaced = {_uid(item["uid"]) for item in items}
             read = [(n, [item for item in data if _uid(item["uid"]) not in replaced]) for n, data in read]
