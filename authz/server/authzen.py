@@ -177,9 +177,23 @@ class AuthzenApi:
         return _reply(json.dumps(doc).encode(), 200, rid, {"Cache-Control": "max-age=300"})
 
 
+@web.middleware
+async def _json_errors(request, handler):
+    """aiohttp's own refusals (unknown path 404, method 405, body too large 413) as JSON messages too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        rid = request.headers.get(REQUEST_ID)
+        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        return _error(e.status, e.reason.lower(), rid if rid is not None and len(rid) <= MAX_REQUEST_ID else None,
+                      headers)
+
+
 def build_app(api: AuthzenApi, max_body_bytes: int, extra_routes=()) -> web.Application:
     """The aiohttp Application of the HTTP listener (`extra_routes`: the bench's no-op endpoint)."""
-    app = web.Application(client_max_size=max_body_bytes, handler_args={})
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
     app.add_routes(api.routes())
     if extra_routes:
         app.add_routes(list(extra_routes))
