@@ -12,7 +12,7 @@ from .lower import PolicyLowering
 from .source import parse_alone, parse_policy_text
 from .verify import verify_policies
 from ..engine.index import publish
-from .writer import build_generation
+from .writer import build_generation, parents_table
 
 # A shape some of whose literals are not patchable holes: each such policy is lowered on its own.
 _SHAPE_FALLBACK = object()
@@ -92,6 +92,12 @@ def compile_generation(srcs):
 def compile_parts(srcs, entity_overlay=None):
     """(generation blob, {policy id: {annotation: value}} of the policies with annotations besides @id)
     for `srcs`; raises CompileError listing every problem found. `entity_overlay`: see load_entities."""
+    return compile_all(srcs, entity_overlay)[:2]
+
+
+def compile_all(srcs, entity_overlay=None):
+    """compile_parts and, third, the entities' direct parents (writer.parents_table), which
+    Engine.check's request entities need; published beside the generation."""
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
@@ -146,7 +152,8 @@ def compile_parts(srcs, entity_overlay=None):
     if diagnostics:
         raise CompileError(diagnostics)
     verify_policies([c[0] for c in compiled], [c[1] for c in compiled], symbols)
-    return build_generation(records, ids, entities, symbols), annotations
+    blob = build_generation(records, ids, entities, symbols)
+    return blob, annotations, parents_table(entities, symbols)
 
 
 # Deeply nested policies (long `+` chains, nested sets) become deeply nested JSON and recursion in
@@ -162,9 +169,9 @@ def compile_sources(srcs, db, entity_overlay=None):
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, _COMPILE_RECURSION_LIMIT))
     try:
-        blob, annotations = compile_parts(srcs, entity_overlay)
+        blob, annotations, parents = compile_all(srcs, entity_overlay)
     except RecursionError:
         raise CompileError(["policies nested too deeply to compile"]) from None
     finally:
         sys.setrecursionlimit(previous)
-    return publish(os.fspath(db), blob, annotations)
+    return publish(os.fspath(db), blob, annotations, parents)

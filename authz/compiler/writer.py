@@ -142,6 +142,24 @@ def _list_bytes(items):
     return struct.pack(f"<I{len(items)}I", len(items), *items) if items else b""
 
 
+def parents_table(entities, symbols):
+    """The direct parents of every entity, for request entities (Engine.check's `entities`) that replace a
+    stored entity: its descendants' ancestors are then recomputed from these, which the generation's
+    transitively closed ancestor lists cannot give. Published beside the generation (index.parents_key):
+    u32 uid count N, then N u32 offsets from the table's start (0: no parents), each at a u32 list of
+    parent uid indices. Call after build_generation (the uid table is final then)."""
+    n = len(symbols.uids)
+    lists, offsets, at = bytearray(), [0] * n, 4 + 4 * n
+    for uid, entity in entities.items():
+        if entity.parents:
+            parents = sorted({symbols.uid_index(*p) for p in entity.parents})
+            offsets[symbols.uid_index(*uid)] = at + len(lists)
+            lists += _list_bytes(parents)
+    if len(symbols.uids) != n:
+        raise CompileError(["internal error: the uid table changed after the generation was built"])
+    return struct.pack(f"<I{n}I", n, *offsets) + bytes(lists)
+
+
 def build_generation(records, ids, entities, symbols):
     """The generation blob. `records`/`ids`: lowered policies in order; `entities`: uid -> Entity."""
     for entity in entities.values():

@@ -11,14 +11,36 @@ import lmdb
 
 from ..errors import IndexUnavailableError
 from . import _evaluator
-from .index import CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env, release_env
+from .index import (CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env, parents_key,
+                    release_env)
 
 Decision = _evaluator.Decision
 _NONE = {}
 
 
 class Engine(_evaluator.EngineCore):
-    """Decides Cedar requests from the index at `db`; notices newer generations within `poll_interval_s`."""
+    """Decides Cedar requests from the index at `db`; notices newer generations within `poll_interval_s`.
+
+    check(principal, action, resource, context=None, entities=None) decides one request and
+    check_batch(requests, entities=None) a list of {principal, action, resource, context?} dicts.
+
+    Request entities: `entities` is a list of entities in Cedar's JSON entity format,
+    {"uid": {"type": T, "id": I}, "attrs": {...}, "parents": [{"type": .., "id": ..}, ...], "tags": {...}}
+    ("tags" optional; values as in Cedar JSON: strings, booleans, integers, arrays as sets, objects as
+    records, {"__entity": {...}} and {"__extn": {"fn": .., "arg": ..}} escapes). For this call only (every
+    request of a batch) they replace the stored entities with the same uid whole: attributes, tags and
+    parents; entities not stored are added. Ancestors are recomputed: a request entity's parents may be
+    stored entities or other request entities, and a stored entity whose ancestry passes through a replaced
+    entity sees that entity's new parents. The decision is then Cedar's for the stored entities with these
+    replacing them (decisions, determining and erroring policies). Nothing is kept for the next call.
+    At most MAX_REQUEST_ENTITIES (100) entities and MAX_REQUEST_ENTITY_VALUES (10,000) JSON values in
+    all; a uid given twice, an action entity (type `Action` or `...::Action`: action groups are compiled)
+    or anything malformed raises RequestError naming the field (`entities[2].attrs.level`: ...).
+    To overlay only some attributes of a stored entity, read nothing back: send the whole entity you want
+    seen (its stored attributes are not merged). request_entities(entities) checks and resolves them once
+    for several calls (pass its result as `entities`). An empty list is the same as none; requests
+    without entities take the usual path and cost nothing more.
+    """
 
     def __init__(self, db, poll_interval_s=0.01):
         self.db = os.fspath(db)
@@ -68,6 +90,9 @@ class Engine(_evaluator.EngineCore):
                 raise IndexUnavailableError(f"`{self.db}`: generation {number} is corrupted")
             try:
                 generation = _evaluator.Generation(blob, number, txn)
+                parents = txn.get(parents_key(number))
+                if parents is not None:
+                    generation._set_parents(parents)
                 raw = txn.get(annotations_key(number))
                 annotations = json.loads(bytes(raw).decode("utf-8", "surrogatepass")) if raw is not None else {}
                 if type(annotations) is not dict:

@@ -790,6 +790,7 @@ cdef class Request:
     cdef dict context       # the whole context as a Cedar record, built only if a policy needs it
     cdef int64_t steps      # what is left of the budget of the policy being evaluated (eval_budget)
     cdef int depth          # how deep the evaluation of that policy is in nodes with operands
+    cdef object ov          # the call's request entities (an Overlay: _overlay.pxi), or None
 
 
 @cython.final
@@ -862,6 +863,9 @@ cdef class Generation:
     cdef void* uid_slots_mem
     cdef dict uid_by_type
     cdef Py_ssize_t uid_by_type_n
+    cdef object parents_owner        # the entities' direct parents (index.parents_key), or None
+    cdef const unsigned char* pbase  # ... read in place (request entities only: _overlay.pxi)
+    cdef Py_ssize_t psize
 
     def __cinit__(self, buffer, number, owner=None):
         self.owner = owner
@@ -1109,6 +1113,55 @@ cdef class Generation:
                 hi = mid - 1
         return False
 
+    def _set_parents(self, buffer):
+        """The entities' direct parents published beside this generation (a buffer that stays valid as
+        long as this generation's read transaction: `owner`); request entities read them (stored_parents)."""
+        cdef const unsigned char[::1] view = buffer
+        cdef uint32_t n
+        if view.shape[0] < 4:
+            raise IndexFormatError("the entity parents table is truncated")
+        memcpy(&n, &view[0], 4)
+        if n != self.n_uids or view.shape[0] < 4 + 4 * <Py_ssize_t>n:
+            raise IndexFormatError("the entity parents table does not match its generation")
+        self.parents_owner = view
+        self.pbase = &view[0]
+        self.psize = view.shape[0]
+
+    cdef inline uint32_t p32(self, Py_ssize_t off) except? 0xFFFFFFFF:
+        cdef uint32_t v
+        if off < 0 or off + 4 > self.psize:
+            format_error(b"read past the end of the entity parents table")
+            return 0xFFFFFFFF
+        memcpy(&v, self.pbase + off, 4)
+        return v
+
+    cdef list stored_parents(self, int idx):
+        """The direct parents (Uids) of stored uid `idx`, from the parents table."""
+        if idx < 0:
+            return []
+        if self.parents_owner is None:
+            raise RequestError("the index holds no entity parents (compiled by an older authz): compile it "
+                               "again to replace stored entities that have descendants")
+        if <uint32_t>idx >= self.n_uids:
+            raise IndexFormatError("uid index out of range")
+        cdef Py_ssize_t lst = self.p32(4 + 4 * <Py_ssize_t>idx)
+        if lst == 0:
+            return []
+        cdef uint32_t count = self.p32(lst), i
+        if count > (self.psize - lst) // 4:
+            raise IndexFormatError("the entity parents table is truncated")
+        return [self.uid_at(self.p32(lst + 4 + 4 * <Py_ssize_t>i)) for i in range(count)]
+
+    cdef int add_ancestors(self, Py_ssize_t rec, set out) except -1:
+        """Adds the (closed) stored ancestors of the uid whose record is at `rec` to `out`."""
+        cdef Py_ssize_t lst = self.u32(rec + UID_ANC)
+        if lst == 0:
+            return 0
+        cdef uint32_t count = self.u32(lst), i
+        for i in range(count):
+            out.add(self.u32(lst + 4 + 4 * <Py_ssize_t>i))
+        return 0
+
     cdef inline bint is_entity(self, Uid u) except -1:
         return u.idx >= 0 and (self.u8(u.rec + 4) & 1)
 
@@ -1270,6 +1323,8 @@ cdef class Generation:
         n = self.u32(pos[0])
         pos[0] += 4
         if type(left) is Uid:
+            if r.ov is not None and (<Overlay>r.ov).entity(<Uid>left) is not None:
+                return overlay_attr((<Overlay>r.ov).entity(<Uid>left), op, self.string_at(n))
             if op == OP_GETATTR:
                 return self.entity_value(<Uid>left, n)
             if not self.is_entity(<Uid>left):
@@ -1439,14 +1494,14 @@ cdef class Generation:
             if tl is not Uid:
                 type_error("entity", left)
             if tr is Uid:
-                return self.uid_in(<Uid>left, <Uid>right)
+                return self.uid_in_ov(<Uid>left, <Uid>right, r.ov)
             if tr is CedarSet:
                 spend(&r.steps, len((<CedarSet>right).items))
                 for item in (<CedarSet>right).items:
                     if type(item) is not Uid:
                         type_error("entity", item)
                 for item in (<CedarSet>right).items:
-                    if self.uid_in(<Uid>left, <Uid>item):
+                    if self.uid_in_ov(<Uid>left, <Uid>item, r.ov):
                         return True
                 return False
             type_error("entity or set", right)
@@ -1470,6 +1525,8 @@ cdef class Generation:
                 type_error("entity", left)
             if tr is not str:
                 type_error("string", right)
+            if r.ov is not None and (<Overlay>r.ov).entity(<Uid>left) is not None:
+                return overlay_tag((<Overlay>r.ov).entity(<Uid>left), <str>right, op == OP_GET_TAG)
             return self.tag_value(<Uid>left, <str>right, op == OP_GET_TAG)
         raise IndexFormatError(f"unknown opcode {op}")
 
@@ -1478,11 +1535,23 @@ cdef class Generation:
             return self.uid_matches(a, b.idx)
         return a.type == b.type and a.id == b.id
 
+    cdef inline bint uid_in_ov(self, Uid a, Uid b, object ov) except -1:
+        """uid_in, over the request's entities when it brings some (`ov`: an Overlay or None)."""
+        if ov is None:
+            return self.uid_in(a, b)
+        return (<Overlay>ov).uid_in(a, b)
+
     # -- scopes, candidates, decisions --
     cdef inline bint uid_matches(self, Uid u, uint32_t target) except -1:
         return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor_at(u.rec, target))
 
-    cdef bint scope(self, Py_ssize_t* pos, Uid u) except -1:
+    cdef inline bint matches(self, Uid u, uint32_t target, object ov) except -1:
+        """uid_matches, over the request's entities when it brings some (`ov`: an Overlay or None)."""
+        if ov is None:
+            return self.uid_matches(u, target)
+        return (<Overlay>ov).matches(u, target)
+
+    cdef bint scope(self, Py_ssize_t* pos, Uid u, object ov) except -1:
         cdef Py_ssize_t at = pos[0]
         cdef uint32_t a, b, i
         if at < 0 or at + 9 > self.size:
@@ -1496,15 +1565,15 @@ cdef class Generation:
         if op == S_EQ:
             return u.idx >= 0 and <uint32_t>u.idx == a
         if op == S_IN:
-            return self.uid_matches(u, a)
+            return self.matches(u, a, ov)
         if op == S_IS:
             return u.type_idx >= 0 and <uint32_t>u.type_idx == b
         if op == S_IS_IN:
-            return u.type_idx >= 0 and <uint32_t>u.type_idx == b and self.uid_matches(u, a)
+            return u.type_idx >= 0 and <uint32_t>u.type_idx == b and self.matches(u, a, ov)
         if op == S_IN_LIST:
             pos[0] += 4 * <Py_ssize_t>a
             for i in range(a):
-                if self.uid_matches(u, self.u32(pos[0] - 4 * <Py_ssize_t>a + 4 * <Py_ssize_t>i)):
+                if self.matches(u, self.u32(pos[0] - 4 * <Py_ssize_t>a + 4 * <Py_ssize_t>i), ov):
                     return True
             return False
         raise IndexFormatError(f"unknown scope operator {op}")
@@ -1541,11 +1610,12 @@ cdef class Generation:
             n += 1
         return n
 
-    cdef int keys_of(self, Uid u, uint8_t role, IndexKey* keys, int cap) except -1:
+    cdef int keys_of(self, Uid u, uint8_t role, IndexKey* keys, int cap, bint ancestors=True) except -1:
         """The index keys a request uid matches in `role` (principal or resource), each with its
         partner mask in that role and its own bit: ANY first, then its type, itself and its
         ancestors, each only if some index pair uses it in that role. The ancestors' roles and masks
-        are in the uid's own ancestor keys: no ancestor record is read."""
+        are in the uid's own ancestor keys: no ancestor record is read. Without `ancestors`: ANY, its type
+    and itself only (an overlay adds the ancestors it recomputed)."""
         cdef int n = 1
         cdef Py_ssize_t at, rec, sn, akeys
         cdef uint32_t count, i, a
@@ -1570,7 +1640,7 @@ cdef class Generation:
                 keys[n].mask = self.u64(rec + UID_MASKS + which)
                 keys[n].bit = key_bit_c(u.idx)
                 n += 1
-            akeys = self.u32(rec + UID_AKEYS)
+            akeys = self.u32(rec + UID_AKEYS) if ancestors else 0
             if akeys:
                 count = self.u32(akeys)
                 at = akeys + 4
@@ -1656,8 +1726,17 @@ cdef class Generation:
             for i in range(self.n_policies + 1):
                 self.seen[i] = 0
             self.stamp = 1
-        pkeys = self.index_keys(r.principal, KEY_IS_PRINCIPAL, &np)
-        rkeys = self.index_keys(r.resource, KEY_IS_RESOURCE, &nr)
+        if r.ov is None:
+            pkeys = self.index_keys(r.principal, KEY_IS_PRINCIPAL, &np)
+            rkeys = self.index_keys(r.resource, KEY_IS_RESOURCE, &nr)
+        else:
+            pkeys = (<Overlay>r.ov).keys(r.principal, KEY_IS_PRINCIPAL, &np)
+            rkeys = (<Overlay>r.ov).keys(r.resource, KEY_IS_RESOURCE, &nr)
+            if (<Overlay>r.ov).affected(r.action):
+                # Its policies are found through its stored action groups (UID_ALIST), which only a
+                # stored graph gives.
+                raise RequestError("`entities`: an entity of the request is an ancestor of the action "
+                                   f"`{r.action!r}`: actions and their groups come from the compiled entities")
         n = 0
         # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
         # is probed only if both keys' partner masks admit it (most pairs are not in the index).
@@ -1764,17 +1843,18 @@ cdef class Generation:
                 raise IndexFormatError("policy index out of range")
             effect = self.u8(pos + 4)
             pos += 5
-            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.principal)):
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.principal, r.ov)):
                 continue
-            if not (self.skip_scope(&pos, False) or self.scope(&pos, r.action)):
+            if not (self.skip_scope(&pos, False) or self.scope(&pos, r.action, r.ov)):
                 continue
-            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.resource)):
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.resource, r.ov)):
                 continue
             cond_len = self.u32(pos)
             pos += 4
             if cond_len:
                 start = pos
-                outcome = cv_eval(self, &pos, r, &cv, 0)
+                # The scalar path reads entities in the map only: with request entities, the general one.
+                outcome = cv_eval(self, &pos, r, &cv, 0) if r.ov is None else 0
                 if outcome == 1 and cv.kind == CV_BOOL:
                     if not cv.i:
                         continue
@@ -2206,6 +2286,7 @@ cdef Request new_request(Uid principal, Uid action, Uid resource, object context
     written into `r` when given (check_batch reuses one Request for its items)."""
     if r is None:
         r = Request.__new__(Request)
+    r.ov = None
     r.principal = principal
     r.action = action
     r.resource = resource
@@ -2277,6 +2358,9 @@ cdef class BatchReader:
         return new_request(self.p, self.a, self.r, context, self.plain, into)
 
 
+include "_overlay.pxi"
+
+
 cdef class EngineCore:
     """Decides requests against the current generation; the Python subclass (authz.Engine) keeps it current."""
     cdef Generation _gen
@@ -2338,14 +2422,25 @@ cdef class EngineCore:
                 out.append(item)
         return out
 
-    def check(self, principal, action, resource, context=None):
-        """Decides one request; raises RequestError if it is malformed."""
+    def check(self, principal, action, resource, context=None, entities=None):
+        """Decides one request; raises RequestError if it is malformed. `entities`: see authz.Engine."""
         cdef Generation g = self.current()
-        return g.decide(self.make_request(g, principal, action, resource, context))
+        cdef Request r = self.make_request(g, principal, action, resource, context)
+        if entities is not None:
+            r.ov = overlay_for(g, entities)
+        return g.decide(r)
 
-    def check_batch(self, requests):
-        """Decides each request (a dict with principal, action, resource and optional context), in order."""
+    def request_entities(self, entities):
+        """`entities` (Cedar JSON entities) checked and resolved once, for check / check_batch to take as
+        their `entities` (see authz.Engine); RequestError naming what is wrong."""
         cdef Generation g = self.current()
+        return make_overlay(g, entities)
+
+    def check_batch(self, requests, entities=None):
+        """Decides each request (a dict with principal, action, resource and optional context), in order.
+        `entities`: see authz.Engine; they apply to every request of the batch."""
+        cdef Generation g = self.current()
+        cdef Overlay ov = overlay_for(g, entities) if entities is not None else None
         cdef list items = requests if type(requests) is list else list(requests)
         cdef Py_ssize_t count = len(items), n
         cdef list out = []
@@ -2360,6 +2455,8 @@ cdef class EngineCore:
                 # The next item is read before this one is decided, so that what its uid lookups prefetch
                 # (index keys, records) arrives while this one is decided.
                 following = reader.read(n + 1, items[n + 1], following)
+            if ov is not None:
+                current.ov = ov
             out.append(g.decide(current))
             current, following = following, current
         return out

@@ -98,9 +98,15 @@ def release_env(env):
             return
 
 
-def publish(db, blob, annotations=None):
-    """Writes `blob` (and its policies' `annotations`) as the next generation and makes it current in one
-    write transaction; returns its number."""
+def parents_key(number):
+    """The generation's entities' direct parents (compiler.writer.parents_table; absent: compiled before
+    they were published, or by hand), read only by requests that bring entities of their own."""
+    return b"par/%016x" % number
+
+
+def publish(db, blob, annotations=None, parents=None):
+    """Writes `blob` (and its policies' `annotations`, its entities' direct `parents`) as the next
+    generation and makes it current in one write transaction; returns its number."""
     env = open_env(db, create=True)
     try:
         # A reader killed without closing (SIGKILL) leaves its slot, which would keep every later
@@ -117,12 +123,15 @@ def publish(db, blob, annotations=None):
             if annotations:
                 text = json.dumps(annotations, ensure_ascii=False)
                 txn.put(annotations_key(number), text.encode("utf-8", "surrogatepass"))
+            if parents is not None:
+                txn.put(parents_key(number), parents)
             txn.put(CURRENT_KEY, struct.pack("<Q", number))
             # Readers still holding the previous generation keep their snapshot; LMDB reuses its pages later.
             if previous:
                 txn.delete(generation_key(previous))
                 txn.delete(crc_key(previous))
                 txn.delete(annotations_key(previous))
+                txn.delete(parents_key(previous))
         return number
     except lmdb.MapFullError:
         raise IndexUnavailableError(f"cannot write index `{db}`: the generation does not fit in the "
