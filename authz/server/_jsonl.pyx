@@ -20,6 +20,7 @@ cdef extern from "<time.h>" nogil:
     tm* gmtime_r(const time_t* timep, tm* result)
 
 import json as _json
+from authz.server.requestlog import EMPTY as EMPTY_CONTEXT, context_part
 
 
 cdef inline int put_str(Buf* b, str text) except -1:
@@ -289,9 +290,10 @@ cdef int put_token(Buf* b, dict ctx) except -1:
 
 cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, Fields* f, principal, action,
                   resource, str decision, policies, errors, str reason, UidSlot* memo=NULL,
-                  dict token_ctx=None) except -1:
+                  dict token_ctx=None, str context=None) except -1:
     """One event's line; its decision id is `decision_id`, or prefix + seq when that is None; with
-    `token_ctx` (a context plain_token accepted), its token part."""
+    `token_ctx` (a context plain_token accepted), its token part; with `context` (requestlog.context_part),
+    that last."""
     put(b, b'{"decision_id":', 15)
     if decision_id is not None:
         put_json_str(b, decision_id)
@@ -326,6 +328,8 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, F
         put_json_str(b, reason)
     if token_ctx is not None:
         put_token(b, token_ctx)
+    if context is not None:
+        put_str(b, context)
     put(b, b'}\n', 2)
     return 0
 
@@ -385,7 +389,7 @@ cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, obj
             and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) and plain_strings(dd.policies):
         try:
             put_line(b, None, prefix, seq, f, p, a, res, "allow" if dd.allowed else "deny", dd.policies,
-                     dd._errors, None, memo, token_ctx)
+                     dd._errors, None, memo, token_ctx, EMPTY_CONTEXT if not ctx else context_part(ctx))
             return True
         except UnicodeEncodeError:
             b.n = mark

@@ -10,7 +10,7 @@ as JSON (kept encoded: re-encoded only when one is added), then the counts as u6
   overflow        the tools set reached its bound and stopped growing
   tools           [[type, id], ...] resources of allowed calls, in first-use order
   counts          {label: allowed calls carrying it}; the task's labels are its keys
-  m1, h1          rate windows (windows.py)
+  m1, h1          rate windows (windows.pyx)
   suspended_by    id of the pending approval suspending the task, or ""
   revoked         the task was revoked (approval rejected with on_reject = "revoke_task", or a tripwire)
   due             when its entry in the sweep index falls due (backend bookkeeping)
@@ -57,8 +57,8 @@ def check_text(value, what: str, max_bytes: int, empty_ok: bool = False) -> str:
 
 
 def check_now(now) -> float:
-    if type(now) not in (int, float) or not math.isfinite(now) or now < 0:
-        raise InvalidArgument("now must be a finite, non-negative number of seconds")
+    if type(now) not in (int, float) or not math.isfinite(now) or not 0 <= now < 2 ** 53:
+        raise InvalidArgument("now must be a finite, non-negative number of seconds (below 2^53)")
     return float(now)
 
 

@@ -99,3 +99,24 @@ def test_the_remembered_count_always_equals_a_recount(ops, width):
 def test_a_damaged_window_is_refused():
     with pytest.raises(ValueError):
         windows.Window.load(1, 5, b"\0" * 7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(calls=st.lists(st.floats(0, 200, allow_nan=False), max_size=40), at=st.floats(0, 300, allow_nan=False),
+       width=st.sampled_from([windows.M1_WIDTH, windows.H1_WIDTH]))
+def test_counts_are_the_bucket_sums_also_in_the_first_buckets(calls, at, width):
+    """The count is exactly the calls whose bucket is at most SPAN buckets before now's, near time 0 too
+    (where the oldest counted buckets would be negative: the compiled window's slot arithmetic)."""
+    calls = sorted(c * width for c in calls)
+    now = max([at * width] + calls)
+    window = windows.Window(width)
+    for t in calls:
+        window.add(t)
+    oldest = int(now // width) - windows.SPAN
+    assert window.count(now) == sum(1 for t in calls if int(t // width) >= oldest)
+    assert windows.Window.load(width, window.head, window.stored()).count(now) == window.count(now)
+
+
+def test_a_window_needs_a_positive_width():
+    with pytest.raises(ValueError):
+        windows.Window(0)
