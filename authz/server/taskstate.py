@@ -30,6 +30,7 @@ TOKEN_KEYS = ("token", "delegation")  # context keys a task token sets
 PER_SENDING_KEYS = TOKEN_KEYS + ("source", "destination")  # left out of a request's digest (see _digest)
 QUARANTINE = "quarantine"
 ON_DENY = ("suspend_task", "revoke_task", "revoke_agent")
+LABELS_CACHED = 4096  # (resource, determining permits) pairs whose labels a worker remembers
 STATE_CODES = frozenset({"task_revoked", "task_suspended", "approval_required", "state_unavailable"})
 
 
@@ -76,6 +77,7 @@ def _digest(principal, action, resource, ctx) -> str:
 
 
 def _labels(engine, resource, policies) -> tuple:
+    """A call's labels: its resource's `labels` attribute, then each determining permit's `@labels`."""
     out = list(engine.string_set_attribute(resource, "labels"))
     for pid in policies:
         for label in (engine.annotations(pid).get("labels") or "").split(","):
@@ -91,6 +93,24 @@ class TaskState:
 
     def __init__(self, store, revoker=None, clock=time.time):
         self.store, self.revoker, self.clock = store, revoker, clock
+        # A call's labels depend on the resource and the determining permits alone, for one generation
+        # of one engine: (engine, generation) -> {(type, id, policies): labels}, at most LABELS_CACHED.
+        self._labels_of = (None, None, {})
+
+    def _call_labels(self, engine, resource, policies) -> tuple:
+        held, generation, cache = self._labels_of
+        if held is not engine or generation != engine.generation:
+            cache = {}
+            self._labels_of = (engine, engine.generation, cache)
+        key = (resource["type"], resource["id"], *policies) if type(resource) is dict else None
+        labels = cache.get(key) if key is not None else None
+        if labels is None:
+            labels = _labels(engine, resource, policies)
+            if key is not None:
+                if len(cache) >= LABELS_CACHED:
+                    cache.clear()
+                cache[key] = labels
+        return labels
 
     def decide(self, engine, requests, indexes, results) -> None:
         """results[i] for each i in `indexes` (requests with a task): the engine's Decision, a Granted, or
@@ -127,7 +147,7 @@ class TaskState:
             d = engine.check(principal, action, resource, {**ctx, **txn.view()})
             results[i] = d
             if d.allowed:
-                txn.allowed(stored, _labels(engine, resource, d.policies), ctx.get("cost", 0))
+                txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))
                 continue
             notes = [engine.annotations(p) for p in d.policies]
             if d.policies and d.permitted and all(n.get("approval") for n in notes):
@@ -135,7 +155,7 @@ class TaskState:
                 grant = txn.consume_grant(digest)
                 if grant is not None:
                     results[i] = Granted(d.policies, grant.approval_id, grant.approver)
-                    txn.allowed(stored, _labels(engine, resource, ()), ctx.get("cost", 0))
+                    txn.allowed(stored, self._call_labels(engine, resource, ()), ctx.get("cost", 0))
                     continue
                 queue = notes[0]["approval"]
                 a = txn.request_approval(queue, _chain(ctx) or [_agent_id(principal)], principal, action, resource,
