@@ -144,7 +144,7 @@ class TaskState:
                 txn.denied()
                 results[i] = ("task_suspended", f"the task waits for approval {txn.suspended_by}", "")
                 continue
-            d = engine.check(principal, action, resource, {**ctx, **txn.view()})
+            d = engine.check(principal, action, resource, {**ctx, **txn.live_view()})
             results[i] = d
             if d.allowed:
                 txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))

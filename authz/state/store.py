@@ -299,6 +299,14 @@ class TaskTxn:
         now = self.batch.now
         return {"task": self.state.view(now), "agent": self.agent.view(now)}
 
+    def live_view(self) -> dict:
+        """view() without its copies, for the decision being made now (the server's step): the dicts are
+        kept and brought up to date at each call, so the next change of the task changes them."""
+        batch = self.batch
+        batch._check_open()
+        now = batch.now
+        return {"task": self.state.live_view(now), "agent": self.agent.live_view(now)}
+
     def allowed(self, resource, labels=(), cost: int = 0) -> None:
         """Record an allowed call on `resource` ({"type","id"} or (type, id)) carrying `labels`, costing
         `cost`. InvalidArgument / Full (labels bound) leave the state unchanged."""
@@ -310,11 +318,15 @@ class TaskTxn:
             checked = (model.check_uid(resource, cfg.max_uid_bytes), model.check_labels(labels, cfg))
             if key is not None:
                 batch._checked[key] = checked
-        model.check_cost(cost)
-        self._check_active()
-        self.state.record_allowed(batch.now, checked[0], checked[1], cost, cfg)
-        self.agent.record_allowed(batch.now)
-        batch._changed(self.state)
+        if type(cost) is not int or not 0 <= cost <= model.LONG_MAX:
+            model.check_cost(cost)
+        state = self.state
+        if not batch._open or state.revoked or state.suspended_by:
+            self._check_active()
+        now = batch.now
+        state.record_allowed(now, checked[0], checked[1], cost, cfg)
+        self.agent.record_allowed(now)
+        batch._changed(state)
         batch._changed(self.agent)
 
     def denied(self) -> None:
