@@ -11,6 +11,7 @@ import time
 from authz.server._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch
 from authz.server.logfile import AppendError, LineFile
+from authz.server.requestlog import context_part
 
 log = logging.getLogger("authz.decisionlog")
 
@@ -303,14 +304,14 @@ class DecisionLog:
         t, api, latency_ns, generation, events, count = batch
         latency_ns, generation = int(latency_ns), int(generation or 0)
 
-        def line(event):  # the Python formatter, for what authz.server._jsonl leaves to it
-            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event)
+        def line(event, request=None):  # the Python formatter, for what authz.server._jsonl leaves to it
+            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request)
 
         if type(events) is list:
             return format_events(events[:count], t, api, latency_ns, generation, line)
         decided = events  # a DecisionBatch: its events are made here, off the request path
         return format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], t, api,
-                                latency_ns, generation, lambda i: line(decided.event(i)))
+                                latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
 
     def _format_run(self, run) -> bytes:
         """The JSON lines of a _CheckRun, as UTF-8 (authz.server._jsonl; the Python formatter for what it leaves)."""
@@ -319,7 +320,8 @@ class DecisionLog:
         def line(k):
             t, latency_ns, generation, seq, request, result = checks[k]
             event = DecisionBatch(run.prefix, seq, [request], [result]).event(0)
-            return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), int(generation or 0)), event)
+            return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), int(generation or 0)), event,
+                                      request)
 
         return format_checks(run.prefix, run.api, checks, line)
 
@@ -329,8 +331,9 @@ class DecisionLog:
         shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
         return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
 
-    def _format_event(self, shared, tail, event) -> str:
-        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values)."""
+    def _format_event(self, shared, tail, event, request=None) -> str:
+        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values);
+        with `request` (a request dict), its context last (authz.server.requestlog)."""
         decision_id, principal, action, resource, decision, policies, errors, reason, token, *approval = event
         quid, qstr = self._quid, self._qstr
         line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
@@ -345,6 +348,8 @@ class DecisionLog:
             line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
         if approval:  # the approval this call asked for ({"id", "queue"}) or was allowed by ({"id", "approver"})
             line += f',"approval":{json.dumps(approval[0], ensure_ascii=False)}'
+        if type(request) is dict:
+            line += context_part(request.get("context"))
         return line + "}\n"
 
     def _quid(self, uid) -> str:

@@ -22,12 +22,13 @@ _event = st.tuples(
     st.one_of(st.none(), st.tuples(_text, _text, st.lists(_text, max_size=2))))
 
 
-def _python_line(log, event):
-    return log._format_event(*log._batch_fields(T, API, LATENCY_NS, GENERATION), event)
+def _python_line(log, event, request=None):
+    return log._format_event(*log._batch_fields(T, API, LATENCY_NS, GENERATION), event, request)
 
 
-def _python_lines(log, events):
-    return "".join(_python_line(log, e) for e in events).encode("utf-8", "replace")
+def _python_lines(log, events, requests=None):
+    requests = requests or [None] * len(events)
+    return "".join(_python_line(log, e, r) for e, r in zip(events, requests)).encode("utf-8", "replace")
 
 
 @settings(max_examples=400, deadline=None)
@@ -109,8 +110,8 @@ def _formatted_both_ways(tmp_path_factory, batch) -> tuple:
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     try:
         fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
-                                GENERATION, lambda i: _python_line(log, batch.event(i)))
-        return fast, _python_lines(log, [batch.event(i) for i in range(len(batch))])
+                                GENERATION, lambda i: _python_line(log, batch.event(i), batch.requests[i]))
+        return fast, _python_lines(log, [batch.event(i) for i in range(len(batch))], batch.requests)
     finally:
         log.close()
 
@@ -159,7 +160,7 @@ def test_check_run_same_json_as_its_events(tmp_path_factory, checks, api):
     def python_line(k):
         t, latency_ns, generation, seq, request, result = checks[k]
         event = DecisionBatch(prefix, seq, [request], [result]).event(0)
-        return log._format_event(*log._batch_fields(t, api, latency_ns, generation), event)
+        return log._format_event(*log._batch_fields(t, api, latency_ns, generation), event, request)
 
     try:
         fast = format_checks(prefix, api, checks, python_line)
