@@ -115,6 +115,17 @@ class DecisionBatch:
         return event if approval is None else event + (approval,)
 
 
+def _check_one(engine, r: dict):
+    """engine.check of one request dict; its `entities` (request entities, Engine.check) when it brings some
+    (check_batch reads them from the dict itself)."""
+    entities = r.get("entities")
+    if entities is None:
+        return engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
+                            context=r.get("context") or {})
+    return engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
+                        context=r.get("context") or {}, entities=entities)
+
+
 def _log_engine_failure() -> None:
     """Log the exception being handled, throttled."""
     _engine_failures.log(logging.ERROR, "engine failure", "engine failure; denying with internal_error",
@@ -223,10 +234,14 @@ class Decider:
                 outcomes.append(Outcome(did, d.allowed, d.policies, d.errors, generation))
         return outcomes
 
-    def decide_batch(self, requests: list, api: str, stop_on: str | None = None, trace=None) -> tuple:
+    def decide_batch(self, requests: list, api: str, stop_on: str | None = None, trace=None,
+                     one_by_one: bool = False) -> tuple:
         """decide() without Outcome objects: (results, first, generation), results[i] being the
         engine's Decision or (code, message, field) for a request answered without one, with the
-        decision id `decision_id(self.id_prefix, first + i)`. Logs, counts and traces the results."""
+        decision id `decision_id(self.id_prefix, first + i)`. Logs, counts and traces the results.
+
+        `one_by_one`: some requests bring entities of their own (a request dict's `entities`, for it
+        alone): each request is decided by itself (Engine.check), not as one engine batch."""
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         results: list = [None] * n
@@ -245,14 +260,17 @@ class Decider:
                 for i in valid:
                     results[i] = ("index_unavailable", "no policy index is loaded", "")
             elif self.task_state is not None:
-                stateful = [i for i in valid if task_of(requests[i]) is not None]
+                stateful, plain = [], []
+                for i in valid:
+                    (plain if task_of(requests[i]) is None else stateful).append(i)
                 if stateful:
-                    plain = [i for i in valid if task_of(requests[i]) is None]
                     if plain:
                         self._evaluate(engine, requests, plain, results)
                     self._evaluate_with_state(engine, requests, stateful, results)
                 else:
                     self._evaluate(engine, requests, valid, results)
+            elif one_by_one:
+                self._evaluate_each(engine, requests, valid, results)
             else:
                 self._evaluate(engine, requests, valid, results)
         # INVARIANT: single-threaded per worker, so the engine cannot switch generations between
@@ -327,8 +345,7 @@ class Decider:
         try:
             if len(valid) == 1:
                 r = requests[valid[0]]
-                results[valid[0]] = engine.check(principal=r["principal"], action=r["action"],
-                                                 resource=r["resource"], context=r.get("context") or {})
+                results[valid[0]] = _check_one(engine, r)
                 return
             if len(valid) == len(requests):
                 results[:] = engine.check_batch(requests)
@@ -351,11 +368,15 @@ class Decider:
                 results[i] = ("internal_error", "internal error", "")
             return
         # A malformed item made the batch fail: decide item by item to pin it down.
+        self._evaluate_each(engine, requests, valid, results)
+
+    @staticmethod
+    def _evaluate_each(engine, requests, valid, results):
+        """_evaluate, one request at a time (each with its own `entities`, if any)."""
         for i in valid:
             r = requests[i]
             try:
-                results[i] = engine.check(principal=r["principal"], action=r["action"], resource=r["resource"],
-                                          context=r.get("context") or {})
+                results[i] = _check_one(engine, r)
             except RequestError as e:
                 results[i] = ("request_parse_error", str(e), "")
             except Exception:
