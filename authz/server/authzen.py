@@ -17,7 +17,7 @@ from aiohttp import web
 
 from authz.errors import IdentityError
 from authz.server import authzen_map as amap
-from authz.server.authzen_entities import with_overlays
+from authz.server.authzen_entities import Overlays
 from authz.server.decider import Invalid, decision_id
 from authz.server.http import HttpPeer
 
@@ -66,6 +66,7 @@ class AuthzenApi:
         self.max_depth = max_depth
         self.public_url = public_url.rstrip("/")
         self.open = callers is None or callers.development_mode
+        self.overlays = Overlays()
 
     def routes(self) -> list:
         return [web.post(EVALUATION_PATH, self.evaluation), web.post(EVALUATIONS_PATH, self.evaluations),
@@ -113,8 +114,13 @@ class AuthzenApi:
             requests = self.tokens.bind(None, requests)
         for i, e in enumerate(evaluations):
             if type(requests[i]) is dict and not isinstance(e, amap.PayloadError) and e.overlays:
-                requests[i] = with_overlays(self.decider.engine, requests[i], e.overlays)
+                requests[i] = self.overlays.apply(self.decider.engine, requests[i], e.overlays)
         return requests
+
+    @staticmethod
+    def _one_by_one(evaluations) -> bool:
+        """True when an evaluation brings entity attributes (its request dict has `entities` for it alone)."""
+        return any(not isinstance(e, amap.PayloadError) and e.overlays for e in evaluations)
 
     @staticmethod
     def _trace(request) -> dict:
@@ -133,7 +139,7 @@ class AuthzenApi:
         except amap.PayloadError as err:
             return _error(400, str(err), rid)
         req = self._requests([e], caller)[0]
-        o = self.decider.decide([req], API, None, self._trace(request))[0]
+        o = self.decider.decide([req], API, None, self._trace(request))[0]  # one request: Engine.check
         headers = {"X-Authz-Decision-Id": o.decision_id}
         if o.code is None:
             return _reply(_ALLOW if o.allowed else _DENY, 200, rid, headers)
@@ -155,7 +161,8 @@ class AuthzenApi:
         except amap.PayloadError as err:
             return _error(400, str(err), rid)
         requests = self._requests(b.items, caller)
-        results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request))
+        results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request),
+                                                                one_by_one=self._one_by_one(b.items))
         parts = []
         for d in results:
             if type(d) is tuple:

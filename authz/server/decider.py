@@ -256,6 +256,7 @@ class Decider:
             valid = range(n)
         if valid:
             engine = self.engine  # INVARIANT: opened by the worker's background task, never on the request path
+            evaluate = self._evaluate_each if one_by_one else self._evaluate
             if engine is None:
                 for i in valid:
                     results[i] = ("index_unavailable", "no policy index is loaded", "")
@@ -265,14 +266,12 @@ class Decider:
                     (plain if task_of(requests[i]) is None else stateful).append(i)
                 if stateful:
                     if plain:
-                        self._evaluate(engine, requests, plain, results)
+                        evaluate(engine, requests, plain, results)
                     self._evaluate_with_state(engine, requests, stateful, results)
                 else:
-                    self._evaluate(engine, requests, valid, results)
-            elif one_by_one:
-                self._evaluate_each(engine, requests, valid, results)
+                    evaluate(engine, requests, valid, results)
             else:
-                self._evaluate(engine, requests, valid, results)
+                evaluate(engine, requests, valid, results)
         # INVARIANT: single-threaded per worker, so the engine cannot switch generations between
         # the evaluation above and this read.
         generation = self.generation
@@ -379,6 +378,8 @@ class Decider:
                 results[i] = _check_one(engine, r)
             except RequestError as e:
                 results[i] = ("request_parse_error", str(e), "")
+            except IndexUnavailableError as e:
+                results[i] = ("index_unavailable", str(e), "")
             except Exception:
                 _log_engine_failure()
                 results[i] = ("internal_error", "internal error", "")
