@@ -76,6 +76,11 @@ def _digest(principal, action, resource, ctx) -> str:
     return request_digest(principal, action, resource, kept)
 
 
+def _frozen(view: dict) -> dict:
+    """A copy of a live view (context.task or context.agent) that its next update leaves as it is."""
+    return {k: v.copy() if type(v) is dict or type(v) is list else v for k, v in view.items()}
+
+
 def _labels(engine, resource, policies) -> tuple:
     """A call's labels: its resource's `labels` attribute, then each determining permit's `@labels`."""
     out = list(engine.string_set_attribute(resource, "labels"))
@@ -116,19 +121,24 @@ class TaskState:
         """results[i] for each i in `indexes` (requests with a task): the engine's Decision, a Granted, or
         (code, message, field[, approval_id, queue]) for a deny the task state made."""
         actions = []  # tripwires to apply to the tokens once the state is committed
+        seen = {}  # i -> the context request i was decided with, for the decision log (authz replay)
         try:
             self.store.transact(self.clock(), lambda batch: self._step(engine, batch, requests, indexes, results,
-                                                                       actions))
+                                                                       actions, seen))
         except StateError as e:
             log.warning("task state unavailable, denying: %s", e)
             for i in indexes:
                 results[i] = ("state_unavailable", str(e), "")
             return
+        if type(requests) is list:
+            for i, context in seen.items():
+                requests[i] = {**requests[i], "context": context}
         for kind, subject in actions:
             self._revoke(kind, subject)
 
-    def _step(self, engine, batch, requests, indexes, results, actions) -> None:
+    def _step(self, engine, batch, requests, indexes, results, actions, seen) -> None:
         actions.clear()  # a retried transaction starts over
+        seen.clear()
         many = len(indexes) > 1  # in a batch the store remembers validated (resource, labels) tuples
         for i in indexes:
             r = requests[i]
@@ -144,7 +154,9 @@ class TaskState:
                 txn.denied()
                 results[i] = ("task_suspended", f"the task waits for approval {txn.suspended_by}", "")
                 continue
-            d = engine.check(principal, action, resource, {**ctx, **txn.live_view()})
+            live = txn.live_view()
+            d = engine.check(principal, action, resource, {**ctx, **live})
+            seen[i] = {**ctx, "task": _frozen(live["task"]), "agent": _frozen(live["agent"])}
             results[i] = d
             if d.allowed:
                 txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))
