@@ -15,6 +15,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from authz.errors import AuthzError
 from authz.jsonterms import shown
+from authz.state.redis_config import resolve_paths as resolve_state_paths
 
 BUNDLED_POLICIES = pathlib.Path(__file__).resolve().parent.parent / "examples" / "policies"
 DEFAULT_LISTEN = "127.0.0.1:9191"
@@ -163,21 +164,31 @@ class ServeConfig:
         cached = self.__dict__.get("_state_config")
         if cached is not None:
             return cached
-        fields = {}
+        from authz.state.redis_config import KEYS as REDIS_KEYS
+        from authz.state.redis_config import RedisSettings
+
+        fields, redis_doc = {}, {}
         for table, keys in (("state", _STATE_KEYS), ("approvals", _APPROVAL_KEYS)):
             doc = getattr(self, table)
             if not isinstance(doc, dict):
                 raise ConfigError(f"`[{table}]` must be a table")
             for key, value in doc.items():
+                if table == "state" and key in REDIS_KEYS:
+                    redis_doc[key] = value
+                    continue
                 if key not in keys:
                     raise ConfigError(f"unknown option `{table}.{key}`")
                 if key == "backend":
-                    if value != "lmdb":
-                        raise ConfigError(f"`state.backend` must be \"lmdb\" (the embedded store in data_dir), "
-                                          f"not {shown(value)}")
+                    if value not in ("lmdb", "redis"):
+                        raise ConfigError(f"`state.backend` must be \"lmdb\" (the embedded store in data_dir) or "
+                                          f"\"redis\" (shared by every node: docs/scale-out.md), not {shown(value)}")
                     continue
                 fields[keys[key]] = value
         try:
+            if self.state.get("backend") == "redis":
+                fields["redis"] = RedisSettings.from_table(redis_doc)
+            elif redis_doc:
+                raise ValueError(f"`state.{sorted(redis_doc)[0]}` needs backend = \"redis\"")
             cached = StateConfig(path=state_path(self.data_dir), index_path=self.db_path, **fields)
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -246,7 +257,7 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
                 and not pathlib.Path(tracing["file"]).is_absolute():
             tracing = {**tracing, "file": str(base / tracing["file"])}
         values["tracing"] = tracing
-        values["state"] = doc.get("state", {})
+        values["state"] = resolve_state_paths(doc.get("state", {}), base)  # password and key files
         values["approvals"] = doc.get("approvals", {})
     overrides = dict(overrides)
     mtls_flags = {k: overrides.pop(k, None) for k in _MTLS_FLAGS}

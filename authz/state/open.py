@@ -23,4 +23,4 @@ def shared_keys(cfg, store):
     from authz.tokens.config import TokenConfig
     from authz.tokens.shared_keys import SharedKeyStore
     tokens = TokenConfig.from_dict(cfg.tokens)
-    return lambda: SharedKeyStore(store.redis_client, store.config.redis, tokens.max_ttl_s, tokens.leeway_s)
+    return lambda: SharedKeyStore(store.link, store.settings, tokens.max_ttl_s, tokens.leeway_s, store.fanout)

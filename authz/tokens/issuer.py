@@ -102,7 +102,7 @@ class Issuer:
         try:
             rv = self.verifier.revocations.current()
         except Exception as e:
-            raise TokenError("revocation_unavailable", str(e)) from None
+            raise TokenError(getattr(e, "code", "revocation_unavailable"), str(e)) from None
         if rv.task_revoked(task, now):
             raise TokenError("task_revoked", f"task `{task}` is revoked")
         for agent in agents:

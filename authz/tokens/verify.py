@@ -203,8 +203,8 @@ class Verifier:
         now = self.clock() if now is None else now
         try:
             rv = self.revocations.current()
-        except RevocationError as e:
-            raise TokenError("revocation_unavailable", str(e)) from None
+        except RevocationError as e:  # its code: revocation_unavailable, or state_unavailable (shared, stale)
+            raise TokenError(e.code, str(e)) from None
         if not len(rv):
             return
         if rv.token_revoked(vt.jti, now) or any(rv.token_revoked(j, now) for j in vt.jti_chain):

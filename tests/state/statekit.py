@@ -14,8 +14,10 @@ PAY = {"type": "Action", "id": "pay"}
 TOOL = {"type": "Tool", "id": "payments.send"}
 
 
-def make_store(path, **cfg) -> LmdbStore:
-    return LmdbStore(StateConfig(path=str(path), **cfg))
+def make_store(path, **cfg):
+    """A store on `path` (LMDB), or on Redis when cfg has `redis` (RedisSettings)."""
+    from authz.state.open import open_store
+    return open_store(StateConfig(path=str(path), **cfg))
 
 
 def digest(amount=5000, resource=TOOL):

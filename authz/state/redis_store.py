@@ -1,0 +1,460 @@
+"""RedisStore: the Store shared by every node, on one Redis (docs/scale-out.md).
+
+A decision is two round trips, whatever it decides:
+  load    `batch.task(task, agent)` reads the task and the agent records in one pipeline, each with its
+          version (a pending approval suspending the task adds one read, only then);
+  commit  one EVALSHA of COMMIT (below): it checks that every record read still has the version read,
+          then writes every change, all inside Redis's single-threaded script execution (atomic across
+          nodes). A moved version -> Conflict, nothing written, and Store.transact decides again on
+          fresh state (`conflicts` counts them; metrics and bench/bench_state.py report the rate).
+A batch of calls (BatchCheck) shares both round trips. Read-only batches (the tokens layer asking
+whether a task is suspended) never commit.
+
+Keys (all under `key_prefix` P; records are hashes {v: version, d: the model's/approvals' encoding}):
+  P t:<task>   P a:<agent>   P p:<approval id>
+  P ver        the version counter: each write takes the next number (versions never repeat)
+  P po         zset approval id by requested_at (List order; bounds max_approvals)
+  P pd         zset approval id by when it falls due (expiry of a pending one, lapse of a grant)
+  P g:<digest hex>:<task>   the approval id of a live grant (expires with it)
+  P seq, P feed             the approval change feed: zset "<seq>|<approval>" by seq (last feed_keep)
+  P rv:*       the revocation set (redis_revocations.py);  P keys:*  the signing keys (tokens/shared_keys.py)
+  P ti, P ai   zsets task / agent id by when it falls idle (`due`, as LMDB's): sizes, max_tasks/max_agents,
+               and the sweep, which forgets idle records on the store's clock
+Retention is also Redis's own expiry (a record outlives its `due` by a minute; a settled approval
+approval_keep_s after it stopped mattering), so a deployment whose sweeps stop does not grow. Redis's
+`maxmemory` with `maxmemory-policy noeviction` bounds the whole; a write it refuses is Full.
+"""
+from __future__ import annotations
+
+import redis
+
+from authz.state import approvals as A
+from authz.state import model
+from authz.state.config import StateConfig
+from authz.state.errors import Conflict, Full, InvalidArgument, NotFound, Unavailable
+from authz.state.redis_link import RedisLink
+from authz.state.store import Batch, Changes, Store
+
+# KEYS[1] version counter; ARGV: n_checks, then checks (kind, key index, value), then writes.
+#  checks  v <i> <version>   KEYS[i]'s version is still <version> ("0": it did not exist)
+#          c <i> <most>      zset KEYS[i] holds fewer than <most> members (a new approval fits)
+#  writes  h <i> <data> <ttl ms>   store a record (new version); ttl 0 = keep
+#          s <i> <value> <ttl ms>  set a string     x <i>   delete a key
+#          z <i> <score> <member>  zadd             r <i> <member>   zrem
+#          f <feed i> <seq i> <raw> <keep>          append to the change feed
+COMMIT = r"""
+local n = tonumber(ARGV[1])
+local i = 2
+for _ = 1, n do
+  local kind, key, want = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
+  i = i + 3
+  if kind == 'v' then
+    local have = redis.call('HGET', key, 'v') or '0'
+    if have ~= want then return 'conflict' end
+  elseif redis.call('ZCARD', key) >= tonumber(want) then
+    return 'full'
+  end
+end
+local ver = nil
+while i <= #ARGV do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'h' then
+    ver = ver or redis.call('INCR', KEYS[1])
+    redis.call('HSET', key, 'v', ver, 'd', ARGV[i + 2])
+    local ttl = tonumber(ARGV[i + 3])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    i = i + 4
+  elseif op == 's' then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3])
+    i = i + 4
+  elseif op == 'x' then
+    redis.call('DEL', key)
+    i = i + 2
+  elseif op == 'z' then
+    redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'r' then
+    redis.call('ZREM', key, ARGV[i + 2])
+    i = i + 3
+  else
+    local seq = redis.call('INCR', KEYS[tonumber(ARGV[i + 2])])
+    redis.call('ZADD', key, seq, seq .. '|' .. ARGV[i + 3])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', seq - tonumber(ARGV[i + 4]))
+    i = i + 5
+  end
+end
+return 'ok'
+"""
+_HOUR = 3600
+_MARGIN_S = 60  # records outlive what they are needed for by this much (clock differences between nodes)
+
+
+def approval_due(approval: A.Approval) -> float | None:
+    """When the sweep must look at the approval again (expiry while pending, its grant's lapse), or None."""
+    if approval.state == "pending":
+        return approval.expires_at
+    if approval.state == "approved" and approval.kind == "call":
+        return approval.grant_expires_at
+    return None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisStore(Store):
+    """The shared Store (see the module docstring). Connected lazily; every failure is Unavailable."""
+
+    def __init__(self, config: StateConfig, link: RedisLink | None = None):
+        super().__init__(config)
+        self.settings = config.redis
+        self.link = link or RedisLink(self.settings)
+        self.prefix = self.settings.key_prefix.encode()
+        self._sha = None
+        self._revocations = None
+        self._fanout = None
+        self.conflicts = 0  # commits refused because the state moved (then decided again)
+        self.commits = 0
+
+    @property
+    def fanout(self):
+        """The process's listener for changes made on other nodes (fanout.py), started on first use."""
+        if self._fanout is None:
+            from authz.state.fanout import Fanout
+            self._fanout = Fanout(self.link, self.prefix + b"events")
+        return self._fanout
+
+    def key(self, *parts) -> bytes:
+        return self.prefix + b"".join(p if type(p) is bytes else p.encode("utf-8") for p in parts)
+
+    @property
+    def revocations(self):
+        if self._revocations is None:
+            from authz.state.redis_revocations import RedisRevocations
+            self._revocations = RedisRevocations(self.link, self.prefix, self.fanout)
+        return self._revocations
+
+    def close(self) -> None:
+        if self._fanout is not None:
+            self._fanout.stop()
+            self._fanout = None
+        self._revocations = None
+        self.link.close()
+
+    # --- decisions -------------------------------------------------------------------------------
+    def batch(self, now: float) -> "RedisBatch":
+        return RedisBatch(self, now)
+
+    def transact(self, now: float, work, attempts: int = 8):
+        # As Store.transact, counting conflicts; a retry decides at a fresh `now` only through `work`.
+        for _ in range(attempts):
+            try:
+                with self.batch(now) as batch:
+                    result = work(batch)
+                return result
+            except Conflict:
+                self.conflicts += 1
+                continue
+        raise Unavailable(f"the state kept changing during {attempts} attempts")
+
+    def run_commit(self, keys: list, args: list) -> None:
+        def run(client):
+            if self._sha is None:
+                self._sha = client.script_load(COMMIT)
+            try:
+                return client.evalsha(self._sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
+                self._sha = client.script_load(COMMIT)
+                return client.evalsha(self._sha, len(keys), *keys, *args)
+        answer = self.link.call(run)
+        if answer == b"conflict":
+            raise Conflict("the task state changed since it was read")
+        if answer == b"full":
+            raise Full(f"the state store holds its maximum of {self.config.max_approvals} approvals")
+        self.commits += 1
+
+    # --- reads -----------------------------------------------------------------------------------
+    def get_approval(self, approval_id: str, now: float) -> A.Approval:
+        A.check_id(approval_id)
+        now = model.check_now(now)
+        raw = self.link.call(lambda c: c.hget(self.key("p:", approval_id), "d"))
+        if raw is None:
+            raise NotFound(f"no approval `{approval_id}`")
+        return A.decode(raw, approval_id).effective(now)
+
+    def list_approvals(self, now: float, state=None, queue=None, task=None, limit: int = 100) -> list:
+        self._check_filters(state, queue, task, limit)
+        now = model.check_now(now)
+        out, start, page = [], 0, 200
+        while len(out) < limit:
+            ids = self.link.call(lambda c: c.zrevrange(self.key("po"), start, start + page - 1))
+            if not ids:
+                break
+
+            def fetch(c):
+                pipe = c.pipeline(transaction=False)
+                for approval_id in ids:
+                    pipe.hget(self.key(b"p:", approval_id), "d")
+                return pipe.execute()
+            for approval_id, raw in zip(ids, self.link.call(fetch)):
+                if raw is None:
+                    continue  # its retention ended (the sweep drops it from the order)
+                a = A.decode(raw, approval_id.decode()).effective(now)
+                if (state is None or a.state == state) and (queue is None or a.queue == queue) \
+                        and (task is None or a.task == task):
+                    out.append(a)
+                    if len(out) == limit:
+                        break
+            start += page
+        return out
+
+    def changes_since(self, seq: int, limit: int = 100) -> Changes:
+        if type(seq) is not int or not 0 <= seq < 1 << 63:
+            raise InvalidArgument("seq must be a non-negative Long")
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise InvalidArgument("limit must be an integer from 1 to 1000")
+
+        def read(c):
+            pipe = c.pipeline(transaction=False)
+            pipe.get(self.key("seq"))
+            pipe.zrange(self.key("feed"), 0, 0, withscores=True)
+            pipe.zrangebyscore(self.key("feed"), f"({seq}", "+inf", start=0, num=limit, withscores=True)
+            return pipe.execute()
+        last_raw, first, rows = self.link.call(read)
+        last = int(last_raw or 0)
+        oldest = int(first[0][1]) if first else last + 1
+        items = [(int(score), A.decode(member.split(b"|", 1)[1])) for member, score in rows]
+        return Changes(items, items[-1][0] if items else last, seq < oldest - 1 or seq > last)
+
+    def task_view(self, task_id: str, now: float) -> dict | None:
+        model.check_text(task_id, "task id", self.config.max_id_bytes)
+        now = model.check_now(now)
+        raw = self.link.call(lambda c: c.hget(self.key("t:", task_id), "d"))
+        return None if raw is None else model.decode_task(task_id, raw).view(now)
+
+    def sizes(self) -> dict:
+        def read(c):
+            pipe = c.pipeline(transaction=False)
+            pipe.zcard(self.key("ti"))
+            pipe.zcard(self.key("ai"))
+            pipe.zcard(self.key("po"))
+            pipe.get(self.key("seq"))
+            return pipe.execute()
+        tasks, agents, approvals, seq = self.link.call(read)
+        return {"tasks": int(tasks), "agents": int(agents), "approvals": int(approvals), "changes": int(seq or 0)}
+
+    # --- upkeep ----------------------------------------------------------------------------------
+    def sweep(self, now: float, limit: int = 1000) -> int:
+        now = model.check_now(now)
+        due = self.link.call(lambda c: c.zrangebyscore(self.key("pd"), "-inf", now, start=0, num=limit))
+        done = 0
+        for raw_id in due:
+            approval_id = raw_id.decode()
+
+            def apply(batch, approval_id=approval_id):
+                return batch.fall_due(approval_id)
+            done += self.transact(now, apply)
+        for kind in ("t", "a"):
+            names = self.link.call(lambda c, kind=kind: c.zrangebyscore(self.key(kind + "i"), "-inf", now,
+                                                                         start=0, num=max(0, limit - done)))
+            for raw_name in names:
+                done += self.transact(now, lambda batch, n=raw_name.decode("utf-8"), k=kind: batch.forget_idle(k, n))
+        self._trim_order(now)
+        return done
+
+    def _trim_order(self, now: float) -> None:
+        """Drop from the List order the approvals whose retention has ended (their records expired)."""
+        cfg = self.config
+        horizon = now - cfg.approval_ttl_s - cfg.grant_ttl_s - cfg.approval_keep_s - 2 * _MARGIN_S
+        old = self.link.call(lambda c: c.zrangebyscore(self.key("po"), "-inf", horizon, start=0, num=1000))
+        if not old:
+            return
+
+        def trim(c):
+            pipe = c.pipeline(transaction=False)
+            for approval_id in old:
+                pipe.exists(self.key(b"p:", approval_id))
+            gone = [a for a, alive in zip(old, pipe.execute()) if not alive]
+            if gone:
+                c.zrem(self.key("po"), *gone)
+        self.link.call(trim)
+
+
+class RedisBatch(Batch):
+    """Reads (with versions) now, writes at commit in one atomic script (see the module docstring)."""
+
+    def __init__(self, store: RedisStore, now: float):
+        super().__init__(store.config, now)
+        self.store = store
+        self._tasks, self._agents, self._approvals = {}, {}, {}
+        self._versions = {}      # record key -> version read (b"0": absent)
+        self._dirty = {}         # record key -> TaskState / AgentState to write
+        self._approval_writes = {}  # approval id -> (Approval, created)
+        self._grants = {}        # grant key -> approval id or None (read in this batch)
+        self._forgotten = []     # record keys the sweep deletes
+        self._drop_due = set()   # approval ids the sweep takes off the due index
+
+    # --- loading ---------------------------------------------------------------------------------
+    def task(self, task_id: str, agent_id: str):
+        if (type(task_id) is str and type(agent_id) is str and task_id not in self._tasks
+                and (task_id, agent_id) not in self._handles):
+            model.check_text(task_id, "task id", self.config.max_id_bytes)
+            model.check_text(agent_id, "agent id", self.config.max_id_bytes)
+            self._load([("t", task_id)] + ([("a", agent_id)] if agent_id not in self._agents else []))
+        return super().task(task_id, agent_id)
+
+    def _load(self, wanted) -> None:
+        """Read records [(kind, id)] in one pipeline, keeping their versions."""
+        store = self.store
+        keys = [store.key(kind + ":", name) for kind, name in wanted]
+
+        def read(c):
+            pipe = c.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, "v", "d")
+            return pipe.execute()
+        for (kind, name), key, (version, raw) in zip(wanted, keys, store.link.call(read)):
+            self._versions[key] = version or b"0"
+            if kind == "t":
+                self._tasks[name] = model.TaskState(name, self.now) if raw is None else model.decode_task(name, raw)
+            elif kind == "a":
+                self._agents[name] = (model.AgentState(name, self.now) if raw is None
+                                      else model.decode_agent(name, raw))
+            else:
+                self._approvals[name] = None if raw is None else A.decode(raw, name)
+
+    def _task(self, task_id: str) -> model.TaskState:
+        if task_id not in self._tasks:
+            self._load([("t", task_id)])
+        return self._tasks[task_id]
+
+    def _agent(self, agent_id: str) -> model.AgentState:
+        if agent_id not in self._agents:
+            self._load([("a", agent_id)])
+        return self._agents[agent_id]
+
+    def _changed(self, state) -> None:
+        kind = "t:" if type(state) is model.TaskState else "a:"
+        self._dirty[self.store.key(kind, state.id)] = state
+
+    def _approval(self, approval_id: str):
+        if approval_id not in self._approvals:
+            self._load([("p", approval_id)])
+        return self._approvals[approval_id]
+
+    def _save_approval(self, approval: A.Approval, created: bool = False) -> None:
+        self._approvals[approval.id] = approval
+        was = self._approval_writes.get(approval.id)
+        self._approval_writes[approval.id] = (approval, created or (was is not None and was[1]))
+
+    def _grant_key(self, task_id: str, digest: str) -> bytes:
+        return self.store.key("g:", digest, ":", task_id)
+
+    def _grant(self, task_id: str, digest: str):
+        key = self._grant_key(task_id, digest)
+        if key not in self._grants:
+            raw = self.store.link.call(lambda c: c.get(key))
+            self._grants[key] = None if raw is None else raw.decode()
+        approval_id = self._grants[key]
+        if approval_id is not None and approval_id not in self._approvals:
+            self._approval(approval_id)  # read with its version: a grant used twice conflicts
+        return approval_id
+
+    # --- sweep -----------------------------------------------------------------------------------
+    def fall_due(self, approval_id: str) -> int:
+        """Apply the approval's due item (expire it, or lapse its grant); 1 if it did something."""
+        approval = self._approval(approval_id)
+        if approval is None:
+            self._approval_writes.pop(approval_id, None)
+            self._drop_due.add(approval_id)
+            return 0
+        due = approval_due(approval)
+        if due is None or due > self.now:
+            if due is None:
+                self._drop_due.add(approval_id)
+            return 0
+        if approval.state == "pending":
+            self._decide(approval, "expire")
+        else:
+            approval.expire(self.now)
+            self._save_approval(approval)
+        return 1
+
+    def forget_idle(self, kind: str, name: str) -> int:
+        """Delete an idle task ("t") or agent ("a") whose time has come (its `due` passed), unless a pending
+        approval keeps the task; 1 if it did something."""
+        state = self._task(name) if kind == "t" else self._agent(name)
+        key = self.store.key(kind + ":", name)
+        if self._versions.get(key) == b"0":  # gone already: drop its index entry
+            self._forgotten.append(key)
+            return 0
+        if state.due > self.now:
+            return 0
+        if kind == "t" and state.suspended_by:
+            state.last = max(state.last, self.now)  # kept while its approval is pending
+            self._changed(state)
+            return 1
+        self._forgotten.append(key)
+        return 1
+
+    # --- commit ----------------------------------------------------------------------------------
+    def _commit(self) -> None:
+        store, cfg, now = self.store, self.config, self.now
+        drop = self._drop_due
+        if not self._dirty and not self._approval_writes and not drop and not self._forgotten:
+            return  # read only
+        keys = [store.key("ver")]
+        index = {}
+
+        def ref(key: bytes) -> str:
+            i = index.get(key)
+            if i is None:
+                keys.append(key)
+                i = index[key] = len(keys)
+            return str(i)
+        checks, writes = [], []
+        for key, version in self._versions.items():
+            checks += ["v", ref(key), version]
+        for approval, created in self._approval_writes.values():
+            if created:
+                checks += ["c", ref(store.key("po")), str(cfg.max_approvals)]
+                break
+        for key, state in self._dirty.items():
+            task = type(state) is model.TaskState
+            ttl = cfg.task_ttl_s if task else model.AGENT_TTL_S
+            idle = store.key("ti" if task else "ai")
+            if self._versions.get(key) == b"0":  # a new record: within max_tasks / max_agents
+                checks += ["c", ref(idle), str(cfg.max_tasks if task else cfg.max_agents)]
+            state.due = (int(state.last // _HOUR) + 1) * _HOUR + ttl
+            raw = model.encode_task(state) if task else model.encode_agent(state)
+            # Redis forgets it on its own (real time); the sweep, on the store's clock (`due`, indexed)
+            writes += ["h", ref(key), raw, str(_ms(max(state.due - now, 0) + _MARGIN_S)),
+                       "z", ref(idle), str(state.due), state.id]
+        for key in self._forgotten:
+            idle = store.key("ti" if key.startswith(store.key("t:")) else "ai")
+            writes += ["x", ref(key), "r", ref(idle), key[len(store.prefix) + 2:]]
+        for approval, created in self._approval_writes.values():
+            raw = A.encode(approval)
+            due = approval_due(approval)
+            end = due if due is not None else approval.settled_at()
+            writes += ["h", ref(store.key("p:", approval.id)), raw,
+                       str(_ms(max(end - now, 0) + cfg.approval_keep_s + _MARGIN_S))]
+            if created:
+                writes += ["z", ref(store.key("po")), repr(approval.requested_at), approval.id]
+            if due is not None:
+                writes += ["z", ref(store.key("pd")), repr(due), approval.id]
+            else:
+                writes += ["r", ref(store.key("pd")), approval.id]
+            grant = self._grant_key(approval.task, approval.digest)
+            if approval.state == "approved" and approval.kind == "call":
+                writes += ["s", ref(grant), approval.id, str(_ms(approval.grant_expires_at - now))]
+            elif approval.kind == "call":
+                writes += ["x", ref(grant)]
+            writes += ["f", ref(store.key("feed")), ref(store.key("seq")), raw, str(cfg.feed_keep)]
+        for approval_id in drop:
+            writes += ["r", ref(store.key("pd")), approval_id]
+        store.run_commit(keys, [str(len(checks) // 3)] + checks + writes)
+
+    def _abort(self) -> None:
+        self._dirty.clear()
+        self._approval_writes.clear()
