@@ -109,17 +109,14 @@ class TokenService:
         if self.task_store is None or not task:
             return
         try:
-            txn = self.task_store.begin(task, API, self.clock())  # the agent is not read
+            status, approval_id = self.task_store.task_status(task, self.clock())
         except StateError as e:
             raise TokenError("invalid_argument" if isinstance(e, InvalidArgument) else "state_unavailable",
                              str(e)) from None
-        try:
-            if txn.revoked:
-                raise TaskInactive("task_revoked", f"task `{task}` is revoked")
-            if txn.suspended_by:
-                raise TaskInactive("task_suspended", f"task `{task}` waits for approval {txn.suspended_by}")
-        finally:
-            txn.batch.abort()  # read only: nothing of this batch is written
+        if status == "revoked":
+            raise TaskInactive("task_revoked", f"task `{task}` is revoked")
+        if status == "suspended":
+            raise TaskInactive("task_suspended", f"task `{task}` waits for approval {approval_id}")
 
     # -- decisions made with a token ------------------------------------------------------------
 

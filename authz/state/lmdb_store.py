@@ -203,6 +203,21 @@ class LmdbStore(Store):
             return Changes(items, items[-1][0] if items else last, seq < oldest - 1 or seq > last)
         return self._read("read", read)
 
+    def task_status(self, task_id: str, now: float) -> tuple:
+        """Store.task_status in a read transaction: no write lock taken."""
+        model.check_text(task_id, "task id", self.config.max_id_bytes)
+        now = model.check_now(now)
+
+        def read(txn, dbs):
+            raw = txn.get(task_id.encode("utf-8"), db=dbs["tasks"])
+            task = None if raw is None else model.decode_task(task_id, raw)
+            approval = None
+            if task is not None and task.suspended_by:
+                found = txn.get(task.suspended_by.encode(), db=dbs["approvals"])
+                approval = None if found is None else A.decode(found, task.suspended_by)
+            return self._status_of(task, approval, now)
+        return self._read("read", read)
+
     def task_view(self, task_id: str, now: float) -> dict | None:
         model.check_text(task_id, "task id", self.config.max_id_bytes)
         now = model.check_now(now)

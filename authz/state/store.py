@@ -104,6 +104,34 @@ class Store(abc.ABC):
     def sizes(self) -> dict:
         """{"tasks", "agents", "approvals": records stored, "changes": the last change-feed number} (metrics)."""
 
+    def task_status(self, task_id: str, now: float) -> tuple:
+        """("active", "") / ("suspended", approval id) / ("revoked", "") of a task as of `now`, read only
+        (Tokens Issue/Exchange: no token for a suspended or revoked task). A pending approval that
+        expired by `now` counts as decided: the task is active, or revoked when the approval says so.
+        A task never seen is active. This default runs a batch and aborts it; a backend may read instead."""
+        batch = self.batch(now)
+        try:
+            txn = batch.task(task_id, task_id)
+            if txn.revoked:
+                return ("revoked", "")
+            return ("suspended", txn.suspended_by) if txn.suspended_by else ("active", "")
+        finally:
+            batch.abort()
+
+    @staticmethod
+    def _status_of(task: model.TaskState | None, approval, now: float) -> tuple:
+        """task_status of a stored task (None: never seen) and the approval that suspends it (or None)."""
+        if task is None:
+            return ("active", "")
+        if task.revoked:
+            return ("revoked", "")
+        if task.suspended_by and approval is not None and approval.state == "pending":
+            if now < approval.expires_at:
+                return ("suspended", approval.id)
+            if approval.on_reject == "revoke_task":
+                return ("revoked", "")
+        return ("active", "")
+
     @abc.abstractmethod
     def task_view(self, task_id: str, now: float) -> dict | None:
         """`context.task` of a stored task as of `now` (read-only), or None."""

@@ -244,3 +244,37 @@ def test_bad_approval_requests_are_refused(store):
             with pytest.raises(InvalidArgument, match=message):
                 txn.request_approval(**args)
         assert txn.suspended_by is None
+
+
+@pytest.mark.parametrize("on_reject", ["resume", "revoke_task"])
+def test_task_status_reads_what_a_decision_would_see(store, on_reject):
+    """task_status (Tokens Issue/Exchange ask it, read only) agrees with what a decision's batch finds:
+    never seen, suspended, expired (resumed or revoked by on_reject), approved, rejected, revoked."""
+    def batch_status(now, task="t1"):
+        batch = store.batch(now)
+        try:
+            txn = batch.task(task, "a1")
+            return ("revoked", "") if txn.revoked else (("suspended", txn.suspended_by) if txn.suspended_by
+                                                         else ("active", ""))
+        finally:
+            batch.abort()
+
+    assert store.task_status("t1", T0) == ("active", "") == batch_status(T0)
+    a = ask(store, T0, on_reject=on_reject)
+    for now in (T0 + 1, T0 + 899.9, T0 + 900, T0 + 5000):
+        expected = ("suspended", a.id) if now < T0 + 900 else (
+            ("revoked", "") if on_reject == "revoke_task" else ("active", ""))
+        assert store.task_status("t1", now) == expected == batch_status(now), now
+    assert store.get_approval(a.id, T0 + 1).state == "pending"  # reading expired nothing
+    b = ask(store, T0, task="t2", on_reject=on_reject)
+    store.reject(b.id, "alice", "no", T0 + 1)
+    assert store.task_status("t2", T0 + 2) == (("revoked", "") if on_reject == "revoke_task" else ("active", ""))
+    c = ask(store, T0, task="t3", on_reject=on_reject)
+    store.approve(c.id, "alice", T0 + 1)
+    assert store.task_status("t3", T0 + 2) == ("active", "") == batch_status(T0 + 2, "t3")
+    with store.begin("t4", "a1", T0) as txn:
+        txn.revoke_task()
+        txn.commit_denied()
+    assert store.task_status("t4", T0 + 1) == ("revoked", "")
+    with pytest.raises(InvalidArgument):
+        store.task_status("", T0)
