@@ -105,10 +105,11 @@ def _register_optional_commands():
 
     main.add_command(approvals)
     main.add_command(health)
-    from .tooling.commands import test_command, validate_command  # policy tooling (imports PyYAML when it runs)
+    from .tooling.commands import replay_command, test_command, validate_command  # imports PyYAML when it runs
 
     main.add_command(validate_command)
     main.add_command(test_command)
+    main.add_command(replay_command)
     try:
         from .server.cli_serve import serve
     except ImportError:  # the gRPC server's dependencies are not installed

@@ -62,3 +62,32 @@ def test_command(paths, policies, entities, junit):
             sys.exit(2)
     n = counts(results)
     sys.exit(2 if n[ERROR] else 1 if n[FAILED] else 0)
+
+
+@click.command("replay")
+@click.option("--log", "logs", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Decision log (JSON lines, as `authz serve` writes it). Repeatable, read in order.")
+@click.option("--policies", "policies", multiple=True, required=True, type=click.Path(),
+              help="Policy sources to replay against (files, folders, entity files). Repeatable.")
+@click.option("--since", default=None, help="Only decisions from then on: 2026-12-06T10:00:00Z, or 90s / 15m / 2h / 7d ago.")
+@click.option("--fail-on-change", is_flag=True, help="Exit 1 when some decision would change.")
+@click.option("--json", "as_json", is_flag=True, help="Write the report as one JSON document.")
+def replay_command(logs, policies, since, fail_on_change, as_json):
+    """Decide the logged requests again against other policies; report every decision that would change.
+
+    Exit status: 0 (also when decisions change, without --fail-on-change), 1 with --fail-on-change when
+    some decision would change, 2 when the log cannot be read or the policies do not compile."""
+    import json
+
+    from .replay import ReplayError, parse_since, render_text, replay
+
+    try:
+        report = replay(list(logs), list(policies), parse_since(since) if since else None)
+    except ReplayError as err:
+        click.echo(f"authz: {err}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        click.echo(render_text(report), nl=False)
+    sys.exit(1 if fail_on_change and report.total_changed else 0)
