@@ -22,6 +22,25 @@ def _settings(config_path, data_dir):
     return data_dir or DEFAULT_DATA_DIR, TokenConfig()
 
 
+def _shared_keys(config_path):
+    """The shared key set (authz.tokens.shared_keys) when the config puts the state on Redis, else None."""
+    if not config_path:
+        return None
+    from authz.server.config import load_config
+    from authz.state.redis_link import RedisLink
+    from authz.tokens.keys import KeyStoreError
+    from authz.tokens.shared_keys import SharedKeys
+
+    settings = load_config(config_path, {}).state_config().redis
+    if settings is None:
+        return None
+    try:
+        return SharedKeys(RedisLink(settings), settings)
+    except KeyStoreError as e:
+        click.echo(f"authz keys: error: {e}", err=True)
+        sys.exit(2)
+
+
 _config = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                        help="The `authz serve` TOML config (data_dir, [tokens]).")
 _data_dir = click.option("--data-dir", "data_dir", help="The server's data folder (default authz-data).")
@@ -61,6 +80,15 @@ def rotate_command(config_path, data_dir):
     from authz.tokens.keys import KEYSET, KeyStoreError, ensure_keys, keys_dir, rotate_keys
 
     folder, cfg = _settings(config_path, data_dir)
+    shared = _shared_keys(config_path)
+    if shared is not None:  # [state] backend = "redis": the deployment's keys, every node picks the new one up
+        try:
+            new, old, dropped = shared.rotate(cfg.max_ttl_s, cfg.leeway_s)
+        except KeyStoreError as e:
+            click.echo(f"authz keys: error: {e}", err=True)
+            sys.exit(2)
+        click.echo(f"active key {new} (was {old}) on every node; dropped {len(dropped)} expired key(s)")
+        return
     try:
         if not os.path.exists(os.path.join(keys_dir(folder), KEYSET)):
             click.echo(f"created key {ensure_keys(folder, cfg.max_ttl_s)}")

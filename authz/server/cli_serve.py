@@ -51,6 +51,7 @@ def serve(config_path, log_level, **flags):
     except ConfigError as e:
         click.echo(f"authz serve: error: {e}", err=True)
         sys.exit(2)
+    _probe_shared_state(cfg)
     exposed = cfg.exposed_self_asserted_listeners()
     if exposed:
         logging.getLogger("authz.server").warning(
@@ -73,3 +74,22 @@ def serve(config_path, log_level, **flags):
         click.echo(f"authz serve: error: {e}", err=True)
         sys.exit(1)
     sys.exit(code)
+
+
+def _probe_shared_state(cfg) -> None:
+    """With `[state] backend = "redis"`: refuse to start when Redis refuses our credentials; start (stateful
+    decisions denied state_unavailable until it answers) when it cannot be reached yet."""
+    settings = cfg.state_config().redis
+    if settings is None:
+        return
+    from authz.state.open import probe
+
+    try:
+        problem = probe(settings)
+    except ValueError as e:
+        click.echo(f"authz serve: error: {e}", err=True)
+        sys.exit(2)
+    if problem is not None:
+        logging.getLogger("authz.server").warning(
+            "the shared state store %s does not answer (%s): starting; decisions that need shared state are "
+            "denied state_unavailable until it does", settings.where(), problem)

@@ -24,3 +24,25 @@ def shared_keys(cfg, store):
     from authz.tokens.shared_keys import SharedKeyStore
     tokens = TokenConfig.from_dict(cfg.tokens)
     return lambda: SharedKeyStore(store.link, store.settings, tokens.max_ttl_s, tokens.leeway_s, store.fanout)
+
+
+def probe(settings) -> str | None:
+    """Ask Redis once (PING, authenticated) at start: None when it answers; the problem otherwise.
+    Raises ValueError for what no retry can fix (authentication, ACL): `authz serve` refuses to start."""
+    import redis
+
+    from authz.state.redis_link import RedisLink, describe
+    client = RedisLink(settings).new_client()
+    try:
+        client.ping()
+        return None
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
+        raise ValueError(f"the shared state store {settings.where()}: {describe(e)}") from None
+    except redis.ResponseError as e:
+        if "WRONGPASS" in str(e) or "NOAUTH" in str(e) or "NOPERM" in str(e):
+            raise ValueError(f"the shared state store {settings.where()}: {describe(e)}") from None
+        return describe(e)
+    except (redis.RedisError, OSError) as e:
+        return describe(e)
+    finally:
+        client.close()

@@ -72,7 +72,7 @@ class RedisSettings:
     password: str | None = dataclasses.field(default=None, repr=False)
     tls_ca_file: str | None = None
     key_prefix: str = "authz:"
-    kek: bytes | None = dataclasses.field(default=None, repr=False)  # None: task tokens unavailable
+    kek: bytes | None = dataclasses.field(default=None, repr=False)  # the key-encryption key (32 bytes)
     connect_timeout_s: float = 0.2
     command_timeout_s: float = 0.1
     max_staleness_s: float = 2.0
@@ -123,10 +123,12 @@ class RedisSettings:
         prefix = doc.get("key_prefix", "authz:")
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise RedisConfigError("`state.key_prefix` must be 1 to 64 characters of A-Z a-z 0-9 : _ . - { }")
-        kek = None
-        if doc.get("key_encryption_key_file") is not None:
-            path = doc["key_encryption_key_file"]
-            kek = parse_kek(_read_secret(path, "key_encryption_key_file"), path)
+        path = doc.get("key_encryption_key_file")
+        if path is None:
+            raise RedisConfigError("`state.key_encryption_key_file` is required with backend = \"redis\": the "
+                                   "task-token signing keys are shared in Redis, encrypted with it (32 random bytes, "
+                                   "the same file on every node: `head -c 32 /dev/urandom > FILE`)")
+        kek = parse_kek(_read_secret(path, "key_encryption_key_file"), path)
         times = {}
         for key, default, low, high in (("connect_timeout_ms", 200, 1, 60_000), ("command_timeout_ms", 100, 1, 60_000),
                                         ("max_staleness_ms", 2000, 100, 600_000)):

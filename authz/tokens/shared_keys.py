@@ -180,16 +180,18 @@ class SharedKeyStore:
         self._public, self._entries = {}, {}
         self._next_forced = 0.0
         self._reload_error = ""
-        self.shared.ensure(max_ttl_s)
-        self.reload()
+        self._ttl = (max_ttl_s, leeway_s)
+        self._try_reload()  # Redis unreachable now: tokens fail closed until the listener or a use loads them
         if fanout is not None:
             fanout.watch(TOPIC, self)
 
     def reload(self) -> None:
-        """Read the key set (and the active private key when it changed); KeyStoreError if unusable."""
+        """Read the key set (and the active private key when it changed), creating it if Redis has none
+        (a fresh or flushed Redis); KeyStoreError if unusable."""
         ver, doc, _ = self.shared.read()
-        if doc is None:
-            raise KeyStoreError("no shared key set in Redis")
+        if doc is None or int(doc.get("max_ttl_s", 0)) < self._ttl[0]:
+            self.shared.ensure(self._ttl[0])
+            ver, doc, _ = self.shared.read()
         public, entries = {}, {}
         for k in doc["keys"]:
             try:
@@ -239,10 +241,20 @@ class SharedKeyStore:
                 self._next_forced = now + 0.1
                 self._try_reload()
 
+    def _loaded(self) -> None:
+        """TokenError state_unavailable while no key set could be loaded yet (fail closed)."""
+        if self._private is None:
+            self.maybe_reload(force=True)
+            if self._private is None:
+                from authz.tokens.verify import TokenError
+                raise TokenError("state_unavailable", f"the shared signing keys are not loaded: {self._reload_error}")
+
     def signing_key(self):
+        self._loaded()
         return self.active_kid, self._private
 
     def public_key(self, kid: str):
+        self._loaded()
         key = self._public.get(kid)
         if key is None:
             self.maybe_reload(force=True)
@@ -255,6 +267,7 @@ class SharedKeyStore:
         return key
 
     def jwks(self) -> dict:
+        self._loaded()
         now = self.clock()
         keys = []
         for kid, key in self._public.items():
