@@ -110,6 +110,7 @@ def _place(source, message):
     for quoted in candidates:
         at = text.find(quoted)
         if at >= 0:
+            at += quoted.startswith(".")  # the attribute's name, not the dot before it
             before = text[:at]
             return source.line + before.count("\n"), (source.col + at if "\n" not in before
                                                       else at - before.rfind("\n"))
