@@ -15,7 +15,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder, password=None, port=None):
+    def __init__(self, folder, password=None, port=None, persist=False):
+        self.persist = persist  # an append-only file, fsync'd on every write: a restart keeps everything
         self.folder = str(folder)
         os.makedirs(self.folder, exist_ok=True)
         self.port = port or free_port()
@@ -28,7 +29,8 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.folder,
-                "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+                "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                "--protected-mode", "yes", "--daemonize", "no",
                 "--logfile", os.path.join(self.folder, "redis.log"), "--maxmemory", "256mb",
                 "--maxmemory-policy", "noeviction"]
         if self.password:
