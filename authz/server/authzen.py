@@ -110,8 +110,8 @@ class AuthzenApi:
                     for e in evaluations]
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)
-        if self.tokens is not None:
-            requests = self.tokens.bind(None, requests)
+        if self.tokens is not None and any(type(r) is dict and r["context"] for r in requests):
+            requests = self.tokens.bind(None, requests)  # what it checks is in contexts only
         for i, e in enumerate(evaluations):
             if type(requests[i]) is dict and not isinstance(e, amap.PayloadError) and e.overlays:
                 requests[i] = self.overlays.apply(self.decider.engine, requests[i], e.overlays)
@@ -122,8 +122,10 @@ class AuthzenApi:
         """True when an evaluation brings entity attributes (its request dict has `entities` for it alone)."""
         return any(not isinstance(e, amap.PayloadError) and e.overlays for e in evaluations)
 
-    @staticmethod
-    def _trace(request) -> dict:
+    def _trace(self, request) -> dict | None:
+        """The caller's trace context (W3C headers) when traces are on."""
+        if self.decider.tracer is None:
+            return None
         h = request.headers
         return {k: h[k] for k in ("traceparent", "tracestate") if k in h}
 
@@ -139,7 +141,10 @@ class AuthzenApi:
         except amap.PayloadError as err:
             return _error(400, str(err), rid)
         req = self._requests([e], caller)[0]
-        o = self.decider.decide([req], API, None, self._trace(request))[0]  # one request: Engine.check
+        if type(req) is dict and "entities" not in req:
+            o = self.decider.decide_one(req, API, self._trace(request) or {})
+        else:
+            o = self.decider.decide([req], API, None, self._trace(request))[0]
         headers = {"X-Authz-Decision-Id": o.decision_id}
         if o.code is None:
             return _reply(_ALLOW if o.allowed else _DENY, 200, rid, headers)

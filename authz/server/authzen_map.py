@@ -22,7 +22,12 @@ class PayloadError(Exception):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"`{field}`: {message}" if field else message)
-        self.field = field
+        self.field, self.problem = field, message
+        self.top_level = False  # a top-level default's error: items that use it report it as it is
+
+    def within(self, prefix: str) -> "PayloadError":
+        """The same error, its field inside `prefix` (an item of a batch)."""
+        return PayloadError(f"{prefix}.{self.field}" if self.field else prefix, self.problem)
 
 
 def parse_body(raw: bytes) -> dict:
@@ -96,10 +101,13 @@ class Entity:
 
 def entity(value, max_depth: int, field: str) -> Entity:
     """A subject or resource object -> Entity (PayloadError naming the field)."""
-    if type(value) is not dict:
+    if type(value) is dict:
+        t, i, props = value.get("type"), value.get("id"), value.get("properties")
+        if type(t) is str and t and type(i) is str and props is None:  # the common case, checked at once
+            return Entity({"type": t, "id": i}, None)
+    else:
         raise PayloadError(field, "must be an object with `type` and `id`")
     uid = {"type": _string(value, "type", field), "id": _string(value, "id", field, nonempty=False)}
-    props = value.get("properties")
     if props is None:
         return Entity(uid, None)
     record = _record(props, max_depth, f"{field}.properties")
@@ -110,9 +118,10 @@ def action(value, max_depth: int, field: str) -> tuple:
     """An action object -> (Action uid, properties record or None)."""
     if type(value) is not dict:
         raise PayloadError(field, "must be an object with `name`")
-    uid = {"type": "Action", "id": _string(value, "name", field)}
-    props = value.get("properties")
-    return uid, (None if props is None else _record(props, max_depth, f"{field}.properties"))
+    name, props = value.get("name"), value.get("properties")
+    if type(name) is not str or not name:
+        name = _string(value, "name", field)
+    return {"type": "Action", "id": name}, (None if props is None else _record(props, max_depth, f"{field}.properties"))
 
 
 class Evaluation:
@@ -132,7 +141,10 @@ def evaluation(subject: Entity, act: tuple, resource: Entity, context: dict | No
         if "action" in ctx:
             raise PayloadError(f"{field}context.action", "is set from `action.properties`; send one or the other")
         ctx["action"] = action_props
-    overlays = tuple(e for e in (subject, resource) if e.properties is not None)
+    if subject.properties is None and resource.properties is None:
+        overlays = ()
+    else:
+        overlays = tuple(e for e in (subject, resource) if e.properties is not None)
     return Evaluation({"principal": subject.uid, "action": action_uid, "resource": resource.uid, "context": ctx},
                       overlays)
 
@@ -191,30 +203,42 @@ def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
         try:
             defaults[part] = convert(value, max_depth, part)
         except PayloadError as e:
+            e.top_level = True
             defaults[part] = e
     out = []
+    add = out.append
     for i, item in enumerate(items):
-        field = f"evaluations[{i}]"
         try:
-            out.append(_item(item, defaults, max_depth, field))
+            add(_item(item, defaults, max_depth))
         except PayloadError as e:
-            out.append(e)
+            add(e if e.top_level else e.within(f"evaluations[{i}]"))
     return Batch(out, STOP_ON[semantic])
 
 
-def _item(item, defaults: dict, max_depth: int, field: str) -> Evaluation:
+def _default(defaults: dict, part: str):
+    """The top-level default of a part an item lacks (PayloadError when there is none, or it is bad)."""
+    default = defaults.get(part)
+    if default is None:
+        if part == "context":
+            return None
+        raise PayloadError(part, "is missing (and there is no top-level default)")
+    if type(default) is PayloadError:
+        raise default
+    return default
+
+
+def _item(item, defaults: dict, max_depth: int) -> Evaluation:
+    """One item of `evaluations` with the defaults (PayloadError: its field within the item)."""
     if type(item) is not dict:
-        raise PayloadError(field, "must be an object")
-    parts = {}
-    for part, convert in (("subject", entity), ("action", action), ("resource", entity), ("context", _record)):
-        value = item.get(part)
-        if value is not None:
-            parts[part] = convert(value, max_depth, f"{field}.{part}")
-            continue
-        default = defaults.get(part)
-        if isinstance(default, PayloadError):
-            raise default
-        if default is None and part != "context":
-            raise PayloadError(f"{field}.{part}", "is missing (and there is no top-level default)")
-        parts[part] = default
-    return evaluation(parts["subject"], parts["action"], parts["resource"], parts["context"], f"{field}.")
+        raise PayloadError("", "must be an object")
+    get = item.get
+    v = get("subject")
+    subject = _default(defaults, "subject") if v is None else entity(v, max_depth, "subject")
+    v = get("action")
+    act = _default(defaults, "action") if v is None else action(v, max_depth, "action")
+    v = get("resource")
+    resource = _default(defaults, "resource") if v is None else entity(v, max_depth, "resource")
+    v = get("context")
+    context = (defaults.get("context") and _default(defaults, "context")) if v is None else \
+        _record(v, max_depth, "context")
+    return evaluation(subject, act, resource, context, "")
