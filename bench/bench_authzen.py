@@ -1,7 +1,7 @@
 """AuthZEN over HTTP, side by side in one run: single evaluations vs a no-op endpoint on the same aiohttp stack and
 worker (the floor), and `evaluations` batches of 100 (decisions/s per worker).
 
-    python bench/bench_authzen.py [--duration 3] [--rounds 3] [--conns 16]
+    python bench/bench_authzen.py [--duration 3] [--rounds 3] [--conns 16] [--no-decision-log]
 
 One worker process, built as `authz serve --http-listen` builds it (its Decider with the decision
 log on, as by default, the callers and task-state step of build_server, the same HTTP listener and
@@ -63,7 +63,7 @@ async def _noop(request):
     return web.Response(body=b'{"decision":true}', content_type="application/json")
 
 
-async def _serve(data_dir: str, db: str) -> None:
+async def _serve(data_dir: str, db: str, decision_log: bool) -> None:
     import gc
 
     from aiohttp import web
@@ -75,10 +75,11 @@ async def _serve(data_dir: str, db: str) -> None:
     from authz.server.decisionlog import DecisionLog
     from authz.server.metrics import NullMetrics
 
-    cfg = load_config(None, {"db": db, "data_dir": data_dir, "http_listen": "127.0.0.1:0"})
+    cfg = load_config(None, {"db": db, "data_dir": data_dir, "http_listen": "127.0.0.1:0",
+                             "decision_log": None if decision_log else ""})
     loop = asyncio.get_running_loop()
-    dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, loop=loop,
-                       max_bytes=cfg.decision_log_max_bytes, keep=cfg.decision_log_keep)
+    dlog = DecisionLog(cfg.decision_log_path, cfg.decision_log_queue, loop=loop, max_bytes=cfg.decision_log_max_bytes,
+                       keep=cfg.decision_log_keep) if cfg.decision_log_path else None
     decider = Decider(cfg.db_path, dlog, NullMetrics())
     parts: dict = {}
     build_server(cfg, decider, parts)  # the worker's callers and tokens (its gRPC server is not started here)
@@ -94,7 +95,8 @@ async def _serve(data_dir: str, db: str) -> None:
     print(port, flush=True)
     await stop.wait()
     await listener.stop()
-    dlog.close()
+    if dlog is not None:
+        dlog.close()
 
 
 # -- the load --------------------------------------------------------------------------------------
@@ -118,17 +120,19 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=3, help="seconds per row and round (wrk takes whole seconds)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--no-decision-log", action="store_true", help="the worker without its decision log")
     ap.add_argument("--worker", nargs=2, metavar=("DATA_DIR", "DB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        asyncio.run(_serve(*args.worker))
+        asyncio.run(_serve(*args.worker, not args.no_decision_log))
         return
     import authz
 
     with tempfile.TemporaryDirectory(prefix="bench-authzen-") as tmp_name:
         tmp = pathlib.Path(tmp_name)
         authz.compile([str(POLICIES)], str(tmp / "db"))
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", str(tmp / "data"), str(tmp / "db")],
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", str(tmp / "data"), str(tmp / "db")]
+                                + (["--no-decision-log"] if args.no_decision_log else []),
                                 stdout=subprocess.PIPE, text=True)
         try:
             port = int(proc.stdout.readline())
@@ -160,8 +164,9 @@ def main() -> None:
                 proc.kill()
                 proc.wait(10)
     floor_rps = statistics.median(r[0] for r in results[rows[0][0]])
-    print(f"AuthZEN over HTTP, 1 worker, wrk 1 thread {args.conns} keep-alive connections, "
-          f"{args.rounds} x {args.duration:g} s each, medians (cpu {os.cpu_count()})")
+    print(f"AuthZEN over HTTP, 1 worker (decision log {'off' if args.no_decision_log else 'on'}), wrk 1 thread "
+          f"{args.conns} keep-alive connections, {args.rounds} x {args.duration} s each, medians "
+          f"(cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
     print(f"{'row':48} {'req/s':>9} {'decisions/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'cpu us/req':>10} {'vs floor':>8}")
     for name, *_ in rows:
         rs = results[name]
