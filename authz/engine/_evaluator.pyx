@@ -1732,11 +1732,6 @@ cdef class Generation:
         else:
             pkeys = (<Overlay>r.ov).keys(r.principal, KEY_IS_PRINCIPAL, &np)
             rkeys = (<Overlay>r.ov).keys(r.resource, KEY_IS_RESOURCE, &nr)
-            if (<Overlay>r.ov).affected(r.action):
-                # Its policies are found through its stored action groups (UID_ALIST), which only a
-                # stored graph gives.
-                raise RequestError("`entities`: an entity of the request is an ancestor of the action "
-                                   f"`{r.action!r}`: actions and their groups come from the compiled entities")
         n = 0
         # Pairs with a specific principal or resource key (ANY is keys[0], so skip (0, 0)); a pair
         # is probed only if both keys' partner masks admit it (most pairs are not in the index).
@@ -1763,7 +1758,9 @@ cdef class Generation:
         n_pairs[0] = n
         n = self.add_list(self.all_list_off, out, n, cap, False)
         # Policies constrained by their action only.
-        if r.action.idx >= 0:
+        if r.ov is not None and (<Overlay>r.ov).affected(r.action):
+            n = (<Overlay>r.ov).add_action_lists(r.action, out, n, cap)
+        elif r.action.idx >= 0:
             n = self.add_list(self.u32(r.action.rec + UID_ALIST), out, n, cap, True)
             anc = self.u32(r.action.rec + UID_ANC)
             if anc:
@@ -2306,13 +2303,14 @@ cdef class BatchReader:
     """Reads the items of a batch into Requests. Items often share objects (authz.v1 BatchCheck's principal,
     action and context): what was made of an item's object is reused for the same object in the next."""
     cdef Generation g
-    cdef object last_p, last_a, last_r, last_c
+    cdef object last_p, last_a, last_r, last_c, last_e
     cdef Uid p, a, r
     cdef bint plain
+    cdef object ov   # the Overlay of last_e, an item's `entities` (_overlay.pxi)
 
     def __cinit__(self, Generation g):
         self.g = g
-        self.last_p = self.last_a = self.last_r = self.last_c = _MISSING
+        self.last_p = self.last_a = self.last_r = self.last_c = self.last_e = _MISSING
 
     cdef Request read(self, Py_ssize_t n, object req, Request into):
         if type(req) is not dict:
@@ -2324,7 +2322,7 @@ cdef class BatchReader:
         cdef Py_ssize_t i = 0, kn
         cdef const char* kp
         cdef bint other_keys = False
-        principal = action = resource = context = None
+        principal = action = resource = context = entities = None
         while dict_next(req, &i, &key, &value):
             if type_of(key) != <void*>str:
                 other_keys = True  # a str subclass may equal one of ours: the lookups below decide
@@ -2341,9 +2339,11 @@ cdef class BatchReader:
                 resource = <object>value
             elif kn == 7 and memcmp(kp, b"context", 7) == 0:
                 context = <object>value
+            elif kn == 8 and memcmp(kp, b"entities", 8) == 0:  # only keys none of the above: no cost to them
+                entities = <object>value
         if other_keys:
             principal, action, resource = (<dict>req).get("principal"), (<dict>req).get("action"), (<dict>req).get("resource")
-            context = (<dict>req).get("context")
+            context, entities = (<dict>req).get("context"), (<dict>req).get("entities")
         try:
             if principal is not self.last_p:
                 self.p, self.last_p = to_uid(self.g, principal, "principal"), principal
@@ -2353,9 +2353,14 @@ cdef class BatchReader:
                 self.r, self.last_r = to_uid(self.g, resource, "resource"), resource
             if context is not self.last_c:
                 self.plain, self.last_c = validate_context(self.g, context), context
+            if entities is not None and entities is not self.last_e:
+                self.ov, self.last_e = overlay_for(self.g, entities), entities
         except RequestError as err:
             raise RequestError(f"request {n}: {err}") from None
-        return new_request(self.p, self.a, self.r, context, self.plain, into)
+        into = new_request(self.p, self.a, self.r, context, self.plain, into)
+        if entities is not None:
+            into.ov = self.ov
+        return into
 
 
 include "_overlay.pxi"
@@ -2430,6 +2435,13 @@ cdef class EngineCore:
             r.ov = overlay_for(g, entities)
         return g.decide(r)
 
+    def entity(self, uid):
+        """The stored entity `uid` (a uid text or {type, id}) in Cedar's JSON entity format ({uid, attrs,
+        parents, tags}), or None when the current generation has no such entity: what a caller that
+        overlays some attributes starts from (see authz.Engine)."""
+        cdef Generation g = self.current()
+        return stored_entity(g, to_uid(g, uid, "entity"))
+
     def request_entities(self, entities):
         """`entities` (Cedar JSON entities) checked and resolved once, for check / check_batch to take as
         their `entities` (see authz.Engine); RequestError naming what is wrong."""
@@ -2437,8 +2449,9 @@ cdef class EngineCore:
         return make_overlay(g, entities)
 
     def check_batch(self, requests, entities=None):
-        """Decides each request (a dict with principal, action, resource and optional context), in order.
-        `entities`: see authz.Engine; they apply to every request of the batch."""
+        """Decides each request (a dict with principal, action, resource and optional context and
+        entities), in order. `entities`: see authz.Engine; they apply to every request of the batch
+        that brings none of its own (a request's own `entities` replace them whole)."""
         cdef Generation g = self.current()
         cdef Overlay ov = overlay_for(g, entities) if entities is not None else None
         cdef list items = requests if type(requests) is list else list(requests)
@@ -2455,7 +2468,7 @@ cdef class EngineCore:
                 # The next item is read before this one is decided, so that what its uid lookups prefetch
                 # (index keys, records) arrives while this one is decided.
                 following = reader.read(n + 1, items[n + 1], following)
-            if ov is not None:
+            if ov is not None and current.ov is None:
                 current.ov = ov
             out.append(g.decide(current))
             current, following = following, current

@@ -173,6 +173,16 @@ cdef class Overlay:
         anc = self.ancestors(a)
         return b.idx in <set>anc[0] if b.idx >= 0 else b in <set>anc[1]
 
+    cdef int add_action_lists(self, Uid a, uint32_t* out, int n, int cap) except -1:
+        """Generation.collect's policies filed under an affected action (a request whose action is not an
+        Action, say, and is one of the request's entities): those of the action and its recomputed ancestors."""
+        cdef Generation g = self.g
+        if a.idx >= 0:
+            n = g.add_list(g.u32(a.rec + UID_ALIST), out, n, cap, True)
+        for t in sorted(self.ancestors(a)[0]):
+            n = g.add_list(g.u32(g.uid_record(<uint32_t>t) + UID_ALIST), out, n, cap, True)
+        return n
+
     cdef IndexKey* keys(self, Uid u, uint8_t role, int* count) except NULL:
         """Generation.index_keys over the new graph (an affected uid's keys are its own, kept here)."""
         if not self.affected(u):
@@ -251,6 +261,15 @@ cdef Overlay make_overlay(Generation g, object entities):
         e.parents = [entity_ref(g, p, f"{field}.parents[{j}]") for j, p in enumerate(<list>parents)]
         ov.entities[e.uid] = e
     ov.replaced = sorted([(<Uid>u).idx for u in ov.entities if (<Uid>u).idx >= 0])
+    # Cedar refuses an entity hierarchy with a cycle. The stored one has none (the compiler refuses them), so
+    # a cycle passes through an entity of the request: one that is its own ancestor.
+    cdef Uid u
+    for item in ov.entities:
+        u = <Uid>item
+        anc = ov.ancestors(u)
+        if (u.idx in <set>anc[0]) if u.idx >= 0 else (u in <set>anc[1]):
+            raise RequestError(f"`entities[{first[u]}].parents`: the parents make a cycle through `{u!r}` (Cedar's "
+                               "entity hierarchy has none)")
     return ov
 
 
@@ -287,3 +306,71 @@ cdef object overlay_tag(OEntity e, str key, bint want_value):
     if value is _MISSING:
         raise EvalError(no_part_message(e.uid, "tag", key))
     return value
+
+
+_FN_NAMES = {number: name for name, number in LAYOUT["FN_IDS"].items()}
+
+
+cdef object json_value_at(Generation g, Py_ssize_t* pos):
+    """The value at pos[0] in the map in Cedar's JSON form (moving past it); an extension value as the
+    `__extn` call it is stored as."""
+    cdef uint8_t tag = g.u8(pos[0])
+    cdef uint32_t count, i
+    if tag == V_UID:
+        pos[0] += 5
+        u = g.uid_at(g.u32(pos[0] - 4))
+        return {"__entity": {"type": u.type, "id": u.id}}
+    if tag == V_SET:
+        count = g.u32(pos[0] + 1)
+        pos[0] += 5
+        return [json_value_at(g, pos) for i in range(count)]
+    if tag == V_RECORD:
+        count = g.u32(pos[0] + 1)
+        pos[0] += 5
+        out = {}
+        for i in range(count):
+            key = g.read_str(pos)
+            out[key] = json_value_at(g, pos)
+        return out
+    if tag == V_EXT:
+        fn = _FN_NAMES.get(g.u8(pos[0] + 1))
+        count = g.u8(pos[0] + 2)
+        pos[0] += 3
+        if fn is None:
+            raise IndexFormatError("unknown extension function in a value")
+        args = [json_value_at(g, pos) for i in range(count)]
+        return {"__extn": {"fn": fn, "arg": args[0]} if count == 1 else {"fn": fn, "args": args}}
+    return g.decode(pos)  # a bool, a Long or a string: its own JSON form
+
+
+cdef dict json_block(Generation g, Py_ssize_t block):
+    """An attrs/tags block (Generation.find_in_block) as a JSON object of Cedar JSON values."""
+    cdef dict out = {}
+    if block == 0:
+        return out
+    cdef uint32_t count = g.u32(block), i
+    cdef Py_ssize_t pos = block + 4, at
+    for i in range(count):
+        at = pos + 8
+        out[g.string_at(g.u32(pos))] = json_value_at(g, &at)
+        pos += 8 + <Py_ssize_t>g.u32(pos + 4)
+    return out
+
+
+cdef object stored_entity(Generation g, Uid u):
+    """The stored entity `u` in Cedar's JSON entity format, or None when the generation has none. Its parents
+    are its direct parents, or where the index has no parents table its closed ancestors (the same
+    ancestry for every `in`)."""
+    if not g.is_entity(u):
+        return None
+    cdef set closed
+    if g.parents_owner is not None:
+        parents = g.stored_parents(u.idx)
+    else:
+        closed = set()
+        g.add_ancestors(u.rec, closed)
+        parents = [g.uid_at(a) for a in sorted(closed)]
+    return {"uid": {"type": u.type, "id": u.id},
+            "attrs": json_block(g, g.u32(u.rec + UID_ATTRS)),
+            "parents": [{"type": (<Uid>p).type, "id": (<Uid>p).id} for p in parents],
+            "tags": json_block(g, g.u32(u.rec + UID_TAGS))}
