@@ -26,13 +26,12 @@ approval_keep_s after it stopped mattering), so a deployment whose sweeps stop d
 """
 from __future__ import annotations
 
-import redis
-
 from authz.state import approvals as A
 from authz.state import model
 from authz.state.config import StateConfig
 from authz.state.errors import Conflict, Full, InvalidArgument, NotFound, Unavailable
 from authz.state.redis_link import RedisLink
+from authz.state.resp import RespError
 from authz.state.store import Batch, Changes, Store
 
 # KEYS[1] version counter; ARGV: n_checks, then checks (kind, key index, value), then writes.
@@ -83,8 +82,20 @@ while i <= #ARGV do
     i = i + 5
   end
 end
-return 'ok'
+return ver or 0
 """
+# KEYS: records; ARGV: the version this process holds of each ("" none). Per record {version} when it
+# still has that version (the process's decoded copy is current), else {version, data}.
+LOAD = r"""
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HGET', key, 'v') or '0'
+  if v == ARGV[i] then out[i] = {v} else out[i] = {v, redis.call('HGET', key, 'd') or false} end
+end
+return out
+"""
+_SCRIPTS = {"commit": COMMIT, "load": LOAD}
+_CACHE_MAX = 4096
 _HOUR = 3600
 _MARGIN_S = 60  # records outlive what they are needed for by this much (clock differences between nodes)
 
@@ -110,7 +121,10 @@ class RedisStore(Store):
         self.settings = config.redis
         self.link = link or RedisLink(self.settings)
         self.prefix = self.settings.key_prefix.encode()
-        self._sha = None
+        self._shas = {}
+        # record key -> (version, decoded TaskState / AgentState) as last read or written by this process:
+        # a record whose version did not move is neither sent again nor decoded again (LOAD)
+        self._cache = {}
         self._revocations = None
         self._fanout = None
         self.conflicts = 0  # commits refused because the state moved (then decided again)
@@ -157,21 +171,26 @@ class RedisStore(Store):
                 continue
         raise Unavailable(f"the state kept changing during {attempts} attempts")
 
-    def run_commit(self, keys: list, args: list) -> None:
-        def run(client):
-            if self._sha is None:
-                self._sha = client.script_load(COMMIT)
-            try:
-                return client.evalsha(self._sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
-                self._sha = client.script_load(COMMIT)
-                return client.evalsha(self._sha, len(keys), *keys, *args)
-        answer = self.link.call(run)
+    def script(self, name: str, keys: list, args: list):
+        """EVALSHA of COMMIT or LOAD on the decision path's connection (loaded again after a Redis restart)."""
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = self.link.fast([("SCRIPT", "LOAD", _SCRIPTS[name])])[0]
+        try:
+            return self.link.fast([("EVALSHA", sha, len(keys), *keys, *args)])[0]
+        except RespError:  # NOSCRIPT: Redis restarted (scripts are not persisted)
+            sha = self._shas[name] = self.link.fast([("SCRIPT", "LOAD", _SCRIPTS[name])])[0]
+            return self.link.fast([("EVALSHA", sha, len(keys), *keys, *args)])[0]
+
+    def run_commit(self, keys: list, args: list) -> bytes:
+        """Run COMMIT; the version its records were written with (Conflict, Full when refused)."""
+        answer = self.script("commit", keys, args)
         if answer == b"conflict":
             raise Conflict("the task state changed since it was read")
         if answer == b"full":
             raise Full(f"the state store holds its maximum of {self.config.max_approvals} approvals")
         self.commits += 1
+        return str(answer).encode()
 
     # --- reads -----------------------------------------------------------------------------------
     def get_approval(self, approval_id: str, now: float) -> A.Approval:
@@ -308,20 +327,24 @@ class RedisBatch(Batch):
         store = self.store
         keys = [store.key(kind + ":", name) for kind, name in wanted]
 
-        def read(c):
-            pipe = c.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, "v", "d")
-            return pipe.execute()
-        for (kind, name), key, (version, raw) in zip(wanted, keys, store.link.call(read)):
-            self._versions[key] = version or b"0"
-            if kind == "t":
-                self._tasks[name] = model.TaskState(name, self.now) if raw is None else model.decode_task(name, raw)
-            elif kind == "a":
-                self._agents[name] = (model.AgentState(name, self.now) if raw is None
-                                      else model.decode_agent(name, raw))
+        cache = store._cache
+        held = [cache.get(key) for key in keys]
+        replies = store.script("load", keys, [b"" if h is None else h[0] for h in held])
+        for (kind, name), key, reply, h in zip(wanted, keys, replies, held):
+            version = reply[0]
+            self._versions[key] = version
+            if len(reply) == 1 and h is not None:
+                state = h[1]  # unchanged since this process last read or wrote it
             else:
-                self._approvals[name] = None if raw is None else A.decode(raw, name)
+                raw = reply[1] if len(reply) > 1 else None
+                if kind == "p":
+                    self._approvals[name] = None if raw is None else A.decode(raw, name)
+                    continue
+                if kind == "t":
+                    state = model.TaskState(name, self.now) if raw is None else model.decode_task(name, raw)
+                else:
+                    state = model.AgentState(name, self.now) if raw is None else model.decode_agent(name, raw)
+            (self._tasks if kind == "t" else self._agents)[name] = state
 
     def _task(self, task_id: str) -> model.TaskState:
         if task_id not in self._tasks:
@@ -402,7 +425,8 @@ class RedisBatch(Batch):
         store, cfg, now = self.store, self.config, self.now
         drop = self._drop_due
         if not self._dirty and not self._approval_writes and not drop and not self._forgotten:
-            return  # read only
+            self._abort()  # read only: nothing to write (and what was read may have changed in memory)
+            return
         keys = [store.key("ver")]
         index = {}
 
@@ -453,8 +477,26 @@ class RedisBatch(Batch):
             writes += ["f", ref(store.key("feed")), ref(store.key("seq")), raw, str(cfg.feed_keep)]
         for approval_id in drop:
             writes += ["r", ref(store.key("pd")), approval_id]
-        store.run_commit(keys, [str(len(checks) // 3)] + checks + writes)
+        try:
+            version = store.run_commit(keys, [str(len(checks) // 3)] + checks + writes)
+        except BaseException:
+            self._abort()
+            raise
+        cache = store._cache
+        if len(cache) + len(self._dirty) > _CACHE_MAX:
+            cache.clear()
+        for key, state in self._dirty.items():
+            cache[key] = (version, state)
+        for key in self._forgotten:
+            cache.pop(key, None)
 
     def _abort(self) -> None:
+        """Nothing was written: drop what changed, and this process's copies of what it read (this
+        batch may have changed them in memory)."""
+        cache, prefix = self.store._cache, self.store.key
+        for name in self._tasks:
+            cache.pop(prefix("t:", name), None)
+        for name in self._agents:
+            cache.pop(prefix("a:", name), None)
         self._dirty.clear()
         self._approval_writes.clear()
