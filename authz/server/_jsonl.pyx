@@ -12,15 +12,44 @@ from libc.string cimport memcpy, memset, strlen
 from authz.server._buf cimport Buf, buf_free, buf_init, hex_seq, put, reserve
 from authz.engine._evaluator cimport Decision
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport floor
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.math cimport floor, isfinite
+from libc.stdio cimport snprintf
 from libc.time cimport time_t, tm, strftime
 
 cdef extern from "<time.h>" nogil:
     tm* gmtime_r(const time_t* timep, tm* result)
 
 import json as _json
-from authz.server.requestlog import EMPTY as EMPTY_CONTEXT, context_part
+from authz.server import requestlog as _requestlog
+from authz.server.requestlog import EMPTY as EMPTY_CONTEXT
+
+cdef Py_ssize_t _CONTEXT_MAX_CHARS = _requestlog.MAX_CONTEXT_CHARS
+cdef str _CONTEXT_TRUNCATED = _requestlog.TRUNCATED
+cdef object _context_redacted = _requestlog._redacted
+cdef object _context_part_py = _requestlog.context_part
+# The last context written and its part: the items of a batch often share one context object.
+# INVARIANT (as requestlog's): a context is not changed once decided, so the same object means the same text.
+cdef object _last_context = None
+cdef str _last_part = EMPTY_CONTEXT
+
+
+cdef str context_part(object ctx):
+    """requestlog.context_part(ctx), its JSON written by encode_json (the Python encoder for what it leaves)."""
+    global _last_context, _last_part
+    if not ctx:
+        return EMPTY_CONTEXT
+    if ctx is _last_context:
+        return _last_part
+    if type(ctx) is not dict:
+        return _context_part_py(ctx)
+    text = encode_json(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)  # more bytes than 4x: more chars too
+    if text is None:
+        return _context_part_py(ctx)
+    part = _CONTEXT_TRUNCATED if not text or len(<str>text) > _CONTEXT_MAX_CHARS else ',"context":' + <str>text
+    _last_context, _last_part = ctx, part
+    return part
 
 
 cdef inline int put_str(Buf* b, str text) except -1:
@@ -332,6 +361,108 @@ cdef int put_line(Buf* b, str decision_id, str prefix, unsigned long long seq, F
         put_str(b, context)
     put(b, b'}\n', 2)
     return 0
+
+
+cdef enum:
+    JSON_MAX_DEPTH = 64  # deeper values are left to the Python encoder (contexts are bounded at 32)
+
+
+cdef int put_json_value(Buf* b, object v, int depth, Py_ssize_t max_bytes) except -1:
+    """`v` as json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False) writes it.
+    Returns 0 when written, 1 when `v` holds something this writer leaves to that encoder (another type,
+    a key that is not a str, a lone surrogate, a deeper value), 2 when it cannot be JSON (a float that is
+    not finite) or the text passed `max_bytes`."""
+    cdef type t = type(v)
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef bint first
+    cdef int r
+    cdef long long i
+    cdef int overflow
+    cdef double x
+    if b.n > max_bytes:
+        return 2
+    if v is None:
+        put(b, b"null", 4)
+    elif v is True:
+        put(b, b"true", 4)
+    elif v is False:
+        put(b, b"false", 5)
+    elif t is str:
+        p = PyUnicode_AsUTF8AndSize(v, &n)  # UnicodeEncodeError for a lone surrogate: encode_json says None
+        put(b, b'"', 1)
+        put_escaped(b, p, n, 1)
+        put(b, b'"', 1)
+    elif t is int:
+        i = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow:
+            put_str(b, str(v))
+        else:
+            reserve(b, 24)
+            b.n += snprintf(b.data + b.n, 24, "%lld", i)
+    elif t is float:
+        x = <double>v
+        if not isfinite(x):
+            return 2
+        put_str(b, float.__repr__(v))
+    elif t is dict:
+        if depth >= JSON_MAX_DEPTH:
+            return 1
+        put(b, b"{", 1)
+        first = True
+        for key, item in (<dict>v).items():
+            if type(key) is not str:
+                return 1
+            if not first:
+                put(b, b",", 1)
+            first = False
+            r = put_json_value(b, key, depth + 1, max_bytes)
+            if r:
+                return r
+            put(b, b":", 1)
+            r = put_json_value(b, item, depth + 1, max_bytes)
+            if r:
+                return r
+        put(b, b"}", 1)
+    elif t is list or t is tuple:
+        if depth >= JSON_MAX_DEPTH:
+            return 1
+        put(b, b"[", 1)
+        first = True
+        for item in v:
+            if not first:
+                put(b, b",", 1)
+            first = False
+            r = put_json_value(b, item, depth + 1, max_bytes)
+            if r:
+                return r
+        put(b, b"]", 1)
+    else:
+        return 1
+    return 0
+
+
+def encode_json(object value, Py_ssize_t max_bytes):
+    """`value` as compact JSON text (what json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+    allow_nan=False).encode gives), or "" when that encoder would refuse it (a float that is not finite)
+    or the text passes `max_bytes` UTF-8 bytes, or None for a value this writer leaves to that encoder
+    (types other than dict with str keys, list, tuple, str, int, float, bool and None; lone surrogates;
+    nesting deeper than 64)."""
+    cdef Buf b
+    cdef int r
+    buf_init(&b)
+    try:
+        try:
+            r = put_json_value(&b, value, 0, max_bytes)
+        except UnicodeEncodeError:
+            return None
+        if r == 1:
+            return None
+        if r == 2 or b.n > max_bytes:
+            return ""
+        return PyUnicode_DecodeUTF8(b.data, b.n, NULL)
+    finally:
+        buf_free(&b)
 
 
 cdef inline int put_fallback(Buf* b, object line) except -1:

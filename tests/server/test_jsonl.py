@@ -230,3 +230,47 @@ def test_task_token_lines_written_without_the_fallback():
     assert json.loads(line)["token"] == {"jti": "j-1", "task": 't"1', "chain": ["root", "sub\n"]}
     run = format_checks("0a1b2c3d4e5f", API, [(T, LATENCY_NS, GENERATION, 1, request, decision)], fallback)
     assert run == line
+
+
+_PY_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
+                              allow_nan=False).encode
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-2 ** 80, 2 ** 80), st.floats(), _text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
+                            st.dictionaries(_text, inner, max_size=4),
+                            st.dictionaries(st.integers(0, 3), inner, min_size=1, max_size=2),
+                            st.frozensets(st.integers(), min_size=1, max_size=2)),
+    max_leaves=20)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_json_values, st.sampled_from([40, 200, 1 << 20]))
+def test_encode_json_writes_what_the_python_encoder_writes(value, max_bytes):
+    """encode_json (the decision log's request contexts) gives the Python encoder's text, "" exactly when
+    that encoder refuses the value (a float that is not finite) or the text is longer than max_bytes, and
+    None (leave it to the Python encoder) only for what it does not take."""
+    from authz.server._jsonl import encode_json
+
+    fast = encode_json(value, max_bytes)
+    try:
+        reference = _PY_ENCODE(value)
+    except (TypeError, ValueError):
+        reference = None
+    if fast is None:
+        return  # left to the Python encoder, whose answer is then the answer
+    if fast == "":
+        assert reference is None or len(reference.encode("utf-8", "surrogatepass")) > max_bytes
+    else:
+        assert fast == reference
+
+
+def test_encode_json_takes_deep_values_no_deeper_than_64():
+    from authz.server._jsonl import encode_json
+
+    deep = 0
+    for _ in range(64):
+        deep = [deep]
+    assert encode_json(deep, 1 << 20) == _PY_ENCODE(deep)
+    assert encode_json([deep], 1 << 20) is None
+    assert encode_json({"a": {"__entity": {"type": "T", "id": "x\n"}}, "n": -3, "f": 1.5, "big": 2 ** 70},
+                       1 << 20) == '{"a":{"__entity":{"type":"T","id":"x\\n"}},"n":-3,"f":1.5,"big":1180591620717411303424}'
