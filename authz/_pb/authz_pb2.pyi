@@ -38,16 +38,18 @@ class EntityUid(_message.Message):
     def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("principal", "action", "resource", "context")
+    __slots__ = ("principal", "action", "resource", "context", "entities_json")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_JSON_FIELD_NUMBER: _ClassVar[int]
     principal: EntityUid
     action: EntityUid
     resource: EntityUid
     context: _struct_pb2.Struct
-    def __init__(self, principal: _Optional[_Union[EntityUid, _Mapping]] = ..., action: _Optional[_Union[EntityUid, _Mapping]] = ..., resource: _Optional[_Union[EntityUid, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    entities_json: str
+    def __init__(self, principal: _Optional[_Union[EntityUid, _Mapping]] = ..., action: _Optional[_Union[EntityUid, _Mapping]] = ..., resource: _Optional[_Union[EntityUid, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., entities_json: _Optional[str] = ...) -> None: ...
 
 class PolicyError(_message.Message):
     __slots__ = ("policy", "message")
@@ -100,20 +102,22 @@ class BatchCheckItem(_message.Message):
     def __init__(self, principal: _Optional[_Union[EntityUid, _Mapping]] = ..., action: _Optional[_Union[EntityUid, _Mapping]] = ..., resource: _Optional[_Union[EntityUid, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class BatchCheckRequest(_message.Message):
-    __slots__ = ("principal", "action", "resource", "context", "items", "semantic")
+    __slots__ = ("principal", "action", "resource", "context", "items", "semantic", "entities_json")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_JSON_FIELD_NUMBER: _ClassVar[int]
     principal: EntityUid
     action: EntityUid
     resource: EntityUid
     context: _struct_pb2.Struct
     items: _containers.RepeatedCompositeFieldContainer[BatchCheckItem]
     semantic: EvaluationSemantic
-    def __init__(self, principal: _Optional[_Union[EntityUid, _Mapping]] = ..., action: _Optional[_Union[EntityUid, _Mapping]] = ..., resource: _Optional[_Union[EntityUid, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ..., semantic: _Optional[_Union[EvaluationSemantic, str]] = ...) -> None: ...
+    entities_json: str
+    def __init__(self, principal: _Optional[_Union[EntityUid, _Mapping]] = ..., action: _Optional[_Union[EntityUid, _Mapping]] = ..., resource: _Optional[_Union[EntityUid, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., items: _Optional[_Iterable[_Union[BatchCheckItem, _Mapping]]] = ..., semantic: _Optional[_Union[EvaluationSemantic, str]] = ..., entities_json: _Optional[str] = ...) -> None: ...
 
 class BatchCheckResponse(_message.Message):
     __slots__ = ("results",)

@@ -5,7 +5,7 @@
 dicts. It is deliberately narrow: anything it does not take as given (an empty entity type, a
 missing part, a null or fractional number in a context, a context nested too deeply, a repeated
 singular message field, a map entry with a field besides its key and value, bad UTF-8, a malformed
-message) makes it return None, and the caller then takes the protobuf path, which is exact about
+message, request entities) makes it return None, and the caller then takes the protobuf path, which is exact about
 every error and names the field.
 
 `decode_envoy_check` reads what the Envoy mapping needs from a serialized ext_authz v3
@@ -365,7 +365,8 @@ cdef tuple _decode_batch_check(bytes data, int max_depth, bint principal_optiona
         elif field == 6 and wt == 0:
             read_varint(&r, &v)
             semantic = <int>v if v < 0x80000000 else -1
-        elif 1 <= field <= 6:
+        elif 1 <= field <= 7:
+            # 7: entities_json (request entities): decoded on the protobuf path, which checks them once
             raise _Unusual()
         else:
             skip_field(&r, wt)

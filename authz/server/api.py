@@ -1,6 +1,7 @@
 """authz.v1 Authorizer: Check and BatchCheck with AuthZEN batch semantics, over a Decider."""
 from __future__ import annotations
 
+import json
 import logging
 import operator
 
@@ -11,6 +12,7 @@ from google.protobuf.message import DecodeError
 from authz._pb import authz_pb2, authz_pb2_grpc
 from authz.server._wire import decode_batch_check, encode_check_results
 from authz.errors import IdentityError, RequestError
+from authz.jsonterms import kind
 from authz.server.callers import IDENTITY_REASONS
 from authz.server.decider import Invalid, Outcome, decision_id
 from authz.server.envoy import serialize_response
@@ -31,6 +33,27 @@ _SEMANTICS = {authz_pb2.EVALUATION_SEMANTIC_UNSPECIFIED, EXECUTE_ALL, DENY_ON_FI
 # Deny codes a response gives as its reason only: token and identity failures are not request errors.
 _PLAIN_CODES = frozenset(TOKEN_REASONS | IDENTITY_REASONS | STATE_CODES)
 _PRINCIPAL = operator.itemgetter("principal")  # of a decoded item
+# entities_json (request entities): its size in bytes, checked before it is parsed; the engine bounds the
+# count of entities and of JSON values in them (docs/request-entities.md).
+MAX_ENTITIES_JSON_BYTES = 256 * 1024
+
+
+def parse_entities_json(text: str, field: str = "entities_json") -> list:
+    """The JSON text of a request's entities -> the list of Cedar JSON entities; RequestError naming
+    `field` when it is too big or not a JSON array. The entities themselves are checked by the engine."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ENTITIES_JSON_BYTES:
+        raise RequestError(f"`{field}`: {size:,} bytes, more than the {MAX_ENTITIES_JSON_BYTES:,} a request may bring")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise RequestError(f"`{field}`: nested too deeply") from None
+    except ValueError as e:  # json.JSONDecodeError, or an integer of too many digits
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise RequestError(f"`{field}`: not JSON: {getattr(e, 'msg', str(e))}{where}") from None
+    if not isinstance(value, list):
+        raise RequestError(f"`{field}`: expected a JSON array of Cedar entities, not {kind(value)}")
+    return value
 
 
 def _uid(msg, field: str) -> dict:
@@ -108,6 +131,22 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         except IdentityError as e:
             return e
 
+    async def _entities(self, text: str, caller, token, context):
+        """The request entities of a call (`entities_json`), checked and resolved once by the engine, or
+        None when it has none. Only a caller trusted with facts may bring them (they replace stored
+        entities, the caller's own among them): development mode or a PEP, never a task token's bearer.
+        Fails the call with INVALID_ARGUMENT / PERMISSION_DENIED naming the field."""
+        if not text:
+            return None
+        if token is not None or (caller is not None and (isinstance(caller, IdentityError) or not caller.is_pep)):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "`entities_json`: only a PEP (or development mode) may bring request entities: they "
+                                "replace stored entities, the caller's own among them")
+        try:
+            return self.decider.request_entities(parse_entities_json(text))
+        except RequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
     async def Check(self, request, context):  # noqa: N802 - gRPC method name
         """`request` is the serialized CheckRequest (see add_to_server): a malformed one is INVALID_ARGUMENT."""
         try:
@@ -122,10 +161,13 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
                              principal_optional=token is not None or caller is not None)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        entities = await self._entities(request.entities_json, caller, token, context)
         if caller is not None:
             req = self.callers.bind_v1([req], caller, self.decider, API)[0]
         if self.tokens is not None:
             req = self.tokens.bind(token, [req])[0]
+        if entities is not None and type(req) is dict:
+            req = {**req, "entities": entities}
         o = self.decider.decide([req], API, None, context)[0]  # context: the caller's traceparent metadata
         if o.code == "request_parse_error":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, o.message)
@@ -214,10 +256,16 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             if type(request) is bytes:
                 request = await self._parse_batch(request, context)
             requests = self._batch_requests(request, principal_optional)
+        # The wire decoder declines a batch with entities: `request` is then the parsed message.
+        entities = None if type(request) is bytes else \
+            await self._entities(request.entities_json, caller, token, context)
         if caller is not None:
             requests = self.callers.bind_v1(requests, caller, self.decider, API)
         if self.tokens is not None:
             requests = self.tokens.bind(token, requests)
+        if entities is not None:
+            # INVARIANT: the engine only reads the entities, so every item may share them (decided once).
+            requests = [{**r, "entities": entities} if type(r) is dict else r for r in requests]
         stop_on = {DENY_ON_FIRST_DENY: "deny", PERMIT_ON_FIRST_PERMIT: "allow"}.get(semantic)
         results, first, generation = self.decider.decide_batch(requests, API, stop_on, context)
         if any(type(d) is tuple and len(d) > 3 for d in results):  # an approval asked for: its id too

@@ -184,6 +184,16 @@ class Decider:
         except Exception:
             return 0
 
+    def request_entities(self, entities):
+        """A call's request entities (a list of Cedar JSON entities) checked and resolved once by the engine,
+        for requests to carry as their `entities` (Engine.request_entities); RequestError naming what is
+        wrong. Before the index is open they are returned as they are (the requests are then denied
+        index_unavailable anyway)."""
+        engine = self.engine
+        if engine is None or not entities:
+            return entities
+        return engine.request_entities(entities)
+
     def next_id(self) -> str:
         """A decision id unique across workers and restarts."""
         self._seq += 1
@@ -264,6 +274,14 @@ class Decider:
                 stateful, plain = [], []
                 for i in valid:
                     (plain if task_of(requests[i]) is None else stateful).append(i)
+                if stateful and any("entities" in requests[i] for i in stateful):
+                    # The task state decides with the stored entities only: a request's own are never dropped.
+                    for i in stateful:
+                        if "entities" in requests[i]:
+                            results[i] = ("request_parse_error", "`entities`: request entities cannot be used "
+                                          "with a task token", "entities")
+                    stateful = [i for i in stateful if results[i] is None]
+                    valid = plain  # what is left to decide without the task state
                 if stateful:
                     if plain:
                         evaluate(engine, requests, plain, results)
