@@ -6,6 +6,7 @@ takes), optional `entities` (entity files, likewise), and `cases`, a list of nam
 """
 
 import datetime
+import json
 import os
 
 import yaml
@@ -94,7 +95,14 @@ def _read(path, shown):
 
 
 def _parse(text, shown):
-    """The document of a YAML or JSON test file (JSON is YAML; one parser places both's errors)."""
+    """The document of a test file: JSON for a `.json` file, else YAML."""
+    if shown.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TestFileError([f"{shown}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}"]) from None
+        except RecursionError:
+            raise TestFileError([f"{shown}:1:1: nested too deeply"]) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.MarkedYAMLError as err:

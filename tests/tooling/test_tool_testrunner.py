@@ -291,3 +291,15 @@ cases:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert result.stdout.endswith("0 passed, 1 failed\n")
+
+
+def test_json_test_files_are_read_as_json(project):
+    """Indented with tabs (which YAML refuses), and with their syntax errors placed."""
+    doc = {"policies": "../policies", "cases": [{"name": "reads in prod", "expect": "allow", "request": {
+        "principal": 'User::"alice"', "action": 'Action::"read"', "resource": 'Doc::"d"', "context": {"env": "prod"}}}]}
+    write(project / "tests" / "t.test.json", json.dumps(doc, indent="\t"))
+    code, out, _ = run("tests")
+    assert (code, out.splitlines()[-1]) == (0, "1 passed, 0 failed")
+    write(project / "tests" / "t.test.json", '{"policies": "../policies",\n "cases": [,]}')
+    code, out, _ = run("tests")
+    assert code == 2 and "tests/t.test.json:2:12: invalid JSON: Expecting value" in out
