@@ -54,7 +54,7 @@ def _decide(engine, line):
         return {"error": f"invalid JSON: {err}"}
     if not isinstance(request, dict):
         return {"error": "a request must be a JSON object"}
-    unknown = set(request) - {"principal", "action", "resource", "context"}
+    unknown = set(request) - {"principal", "action", "resource", "context", "entities"}
     if unknown:
         return {"error": f"unknown request field `{sorted(unknown)[0]}`"}
     missing = [f for f in ("principal", "action", "resource") if f not in request]
@@ -62,7 +62,7 @@ def _decide(engine, line):
         return {"error": f"missing request field `{missing[0]}`"}
     try:
         return engine.check(request["principal"], request["action"], request["resource"],
-                            request.get("context")).to_dict()
+                            request.get("context"), entities=request.get("entities")).to_dict()
     except RequestError as err:
         return {"error": str(err)}
 
@@ -72,6 +72,9 @@ def _decide(engine, line):
 @click.option("--request", "request", default=None, help="One request as JSON; without it, JSON lines on stdin.")
 def check_command(db, request):
     """Decide requests: one JSON decision per JSON request line, in order.
+
+    A request is {"principal", "action", "resource", "context"?, "entities"?}; `entities` (Cedar JSON
+    entities) replace the stored entities with the same uid for that line only (docs/request-entities.md).
 
     Each input line, a blank one included, gets exactly one output line: a decision, or
     {"error": "..."} for a line that is not a valid request (a blank line is "empty request line").
@@ -102,9 +105,11 @@ def check_command(db, request):
 def _register_optional_commands():
     from .cli_approvals import approvals  # imports grpc only when it runs
     from .cli_health import health
+    from .cli_operators import operators
 
     main.add_command(approvals)
     main.add_command(health)
+    main.add_command(operators)
     from .tooling.commands import replay_command, test_command, validate_command  # imports PyYAML when it runs
 
     main.add_command(validate_command)
