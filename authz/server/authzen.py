@@ -4,7 +4,8 @@ and `GET /.well-known/authzen-configuration`, deciding through the worker's Deci
 Who may ask is decided as for authz.v1 (callers.py): in development mode (loopback only) requests are
 taken as given; otherwise the PEP authenticates (bearer JWT, or its mTLS client certificate), asks
 for itself with subject Agent::"<its identity>", and names another subject only as a trusted PEP (or
-when a policy permits it `Action::"authz::CheckAs"` on that subject). A deny is a 200 with
+when a policy permits it `Action::"authz::CheckAs"` on that subject); subject and resource
+`properties` (entity attributes for the request) only a PEP may send. A deny is a 200 with
 {"decision": false}; a malformed payload a 400, an unauthenticated one a 401, each with a JSON
 {"message"}. `X-Request-ID` is echoed on every answer.
 """
@@ -17,13 +18,14 @@ from aiohttp import web
 
 from authz.errors import IdentityError
 from authz.server import authzen_map as amap
-from authz.server.authzen_entities import Overlays
+from authz.server.authzen_entities import with_overlays
 from authz.server.decider import Invalid, decision_id
 from authz.server.http import HttpPeer
 
 log = logging.getLogger("authz.server")
 
 API = "authzen"
+PROPERTIES_NOT_ALLOWED = "properties_not_allowed"
 EVALUATION_PATH = "/access/v1/evaluation"
 EVALUATIONS_PATH = "/access/v1/evaluations"
 CONFIGURATION_PATH = "/.well-known/authzen-configuration"
@@ -66,7 +68,6 @@ class AuthzenApi:
         self.max_depth = max_depth
         self.public_url = public_url.rstrip("/")
         self.open = callers is None or callers.development_mode
-        self.overlays = Overlays()
 
     def routes(self) -> list:
         return [web.post(EVALUATION_PATH, self.evaluation), web.post(EVALUATIONS_PATH, self.evaluations),
@@ -105,7 +106,8 @@ class AuthzenApi:
     def _requests(self, evaluations: list, caller) -> list:
         """Evaluations (or the PayloadErrors of bad items) -> what the Decider decides, in order: the caller's
         standing applied (callers.py), the context keys only the server sets refused (tokens_api.py), then
-        the subject's and resource's properties as their attributes for this request (authzen_entities.py)."""
+        the subject's and resource's properties as their attributes for this request (authzen_entities.py),
+        which only a PEP (or development mode) may send: they rewrite entities, the caller's own among them."""
         requests = [Invalid("request_parse_error", str(e), e.field) if isinstance(e, amap.PayloadError) else e.request
                     for e in evaluations]
         if caller is not None:
@@ -113,14 +115,16 @@ class AuthzenApi:
         if self.tokens is not None and any(type(r) is dict and r["context"] for r in requests):
             requests = self.tokens.bind(None, requests)  # what it checks is in contexts only
         for i, e in enumerate(evaluations):
-            if type(requests[i]) is dict and not isinstance(e, amap.PayloadError) and e.overlays:
-                requests[i] = self.overlays.apply(self.decider.engine, requests[i], e.overlays)
+            r = requests[i]
+            if type(r) is not dict or isinstance(e, amap.PayloadError) or not e.overlays:
+                continue
+            if caller is not None and not caller.is_pep:
+                requests[i] = Invalid(PROPERTIES_NOT_ALLOWED, "only a PEP may send `properties` of the subject or "
+                                      "resource: they rewrite the entity's attributes", "properties",
+                                      r["principal"], r["action"], r["resource"])
+            else:
+                requests[i] = with_overlays(self.decider.engine, r, e.overlays)
         return requests
-
-    @staticmethod
-    def _one_by_one(evaluations) -> bool:
-        """True when an evaluation brings entity attributes (its request dict has `entities` for it alone)."""
-        return any(not isinstance(e, amap.PayloadError) and e.overlays for e in evaluations)
 
     def _trace(self, request) -> dict | None:
         """The caller's trace context (W3C headers) when traces are on."""
@@ -166,8 +170,7 @@ class AuthzenApi:
         except amap.PayloadError as err:
             return _error(400, str(err), rid)
         requests = self._requests(b.items, caller)
-        results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request),
-                                                                one_by_one=self._one_by_one(b.items))
+        results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request))
         parts = []
         for d in results:
             if type(d) is tuple:

@@ -244,14 +244,10 @@ class Decider:
                 outcomes.append(Outcome(did, d.allowed, d.policies, d.errors, generation))
         return outcomes
 
-    def decide_batch(self, requests: list, api: str, stop_on: str | None = None, trace=None,
-                     one_by_one: bool = False) -> tuple:
+    def decide_batch(self, requests: list, api: str, stop_on: str | None = None, trace=None) -> tuple:
         """decide() without Outcome objects: (results, first, generation), results[i] being the
         engine's Decision or (code, message, field) for a request answered without one, with the
-        decision id `decision_id(self.id_prefix, first + i)`. Logs, counts and traces the results.
-
-        `one_by_one`: some requests bring entities of their own (a request dict's `entities`, for it
-        alone): each request is decided by itself (Engine.check), not as one engine batch."""
+        decision id `decision_id(self.id_prefix, first + i)`. Logs, counts and traces the results."""
         t0 = self.last_request_ns = time.perf_counter_ns()
         n = len(requests)
         results: list = [None] * n
@@ -266,7 +262,6 @@ class Decider:
             valid = range(n)
         if valid:
             engine = self.engine  # INVARIANT: opened by the worker's background task, never on the request path
-            evaluate = self._evaluate_each if one_by_one else self._evaluate
             if engine is None:
                 for i in valid:
                     results[i] = ("index_unavailable", "no policy index is loaded", "")
@@ -284,12 +279,12 @@ class Decider:
                     valid = plain  # what is left to decide without the task state
                 if stateful:
                     if plain:
-                        evaluate(engine, requests, plain, results)
+                        self._evaluate(engine, requests, plain, results)
                     self._evaluate_with_state(engine, requests, stateful, results)
                 else:
-                    evaluate(engine, requests, valid, results)
+                    self._evaluate(engine, requests, valid, results)
             else:
-                evaluate(engine, requests, valid, results)
+                self._evaluate(engine, requests, valid, results)
         # INVARIANT: single-threaded per worker, so the engine cannot switch generations between
         # the evaluation above and this read.
         generation = self.generation

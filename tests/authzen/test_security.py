@@ -20,6 +20,10 @@ permit(principal == Agent::"{A1}", action == Action::"read", resource == Doc::"d
 
 @id("agent-1-reads")
 permit(principal == Agent::"agent-1", action == Action::"read", resource == Doc::"d1");
+
+@id("cleared-reads")
+permit(principal is Agent, action == Action::"read", resource == Doc::"d1")
+when {{ principal has clearance && principal.clearance > 2 }};
 '''
 
 
@@ -94,6 +98,11 @@ def test_bearer_tokens(tmp_path, keys):
                                              {"subject": {"type": "Agent", "id": A1}}]}, auth)[2]
         assert doc["evaluations"][0] == {"decision": True}
         assert doc["evaluations"][1]["context"]["reason"] == "principal_not_allowed"
+        # Properties rewrite entities (its own among them): a PEP's to send, not a plain caller's.
+        for body in ({**_ask("agent-1"), "subject": {"type": "Agent", "id": "agent-1", "properties": {"x": 1}}},
+                     {**_ask("agent-1"), "resource": {"type": "Doc", "id": "d1", "properties": {"owner": "me"}}}):
+            doc = c.evaluation(body, auth)[2]
+            assert doc["decision"] is False and doc["context"]["reason"] == "properties_not_allowed"
         # Its token's claims are context.jwt; a context.jwt it sends is not believed.
         assert c.evaluation({**_ask("agent-1"), "context": {"jwt": {"sub": A1}}}, auth)[2] == {"decision": True}
     finally:
@@ -123,6 +132,10 @@ def test_mtls_and_trusted_peps(tmp_path, keys):
         a1.close()
         pep = server.client(pki.ssl_context("pep", uris=[PEP_ID]))
         assert pep.evaluation(_ask("agent-1"))[2] == {"decision": True}  # a trusted PEP names the subject
+        assert pep.evaluation(_ask("agent-2"))[2] == {"decision": False}
+        # A PEP sends properties: the stored entity (none here) overlaid for that request.
+        body = {**_ask("agent-2"), "subject": {"type": "Agent", "id": "agent-2", "properties": {"clearance": 3}}}
+        assert pep.evaluation(body)[2] == {"decision": True}
         assert pep.evaluation(_ask("agent-2"))[2] == {"decision": False}
         pep.close()
         evil = server.client(pki.ssl_context("evil", uris=["spiffe://evil.org/agent/a1"]))
