@@ -69,7 +69,8 @@ def test_command(paths, policies, entities, junit):
               help="Decision log (JSON lines, as `authz serve` writes it). Repeatable, read in order.")
 @click.option("--policies", "policies", multiple=True, required=True, type=click.Path(),
               help="Policy sources to replay against (files, folders, entity files). Repeatable.")
-@click.option("--since", default=None, help="Only decisions from then on: 2026-12-06T10:00:00Z, or 90s / 15m / 2h / 7d ago.")
+@click.option("--since", default=None,
+              help="Only decisions from then on: 2026-12-06T10:00:00Z, or 90s / 15m / 2h / 7d ago.")
 @click.option("--fail-on-change", is_flag=True, help="Exit 1 when some decision would change.")
 @click.option("--json", "as_json", is_flag=True, help="Write the report as one JSON document.")
 def replay_command(logs, policies, since, fail_on_change, as_json):

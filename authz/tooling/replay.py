@@ -236,8 +236,9 @@ def replay(logs, srcs, since=None):
 
 
 def _change_line(c):
-    return (f"  {c.time} {c.decision_id} {c.principal} {c.action} {c.resource}: {c.before} -> {c.after}"
-            f" {json.dumps(c.before_policies, ensure_ascii=False)} -> {json.dumps(c.after_policies, ensure_ascii=False)}")
+    before, after = (json.dumps(p, ensure_ascii=False) for p in (c.before_policies, c.after_policies))
+    return f"  {c.time} {c.decision_id} {c.principal} {c.action} {c.resource}: {c.before} -> {c.after} " \
+           f"{before} -> {after}"
 
 
 def render_text(report):

@@ -180,7 +180,8 @@ def _case(item, n, shown):
             raise ValueError("a case needs a `name` (a non-empty string)")
         request = item.get("request")
         if not isinstance(request, dict):
-            raise ValueError(f"`request` is a mapping with principal, action, resource and context, not {_kind(request)}")
+            raise ValueError("`request` is a mapping with principal, action, resource and context, "
+                             f"not {_kind(request)}")
         unknown = [k for k in request if k not in REQUEST_KEYS]
         if unknown:
             raise ValueError(f"unknown request field `{unknown[0]}` (fields: {', '.join(REQUEST_KEYS)})")

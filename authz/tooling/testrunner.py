@@ -164,7 +164,9 @@ class Runner:
         if case.problem is not None:
             return CaseResult(case, ERROR, diff=[f"  {case.problem}"])
         try:
-            overlay = None if case.entities is None else (f"{case.where}: entities of case `{case.name}`", case.entities)
+            overlay = None
+            if case.entities is not None:
+                overlay = (f"{case.where}: entities of case `{case.name}`", case.entities)
             engine = self._engine(srcs, overlay)
             r = case.request
             decision = engine.check(r["principal"], r["action"], r["resource"], r["context"])

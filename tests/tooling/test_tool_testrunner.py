@@ -231,9 +231,11 @@ cases:
         "ERROR tests/c.test.yaml::unknown field (tests/c.test.yaml:10)\n  unknown case field `decision`",
         "ERROR tests/c.test.yaml::not a uid (tests/c.test.yaml:14)\n  cannot decide: `principal`: expected an "
         'entity uid like `Type::"id"`, got `User::alice`',
-        "ERROR tests/c.test.yaml::a date (tests/c.test.yaml:17)\n  `2026-01-02` is a YAML date, not a string (quote it)",
+        "ERROR tests/c.test.yaml::a date (tests/c.test.yaml:17)\n"
+        "  `2026-01-02` is a YAML date, not a string (quote it)",
         "  `reason` is only for `expect: deny`",
-        "ERROR tests/c.test.yaml::fine (tests/c.test.yaml:24)\n  duplicate case name `fine` (first at tests/c.test.yaml:4)",
+        "ERROR tests/c.test.yaml::fine (tests/c.test.yaml:24)\n"
+        "  duplicate case name `fine` (first at tests/c.test.yaml:4)",
         'ERROR tests/c.test.yaml::bad entities (tests/c.test.yaml:27)\n  tests/c.test.yaml:27: entities of case '
         '`bad entities`: entity: no "attrs"',
         "ERROR tests/c.test.yaml::case 9 (tests/c.test.yaml:31)\n  a case needs a `name`",
@@ -245,7 +247,7 @@ cases:
 
 def test_yaml_aliases_are_bounded(project):
     bomb = "x-a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
-        f"x-{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+        f"x-{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefg", "bcdefgh"))
     write(project / "tests" / "bomb.test.yaml", "policies: ../policies\n" + bomb + """\
 cases:
   - name: bomb

@@ -65,7 +65,8 @@ def test_json_schema_is_taken_too(tmp_path):
     (tmp_path / "schema.json").write_text(json.dumps(SCHEMA_JSON))
     src = policies(tmp_path, {"a.cedar": GOOD})
     assert run("validate", "--schema", "schema.json", src)[0] == 0
-    (tmp_path / "p2.cedar").write_text('permit(principal, action == Action::"call", resource) when { resource.size > 1 };')
+    (tmp_path / "p2.cedar").write_text('permit(principal, action == Action::"call", resource) '
+                                       'when { resource.size > 1 };')
     code, _, err = run("validate", "--schema", "schema.json", src, "p2.cedar")
     assert code == 2
     assert err.splitlines() == ["p2.cedar:1:71: policy `p2.cedar:0`: attribute `size` on entity type `Tool` not found"]
