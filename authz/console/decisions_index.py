@@ -74,6 +74,7 @@ class DecisionIndex:
         self.db = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes' pages stay cached while rows arrive
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:

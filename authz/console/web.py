@@ -42,6 +42,7 @@ EVENTS_POLL_S = 0.5
 EVENTS_MAX_S = 300.0     # a live-update stream ends after this; the browser reconnects
 MAX_STREAMS = 64         # live-update streams per worker
 MAX_FORM_BYTES = 16 * 1024
+CATCH_UP_LINES = 20_000  # log lines a page load indexes at most (~2 s here); the page says what is left
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
@@ -97,7 +98,7 @@ class Console:
         if self.index is None:
             return None
         try:
-            await self.in_index(self.index.catch_up)
+            await self.in_index(self.index.catch_up, CATCH_UP_LINES)
         except Exception:  # noqa: BLE001 - the pages show what is indexed
             log.exception("indexing the decision log failed")
         return self.index

@@ -19,7 +19,8 @@ from harness import AuthzServer, EchoUpstream, Envoy, env_with_repo  # noqa: E40
 
 BUNDLED = HERE.parents[1] / "authz" / "examples" / "policies"
 CHROMIUM = "/usr/bin/chromium"
-OPERATORS = [{"uid": {"type": "Operator", "id": "alice"}, "attrs": {}, "parents": [{"type": "Team", "id": "reviewers"}]},
+OPERATORS = [{"uid": {"type": "Operator", "id": "alice"}, "attrs": {},
+              "parents": [{"type": "Team", "id": "reviewers"}]},
              {"uid": {"type": "Operator", "id": "bob"}, "attrs": {}, "parents": []}]
 
 
