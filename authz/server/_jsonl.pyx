@@ -29,6 +29,10 @@ cdef Py_ssize_t _CONTEXT_MAX_CHARS = _requestlog.MAX_CONTEXT_CHARS
 cdef str _CONTEXT_TRUNCATED = _requestlog.TRUNCATED
 cdef object _context_redacted = _requestlog._redacted
 cdef object _context_part_py = _requestlog.context_part
+cdef Py_ssize_t _ENTITIES_MAX_CHARS = _requestlog.MAX_ENTITIES_CHARS
+cdef object _entities_part_py = _requestlog.entities_part
+cdef object _last_entities = None  # as _last_context, for a request's own entities (a batch's items share them)
+cdef str _last_entities_part = ""
 # The last context written and its part: the items of a batch often share one context object.
 # INVARIANT (as requestlog's): a context is not changed once decided, so the same object means the same text.
 cdef object _last_context = None
@@ -49,6 +53,25 @@ cdef str context_part(object ctx):
         return _context_part_py(ctx)
     part = _CONTEXT_TRUNCATED if not text or len(<str>text) > _CONTEXT_MAX_CHARS else ',"context":' + <str>text
     _last_context, _last_part = ctx, part
+    return part
+
+
+cdef str entities_part(object ents):
+    """requestlog.entities_part(ents), its JSON written by encode_json (the Python encoder for what it leaves)."""
+    global _last_entities, _last_entities_part
+    # Remembered by the entity list, not by what the engine made of it, which holds its generation.
+    source = getattr(ents, "source", ents)
+    if source is _last_entities:
+        return _last_entities_part
+    if type(source) is not list:
+        return _entities_part_py(ents)
+    if not source:
+        return ""
+    text = encode_json(source, 4 * _ENTITIES_MAX_CHARS)
+    if text is None:
+        return _entities_part_py(ents)
+    part = _CONTEXT_TRUNCATED if not text or len(<str>text) > _ENTITIES_MAX_CHARS else ',"entities":' + <str>text
+    _last_entities, _last_entities_part = source, part
     return part
 
 
@@ -519,8 +542,12 @@ cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, obj
     if (<void*>p == memo[0].uid or plain_uid(p)) \
             and (<void*>a == memo[1].uid or plain_uid(a)) and plain_uid(res) and plain_strings(dd.policies):
         try:
+            part = EMPTY_CONTEXT if not ctx else context_part(ctx)
+            ents = r.get("entities")
+            if ents is not None:  # request entities (authz.Engine): replay needs them too
+                part = part + entities_part(ents)
             put_line(b, None, prefix, seq, f, p, a, res, "allow" if dd.allowed else "deny", dd.policies,
-                     dd._errors, None, memo, token_ctx, EMPTY_CONTEXT if not ctx else context_part(ctx))
+                     dd._errors, None, memo, token_ctx, part)
             return True
         except UnicodeEncodeError:
             b.n = mark

@@ -11,7 +11,7 @@ import time
 from authz.server._jsonl import format_checks, format_decisions, format_events
 from authz.server.decider import DecisionBatch
 from authz.server.logfile import AppendError, LineFile
-from authz.server.requestlog import context_part
+from authz.server.requestlog import context_part, entities_part
 
 log = logging.getLogger("authz.decisionlog")
 
@@ -350,6 +350,8 @@ class DecisionLog:
             line += f',"approval":{json.dumps(approval[0], ensure_ascii=False)}'
         if type(request) is dict:
             line += context_part(request.get("context"))
+            if request.get("entities") is not None:
+                line += entities_part(request["entities"])
         return line + "}\n"
 
     def _quid(self, uid) -> str:

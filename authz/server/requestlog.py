@@ -2,12 +2,15 @@
 context as the policies saw it, as JSON, bounded, with credential headers redacted.
 
 The line's `principal`, `action` and `resource` already name the request's uids; this adds
-`"context":{...}` (the last field of the line), or `"request_truncated":true` when the context is larger
-than MAX_CONTEXT_CHARS as JSON or holds a value JSON cannot carry: such a line is not replayable.
+`"context":{...}` (the last field of the line, but for `entities`), or `"request_truncated":true` when the
+context is larger than MAX_CONTEXT_CHARS as JSON or holds a value JSON cannot carry: such a line is not
+replayable. A request that brings its own entities (authz.Engine's request entities) also gets
+`"entities":[...]` after it (Cedar's JSON entity format), bounded by MAX_ENTITIES_CHARS in the same way.
 """
 import json
 
 MAX_CONTEXT_CHARS = 16384  # characters of a context's JSON text; beyond it the line is marked truncated
+MAX_ENTITIES_CHARS = 65536  # characters of a request's own entities as JSON; likewise
 # Headers of an Envoy-mapped request (context.http.headers) that carry credentials: logged as REDACTED.
 REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 REDACTED = "[redacted]"
@@ -47,3 +50,16 @@ def context_part(ctx) -> str:
     part = TRUNCATED if text is None or len(text) > MAX_CONTEXT_CHARS else ',"context":' + text
     _last = (ctx, part)
     return part
+
+
+def entities_part(entities) -> str:
+    """`,"entities":<JSON>` for a request's own entities (a list of Cedar JSON entities, or what
+    Engine.request_entities made of one: its `source`), "" for none, or `,"request_truncated":true`."""
+    source = getattr(entities, "source", entities)
+    if not source:
+        return ""
+    try:
+        text = _encode(source) if type(source) is list else None
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    return TRUNCATED if text is None or len(text) > MAX_ENTITIES_CHARS else ',"entities":' + text

@@ -2,8 +2,8 @@
 compiler into a temporary index, decided by the real Engine) and reports every decision that would change:
 allow -> deny, deny -> allow, or the same decision for other determining policies, grouped by policy.
 
-A line is replayed with its `principal`, `action`, `resource` and `context` as recorded (for a request made
-with a task token that context holds the task state it was decided with). Lines that cannot be replayed are
+A line is replayed with its `principal`, `action`, `resource`, `context` and request `entities` as recorded
+(for a request made with a task token that context holds the task state it was decided with). Lines that cannot be replayed are
 counted by cause: no recorded context (a log written before requests were recorded, or a request the server
 could not read), a context too large to record (`request_truncated`), a decision the policies did not make
 (a line with a `reason`: a malformed request, an unavailable index or task state, a revoked or suspended
@@ -157,8 +157,12 @@ def replay_line(engine, line, report):
     except (KeyError, ValueError):
         report.skip("no_uids")
         return
+    entities = line.get("entities")
+    if entities is not None and type(entities) is not list:
+        report.skip("request_error")
+        return
     try:
-        decision = engine.check(principal, action, resource, line["context"])
+        decision = engine.check(principal, action, resource, line["context"], entities=entities or None)
     except AuthzError:
         report.skip("request_error")
         return

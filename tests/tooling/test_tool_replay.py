@@ -215,3 +215,45 @@ def test_decisions_made_with_task_state_replay_as_recorded(tmp_path):
     assert (code, doc["changed"], doc["deny_to_allow"]) == (1, 1, 1)
     assert doc["changes"][0]["decision_id"] == deploys[0]["decision_id"]
     assert doc["by_policy"] == {"deploy-needs-tests": [deploys[0]["decision_id"]], "tools": [deploys[0]["decision_id"]]}
+
+
+def test_request_entities_are_logged_and_replayed(tmp_path):
+    """A request that brings its own entities (authz.Engine's request entities) is logged with them, by the
+    fast writer and the Python one alike, and replayed with them."""
+    from authz.server._jsonl import format_decisions
+
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "p.cedar").write_text(OLD)
+    (pol / "entities.json").write_text(json.dumps(ENTITIES))
+    compile_sources([str(pol)], str(tmp_path / "db"))
+    log_path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(str(log_path), flush_interval_s=3600)
+    decider = Decider(str(tmp_path / "db"), decision_log=log)
+    assert decider.open_engine()
+    bob_in_eng = [{"uid": uid("User", "bob"), "attrs": {}, "parents": [uid("Team", "eng")]}]
+    public = [{"uid": uid("Doc", "s"), "attrs": {"secret": False}, "parents": []}]
+    resolved = decider.request_entities(bob_in_eng)
+    outcomes = decider.decide([{**req("bob", "d", env="prod"), "entities": resolved},       # allow [read]
+                               {**req("alice", "s", env="prod"), "entities": public}], "v1")  # allow [read]
+    assert [o.decision for o in outcomes] == ["allow", "allow"]
+    batch = log._queue[-1][4]
+    fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, 1.0, "v1", 1000, 1,
+                            lambda i: log._format_event(*log._batch_fields(1.0, "v1", 1000, 1), batch.event(i),
+                                                        batch.requests[i]))
+    slow = "".join(log._format_event(*log._batch_fields(1.0, "v1", 1000, 1), batch.event(i), batch.requests[i])
+                   for i in range(2)).encode()
+    assert fast == slow
+    log.close()
+    lines = [json.loads(x) for x in log_path.read_text().splitlines()]
+    assert [x["entities"] for x in lines] == [bob_in_eng, public]
+    code, out, _ = run("--log", log_path, "--policies", pol, "--json")
+    doc = json.loads(out)
+    assert (code, doc["replayed"], doc["changed"]) == (0, 2, 0)
+    (pol / "p.cedar").write_text(OLD.replace("resource.secret", "resource.secret == false"))
+    code, out, _ = run("--log", log_path, "--policies", pol, "--json")
+    doc = json.loads(out)
+    assert [(c["change"], c["resource"]) for c in doc["changes"]] == [("allow->deny", 'Doc::"s"')]
+    assert requestlog.entities_part([{"uid": uid("T", "x" * requestlog.MAX_ENTITIES_CHARS), "attrs": {},
+                                      "parents": []}]) == ',"request_truncated":true'
+    assert requestlog.entities_part([]) == ""
