@@ -1,12 +1,14 @@
 """AuthZEN decisions are logged and counted as gRPC ones are, under api "authzen"; requests refused before any
-decision are neither."""
+decision are neither. The listener from the config file, and its public_url."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 
-from conftest import HttpAuthzServer, serve_args
-from harness import free_port, wait_until
+from conftest import POLICIES, HttpAuthzServer, serve_args
+from harness import env_with_repo, free_port, wait_until
 
 BETH = "CiRmZDM2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"
 
@@ -42,3 +44,27 @@ def test_decision_log_and_metrics(tmp_path):
         ("authzen", 'Action::"GET"', "allow"), ("authzen", 'Action::"POST"', "deny"), ("authzen", None, "deny")]
     assert log[0]["decision_id"] == single_id and log[1]["decision_id"] == batch_id
     assert log[0]["policies"] == ["viewers-read"] and log[2]["reason"] == "request_parse_error"
+
+
+def test_config_file_and_public_url(tmp_path):
+    (tmp_path / "authz.toml").write_text('[server]\nhttp_listen = "127.0.0.1:0"\n'
+                                         'public_url = "https://pdp.example.com/authz/"\n')
+    server = HttpAuthzServer(tmp_path, ["--config", str(tmp_path / "authz.toml"), "--listen", "127.0.0.1:0",
+                                        "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data")]).start()
+    c = server.client()
+    try:
+        doc = c.request("GET", "/.well-known/authzen-configuration")[2]
+        assert doc == {"policy_decision_point": "https://pdp.example.com/authz",
+                       "access_evaluation_endpoint": "https://pdp.example.com/authz/access/v1/evaluation",
+                       "access_evaluations_endpoint": "https://pdp.example.com/authz/access/v1/evaluations"}
+    finally:
+        c.close()
+        assert server.stop() == 0
+
+
+def test_a_bad_public_url_stops_the_server(tmp_path):
+    (tmp_path / "authz.toml").write_text('[server]\nhttp_listen = "127.0.0.1:0"\npublic_url = "https://pdp/?x=1"\n')
+    proc = subprocess.run([sys.executable, "-m", "authz.server", "--config", str(tmp_path / "authz.toml"),
+                           "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=60, env=env_with_repo(), cwd=tmp_path)
+    assert proc.returncode == 2 and "`public_url` must be an http(s) URL with no query or fragment" in proc.stderr
