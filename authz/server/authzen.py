@@ -1,5 +1,5 @@
-"""AuthZEN Authorization API 1.0 over the worker's HTTP listener: `POST /access/v1/evaluation`, `POST /access/v1/evaluations`
-and `GET /.well-known/authzen-configuration`, deciding through the worker's Decider (api "authzen").
+"""AuthZEN Authorization API 1.0 on the worker's HTTP listener: `POST /access/v1/evaluation`, `.../evaluations` and
+`GET /.well-known/authzen-configuration`, deciding through the worker's Decider (api "authzen").
 
 Who may ask is decided as for authz.v1 (callers.py): in development mode (loopback only) requests are
 taken as given; otherwise the PEP authenticates (bearer JWT, or its mTLS client certificate), asks
@@ -12,7 +12,6 @@ when a policy permits it `Action::"authz::CheckAs"` on that subject); subject an
 from __future__ import annotations
 
 import json
-import logging
 
 from aiohttp import web
 
@@ -21,8 +20,6 @@ from authz.server import authzen_map as amap
 from authz.server.authzen_entities import with_overlays
 from authz.server.decider import Invalid, decision_id
 from authz.server.http import HttpPeer
-
-log = logging.getLogger("authz.server")
 
 API = "authzen"
 PROPERTIES_NOT_ALLOWED = "properties_not_allowed"

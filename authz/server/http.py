@@ -3,12 +3,9 @@ workers (SO_REUSEPORT, the port proved free and held by the supervisor as for gR
 certificates when [identity.mtls] is configured, and the adapter that lets Callers read an HTTP caller."""
 from __future__ import annotations
 
-import logging
 import ssl
 
 from authz.server.config import parse_hostport
-
-log = logging.getLogger("authz.server")
 
 MAX_LINE_BYTES = 8190       # request line and each header line (aiohttp's default)
 MAX_HEADER_COUNT = 128      # headers in one request

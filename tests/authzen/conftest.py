@@ -1,4 +1,4 @@
-"""Fixtures for the AuthZEN tests: a real `authz serve` with --http-listen on 127.0.0.1, and a small JSON-over-HTTP client."""
+"""Fixtures for the AuthZEN tests: a real `authz serve` with --http-listen on 127.0.0.1, a JSON-over-HTTP client."""
 from __future__ import annotations
 
 import http.client
