@@ -3,9 +3,14 @@ workers (SO_REUSEPORT, the port proved free and held by the supervisor as for gR
 certificates when [identity.mtls] is configured, and the adapter that lets Callers read an HTTP caller."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import ssl
 
 from authz.server.config import parse_hostport
+
+log = logging.getLogger("authz.server")
 
 MAX_LINE_BYTES = 8190       # request line and each header line (aiohttp's default)
 MAX_HEADER_COUNT = 128      # headers in one request
@@ -42,12 +47,52 @@ def server_ssl_context(mtls) -> ssl.SSLContext:
     return ctx
 
 
+class TlsFiles:
+    """Follows the TLS files of an SSLContext (SVIDs are short-lived and rotated on disk): checked at most once
+    a second, a changed certificate and key are loaded into the context for the next handshakes, and a
+    changed CA bundle's certificates are added to the trusted ones (OpenSSL cannot remove them from a
+    context: a CA taken out of the bundle stays trusted until the workers restart)."""
+
+    def __init__(self, ctx: ssl.SSLContext, mtls):
+        self.ctx, self.mtls = ctx, mtls
+        self.stamp = self._stamp()
+
+    def _stamp(self):
+        try:
+            return tuple(os.stat(p).st_mtime_ns for p in (self.mtls.cert, self.mtls.key, self.mtls.client_ca))
+        except OSError:
+            return None
+
+    def check(self) -> bool:
+        """Reload what changed; True when something was loaded."""
+        current = self._stamp()
+        if current is None or current == self.stamp:
+            return False
+        try:
+            if current[:2] != self.stamp[:2]:
+                self.ctx.load_cert_chain(self.mtls.cert, self.mtls.key)
+            if current[2] != self.stamp[2]:
+                self.ctx.load_verify_locations(cafile=self.mtls.client_ca)
+        except (OSError, ssl.SSLError) as e:
+            log.error("HTTP listener: cannot re-read the TLS files: %s; keeping the current ones", e)
+            return False
+        self.stamp = current
+        log.info("HTTP listener: TLS certificate, key or client CA changed: new handshakes use the new files")
+        return True
+
+    async def follow(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.check()
+
+
 class HttpListener:
     """An aiohttp Application served on `address` in the running loop; `start()` returns the bound port."""
 
     def __init__(self, app, address: str, mtls=None, drain_s: float = 5.0):
         self.app, self.address, self.mtls, self.drain_s = app, address, mtls, drain_s
         self._runner = None
+        self._tls_task = None
 
     async def start(self) -> int:
         from aiohttp import web
@@ -60,15 +105,20 @@ class HttpListener:
                                      max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES,
                                      max_headers=MAX_HEADER_COUNT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=True, reuse_address=True,
-                           ssl_context=server_ssl_context(self.mtls) if self.mtls is not None else None,
+        ctx = server_ssl_context(self.mtls) if self.mtls is not None else None
+        site = web.TCPSite(self._runner, host, port, reuse_port=True, reuse_address=True, ssl_context=ctx,
                            backlog=1024)
         await site.start()
+        if ctx is not None:
+            self._tls_task = asyncio.ensure_future(TlsFiles(ctx, self.mtls).follow())
         addresses = self._runner.addresses
         return addresses[0][1] if addresses else port
 
     async def stop(self) -> None:
         """Stop accepting; requests in flight get `drain_s`, then the connections close."""
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            self._tls_task = None
         if self._runner is None:
             return
         await self._runner.cleanup()

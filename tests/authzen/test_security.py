@@ -3,6 +3,8 @@ mTLS client certificate) and naming another subject is a trusted PEP's permissio
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import material as m
 import pytest
 
 from conftest import POLICIES, HttpAuthzServer, serve_args
-from harness import env_with_repo
+from harness import env_with_repo, wait_until
 
 PEP_ID = "spiffe://example.org/ns/mesh/sa/pep"
 A1 = "spiffe://example.org/agent/a1"
@@ -37,8 +39,6 @@ def test_off_loopback_without_identity_refuses_to_start(tmp_path):
 
 
 def test_a_busy_http_port_is_refused(tmp_path):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -146,6 +146,21 @@ def test_mtls_and_trusted_peps(tmp_path, keys):
         c = server.client(pki.ssl_context("a1b", uris=[A1]))
         doc = c.request("GET", "/.well-known/authzen-configuration")[2]
         assert doc["policy_decision_point"] == f"https://{server.http_address}"
+        c.close()
+        # A rotated server certificate is served to the next handshakes.
+        new_cert, _ = pki.leaf("authz", uris=["spiffe://example.org/authz"], dns=["localhost"])
+        new_der = ssl.PEM_cert_to_DER_cert(new_cert.read_text())
+        host, _, port = server.http_address.rpartition(":")
+
+        def served_cert():
+            ctx = pki.ssl_context("probe2", uris=[A1])
+            with socket.create_connection((host, int(port)), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.getpeercert(binary_form=True)
+
+        wait_until(lambda: served_cert() == new_der, 15, "the rotated certificate")
+        c = server.client(pki.ssl_context("a1c", uris=[A1]))
+        assert c.evaluation(_ask(A1))[2] == {"decision": True}
         c.close()
     finally:
         server.stop()
