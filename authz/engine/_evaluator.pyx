@@ -1545,13 +1545,13 @@ cdef class Generation:
     cdef inline bint uid_matches(self, Uid u, uint32_t target) except -1:
         return u.idx >= 0 and (<uint32_t>u.idx == target or self.has_ancestor_at(u.rec, target))
 
-    cdef inline bint matches(self, Uid u, uint32_t target, object ov) except -1:
-        """uid_matches, over the request's entities when it brings some (`ov`: an Overlay or None)."""
-        if ov is None:
+    cdef inline bint matches(self, Uid u, uint32_t target, PyObject* ov) except -1:
+        """uid_matches, over the request's entities when it brings some (`ov`: borrowed, an Overlay or None)."""
+        if ov == <PyObject*>None:
             return self.uid_matches(u, target)
-        return (<Overlay>ov).matches(u, target)
+        return (<Overlay><object>ov).matches(u, target)
 
-    cdef bint scope(self, Py_ssize_t* pos, Uid u, object ov) except -1:
+    cdef bint scope(self, Py_ssize_t* pos, Uid u, PyObject* ov) except -1:
         cdef Py_ssize_t at = pos[0]
         cdef uint32_t a, b, i
         if at < 0 or at + 9 > self.size:
@@ -1840,11 +1840,12 @@ cdef class Generation:
                 raise IndexFormatError("policy index out of range")
             effect = self.u8(pos + 4)
             pos += 5
-            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.principal, r.ov)):
+            # (r.ov is passed borrowed: no reference counting per candidate.)
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.principal, <PyObject*>r.ov)):
                 continue
-            if not (self.skip_scope(&pos, False) or self.scope(&pos, r.action, r.ov)):
+            if not (self.skip_scope(&pos, False) or self.scope(&pos, r.action, <PyObject*>r.ov)):
                 continue
-            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.resource, r.ov)):
+            if not (self.skip_scope(&pos, i < n_pairs) or self.scope(&pos, r.resource, <PyObject*>r.ov)):
                 continue
             cond_len = self.u32(pos)
             pos += 4
