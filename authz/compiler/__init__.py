@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import sys
 
 from ..errors import CompileError
@@ -95,9 +96,39 @@ def compile_parts(srcs, entity_overlay=None):
     return compile_all(srcs, entity_overlay)[:2]
 
 
-def compile_all(srcs, entity_overlay=None):
+# `@mode("...")` of a policy: enforced (the default) or shadow (docs/policy-tooling.md, "Shadow policies").
+MODES = ("enforce", "shadow")
+_MODE_AT = re.compile(r"@\s*mode\b")
+
+
+def policy_mode(source, annotations):
+    """The policy's @mode: "enforce" (also without one) or "shadow"; CompileError at the annotation otherwise."""
+    mode = annotations.get("mode", "enforce") if annotations else "enforce"
+    if mode in MODES:
+        return mode
+    where = source.where
+    found = _MODE_AT.search(source.text)
+    if found is not None:
+        before = source.text[:found.start()]
+        line = source.line + before.count("\n")
+        col = found.start() - before.rfind("\n") if "\n" in before else source.col + found.start()
+        where = f"{source.file}:{line}:{col}"
+    shown = "no value" if mode is None else f'"{mode}"'
+    raise CompileError([f'{where}: @mode must be "enforce" or "shadow", not {shown}'])
+
+
+def compile_all(srcs, entity_overlay=None, shadow=False):
     """compile_parts and, third, the entities' direct parents (writer.parents_table), which
-    Engine.check's request entities need; published beside the generation."""
+    Engine.check's request entities need; published beside the generation.
+
+    Policies annotated `@mode("shadow")` are left out (the enforced set), or with `shadow` kept (the
+    shadow set: what the policies would decide if the shadow ones were enforced)."""
+    return _compile(srcs, entity_overlay, shadow)[:3]
+
+
+def _compile(srcs, entity_overlay, shadow):
+    """compile_all, and fourth the number of @mode("shadow") policies among the sources."""
+    shadowed = 0
     policy_files, entity_files = find_sources(srcs)
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
@@ -132,17 +163,22 @@ def compile_all(srcs, entity_overlay=None):
                 except CompileError as err:
                     raise CompileError([f"{source.where}: {d}" for d in err.diagnostics]) from None
                 policy_annotations = template.annotations_of(source.literals)
+                mode = policy_mode(source, policy_annotations)
             except CompileError as err:
                 diagnostics.extend(err.diagnostics)
                 continue
-            records.append((record, keys))
             policy_id = annotated if annotated is not None else f"{name}:{source.index}"
-            compiled.append((source, (record, keys, policy_id, policy_annotations)))
-            if policy_annotations:
-                annotations[policy_id] = policy_annotations
             if policy_id in seen:
                 diagnostics.append(f"{source.where}: duplicate policy id `{policy_id}` (first at {seen[policy_id]})")
             seen[policy_id] = source.where
+            if mode == "shadow":
+                shadowed += 1
+                if not shadow:  # compiled (its errors are reported), never enforced
+                    continue
+            records.append((record, keys))
+            compiled.append((source, (record, keys, policy_id, policy_annotations)))
+            if policy_annotations:
+                annotations[policy_id] = policy_annotations
             ids.append(policy_id)
     try:
         entities = load_entities(entity_files, entity_overlay)
@@ -153,7 +189,7 @@ def compile_all(srcs, entity_overlay=None):
         raise CompileError(diagnostics)
     verify_policies([c[0] for c in compiled], [c[1] for c in compiled], symbols)
     blob = build_generation(records, ids, entities, symbols)
-    return blob, annotations, parents_table(entities, symbols)
+    return blob, annotations, parents_table(entities, symbols), shadowed
 
 
 # Deeply nested policies (long `+` chains, nested sets) become deeply nested JSON and recursion in
@@ -161,17 +197,40 @@ def compile_all(srcs, entity_overlay=None):
 _COMPILE_RECURSION_LIMIT = 4 * MAX_EXPR_DEPTH + 1000
 
 
-def compile_sources(srcs, db, entity_overlay=None):
-    """Compiles `srcs` and publishes the result as the index's new current generation; returns its number.
-    `entity_overlay`: (name, entity list) replacing the files' entities of the same uids (load_entities)."""
-    if isinstance(srcs, (str, os.PathLike)):
-        srcs = [srcs]
+def _compiled(srcs, entity_overlay, shadow):
     previous = sys.getrecursionlimit()
     sys.setrecursionlimit(max(previous, _COMPILE_RECURSION_LIMIT))
     try:
-        blob, annotations, parents = compile_all(srcs, entity_overlay)
+        return _compile(srcs, entity_overlay, shadow)
     except RecursionError:
         raise CompileError(["policies nested too deeply to compile"]) from None
     finally:
         sys.setrecursionlimit(previous)
+
+
+def compile_sources(srcs, db, entity_overlay=None, shadow=False):
+    """Compiles `srcs` and publishes the result as the index's new current generation; returns its number.
+    `entity_overlay`: (name, entity list) replacing the files' entities of the same uids (load_entities).
+    `shadow`: compile the shadow set (@mode("shadow") policies kept; see compile_all)."""
+    if isinstance(srcs, (str, os.PathLike)):
+        srcs = [srcs]
+    blob, annotations, parents, _ = _compiled(srcs, entity_overlay, shadow)
     return publish(os.fspath(db), blob, annotations, parents)
+
+
+def compile_with_shadow(srcs, db, shadow_db):
+    """compile_sources(srcs, db), then, when some policy is @mode("shadow"), the shadow set into
+    `shadow_db`; returns (generation, shadow), shadow being the shadow set's generation, None when no
+    policy is @mode("shadow"), or the CompileError that stopped the shadow set (the enforced set is
+    published either way)."""
+    if isinstance(srcs, (str, os.PathLike)):
+        srcs = [srcs]
+    blob, annotations, parents, shadowed = _compiled(srcs, None, False)
+    generation = publish(os.fspath(db), blob, annotations, parents)
+    if not shadowed:
+        return generation, None
+    try:
+        blob, annotations, parents, _ = _compiled(srcs, None, True)
+    except CompileError as e:
+        return generation, e
+    return generation, publish(os.fspath(shadow_db), blob, annotations, parents)
