@@ -76,11 +76,6 @@ def _digest(principal, action, resource, ctx) -> str:
     return request_digest(principal, action, resource, kept)
 
 
-def _frozen(view: dict) -> dict:
-    """A copy of a live view (context.task or context.agent) that its next update leaves as it is."""
-    return {k: v.copy() if type(v) is dict or type(v) is list else v for k, v in view.items()}
-
-
 def _labels(engine, resource, policies) -> tuple:
     """A call's labels: its resource's `labels` attribute, then each determining permit's `@labels`."""
     out = list(engine.string_set_attribute(resource, "labels"))
@@ -156,7 +151,7 @@ class TaskState:
                 continue
             live = txn.live_view()
             d = engine.check(principal, action, resource, {**ctx, **live})
-            seen[i] = {**ctx, "task": _frozen(live["task"]), "agent": _frozen(live["agent"])}
+            seen[i] = {**ctx, **txn.frozen_view()}
             results[i] = d
             if d.allowed:
                 txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))

@@ -106,7 +106,8 @@ class TaskState:
     """One task's state; see the module docstring."""
 
     __slots__ = ("id", "started", "last", "calls", "denies", "spend", "overflow", "tools", "counts", "m1", "h1",
-                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json", "_live")
+                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json", "_live",
+                 "_frozen_tools")
 
     def __init__(self, task_id: str, now: float):
         self.id = task_id
@@ -119,7 +120,7 @@ class TaskState:
         self.due = 0
         self._tool_set, self._tool_views = set(), []
         self._tools_json = self._labels_json = b"[]"
-        self._live = None
+        self._live = self._frozen_tools = None
 
     def view(self, now: float) -> dict:
         """`context.task`: plain JSON-able values, a copy (later updates do not change it)."""
@@ -146,6 +147,18 @@ class TaskState:
                                                                           self.overflow)
         rate = live["rate"]
         rate["m1"], rate["h1"] = self.m1.count(now), self.h1.count(now)
+        return live
+
+    def frozen_view(self) -> dict:
+        """A copy of the last live_view() that later calls leave as it is (the decision log keeps it).
+        Cheap: its labels list is never changed in place (live_view replaces it), and the tools list only
+        grows, so a copy is made again only after it grew."""
+        live = dict(self._live)
+        tools = live["tools"]
+        frozen = self._frozen_tools
+        if frozen is None or len(frozen) != len(tools):
+            frozen = self._frozen_tools = tools.copy()
+        live["tools"], live["counts"], live["rate"] = frozen, live["counts"].copy(), live["rate"].copy()
         return live
 
     def record_allowed(self, now: float, tool: tuple, labels: tuple, cost: int, cfg) -> None:
@@ -202,6 +215,10 @@ class AgentState:
     def view(self, now: float) -> dict:
         """`context.agent`."""
         return {"rate": {"m1": self.m1.count(now), "h1": self.h1.count(now)}}
+
+    def frozen_view(self) -> dict:
+        """As TaskState.frozen_view, for `context.agent`."""
+        return {"rate": self._live["rate"].copy()}
 
     def live_view(self, now: float) -> dict:
         """As TaskState.live_view, for `context.agent`."""

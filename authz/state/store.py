@@ -335,6 +335,10 @@ class TaskTxn:
         now = batch.now
         return {"task": self.state.live_view(now), "agent": self.agent.live_view(now)}
 
+    def frozen_view(self) -> dict:
+        """A copy of the last live_view() that later changes leave as it is (for the decision log)."""
+        return {"task": self.state.frozen_view(), "agent": self.agent.frozen_view()}
+
     def allowed(self, resource, labels=(), cost: int = 0) -> None:
         """Record an allowed call on `resource` ({"type","id"} or (type, id)) carrying `labels`, costing
         `cost`. InvalidArgument / Full (labels bound) leave the state unchanged."""
