@@ -1,8 +1,10 @@
 """Hot reload: polls a policies folder and recompiles it, in a short-lived child process, into the index on
 change; a failed reload keeps the last good generation serving, is retried with backoff, and is reported.
 
-Run as `python -m authz.server.reload FOLDER DB`, this module is that child: it compiles and prints one
-JSON line with the outcome.
+Run as `python -m authz.server.reload FOLDER DB [--with-shadow SHADOW_DB | --shadow-set ENTITIES_FOLDER]`,
+this module is that child: it compiles and prints one JSON line with the outcome. With `--with-shadow` the
+folder's shadow set (its @mode("shadow") policies enforced) goes to SHADOW_DB too; `--shadow-set` compiles
+a candidate folder (shadow_policies) with ENTITIES_FOLDER's entity files (docs/policy-tooling.md).
 """
 from __future__ import annotations
 
@@ -52,10 +54,17 @@ def snapshot(folder: str) -> tuple:
 class ChildCompiler:
     """Compiles a folder into the index in a child process (`python -m authz.server.reload`), so the
     memory a big compile takes (~1 GB for 50,000 policies) is returned when it exits, and a compile
-    that hangs or crashes is only a failed reload. Callable as compile_fn(folder, db) -> generation."""
+    that hangs or crashes is only a failed reload. Callable as compile_fn(folder, db) -> generation.
 
-    def __init__(self, timeout_s: float = COMPILE_TIMEOUT_S):
+    With `shadow_db` the folder's shadow set is compiled into it too, and `on_shadow(outcome)` told
+    its generation, None (no @mode("shadow") policy) or a CompileError (the enforced set is served
+    anyway); with `entities_from` the folder is a shadow_policies candidate set compiled with that
+    folder's entity files."""
+
+    def __init__(self, timeout_s: float = COMPILE_TIMEOUT_S, shadow_db: str = "", on_shadow=None,
+                 entities_from: str = ""):
         self.timeout_s = timeout_s
+        self.shadow_db, self.on_shadow, self.entities_from = shadow_db, on_shadow, entities_from
         self._lock = threading.Lock()
         self._child = None
         self._cancelled = False
@@ -66,9 +75,11 @@ class ChildCompiler:
         with self._lock:
             if self._cancelled:
                 raise ReloadError("the server is stopping")
+            extra = ["--with-shadow", self.shadow_db] if self.shadow_db else \
+                ["--shadow-set", self.entities_from] if self.entities_from else []
             try:
                 self._child = child = subprocess.Popen(
-                    [sys.executable, "-m", "authz.server.reload", folder, db], stdin=subprocess.DEVNULL,
+                    [sys.executable, "-m", "authz.server.reload", folder, db, *extra], stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             except OSError as e:
                 raise ReloadError(f"cannot start the compile process: {e.strerror}") from None
@@ -96,6 +107,12 @@ class ChildCompiler:
         if "error" in result:
             raise ReloadError(result["error"])
         generation = int(result["generation"])
+        if self.on_shadow is not None:
+            if "shadow_diagnostics" in result:
+                self.on_shadow(CompileError(result["shadow_diagnostics"]))
+            else:
+                shadow = result.get("shadow_generation")
+                self.on_shadow(None if shadow is None else int(shadow))
         log.info("compiled `%s` in a child process (pid %d): generation %d, %.1f s, peak %.0f MiB", folder,
                  child.pid, generation, time.monotonic() - start, result.get("peak_kib", 0) / 1024)
         return generation
@@ -119,8 +136,9 @@ class PolicyWatcher:
     """
 
     def __init__(self, folder: str, db: str, interval_s: float = 0.25, metrics=None, compile_fn=None,
-                 applied: tuple | None = None, stale_flag=None, generation: int | None = None):
+                 applied: tuple | None = None, stale_flag=None, generation: int | None = None, also: str = ""):
         self.folder, self.db, self.interval_s = folder, db, max(interval_s, 0.01)
+        self.also = also  # another folder whose changes are compiled in too (a shadow set's entities)
         self.metrics = metrics
         self.compile_fn = compile_fn if compile_fn is not None else ChildCompiler()
         self.stale_flag = stale_flag
@@ -128,13 +146,16 @@ class PolicyWatcher:
         self.failures = 0
         self.reloads = 0
         self.stale = False
-        self._applied = snapshot(folder) if applied is None else applied
+        self._applied = self._scan() if applied is None else applied
         self._failed = None       # the snapshot whose reload failed last
         self._attempts = 0        # consecutive failed reloads of it
         self._retry_at = 0.0      # monotonic time of its next attempt
         self._last_error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
+
+    def _scan(self) -> tuple:
+        return snapshot(self.folder) + (snapshot(self.also) if self.also else ())
 
     def start(self) -> None:
         self._thread.start()
@@ -155,7 +176,7 @@ class PolicyWatcher:
 
     def poll(self) -> bool:
         """Recompile if the folder differs from what the index serves and no retry is pending; True if it did."""
-        current = snapshot(self.folder)
+        current = self._scan()
         if current == self._applied:
             if self.stale:  # the folder is back to what is served
                 self._set_stale(False)
@@ -166,7 +187,7 @@ class PolicyWatcher:
         if current != self._failed:
             # Debounce: editors and `cp -r` write in several steps; wait until a scan repeats.
             while not self._stop.wait(min(self.interval_s, 0.05)):
-                again = snapshot(self.folder)
+                again = self._scan()
                 if again == current:
                     break
                 current = again
@@ -176,7 +197,7 @@ class PolicyWatcher:
     def reload(self, current: tuple | None = None) -> bool:
         """Compile now (`current`: the folder's snapshot taken before); log, count and report the result."""
         if current is None:
-            current = snapshot(self.folder)
+            current = self._scan()
         try:
             gen = self.compile_fn(self.folder, self.db)
         except Exception as e:  # noqa: BLE001 - any failure keeps the last good generation
@@ -224,14 +245,40 @@ class PolicyWatcher:
             self.metrics.policies_stale(stale)
 
 
-def _compile_child(folder: str, db: str) -> int:
-    """The compile child: compile, print one JSON line (generation | diagnostics | error, and peak_kib)."""
+def compile_shadow_set(folder: str, entities_from: str, db: str) -> int:
+    """Compile a shadow_policies folder (every policy in it enforced, @mode("shadow") or not) with the
+    entity files of the served policies folder `entities_from` into `db`; returns the generation."""
+    from authz.compiler import compile_sources, find_sources
+
+    _, own = find_sources([folder])
+    if own:
+        raise CompileError([f"{own[0][1]}: a shadow policies folder holds policies only: the shadow set decides "
+                            f"with the entities of the policies folder `{entities_from}`"])
+    _, entities = find_sources([entities_from])
+    return compile_sources([folder] + [path for path, _ in entities], db, shadow=True)
+
+
+def _compile_child(folder: str, db: str, option: str = "", arg: str = "") -> int:
+    """The compile child: compile, print one JSON line (generation | diagnostics | error, and peak_kib;
+    shadow_generation or shadow_diagnostics with --with-shadow)."""
     import resource
 
     import authz
+    from authz.compiler import compile_with_shadow
 
     try:
-        result, code = {"generation": int(authz.compile([folder], db=db))}, 0
+        if option == "--with-shadow":
+            generation, shadow = compile_with_shadow([folder], db, arg)
+            result = {"generation": int(generation)}
+            if isinstance(shadow, CompileError):
+                result["shadow_diagnostics"] = shadow.diagnostics[:MAX_DIAGNOSTICS]
+            else:
+                result["shadow_generation"] = shadow
+        elif option == "--shadow-set":
+            result = {"generation": int(compile_shadow_set(folder, arg, db))}
+        else:
+            result = {"generation": int(authz.compile([folder], db=db))}
+        code = 0
     except CompileError as e:
         result, code = {"diagnostics": e.diagnostics[:MAX_DIAGNOSTICS],
                         "more": max(len(e.diagnostics) - MAX_DIAGNOSTICS, 0)}, 2
@@ -243,4 +290,4 @@ def _compile_child(folder: str, db: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_compile_child(sys.argv[1], sys.argv[2]))
+    sys.exit(_compile_child(*sys.argv[1:5]))
