@@ -14,6 +14,9 @@ from authz.server.config import ConfigError, load_config
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file; flags override it.")
 @click.option("--db", help="LMDB index path (default: DATA_DIR/authz.lmdb).")
 @click.option("--policies", help="Policies folder: compiled at start, watched and recompiled on change.")
+@click.option("--shadow-policies", "shadow_policies",
+              help="A candidate policies folder evaluated beside --policies on every decision, never enforced; "
+                   "differences are logged and counted (docs/policy-tooling.md).")
 @click.option("--wait-for-index", "wait_for_index", is_flag=True,
               help="With --db and no --policies: start even if no index is there yet (another process compiles "
                    "it); health stays NOT_SERVING until it appears. Without it, a missing index is an error.")

@@ -37,6 +37,7 @@ class ServeConfig:
     data_dir: str = DEFAULT_DATA_DIR
     db: str = ""                      # default: <data_dir>/authz.lmdb
     policies: str = ""                # watched and recompiled on change; "" = serve `db` as it is
+    shadow_policies: str = ""         # a candidate policy set evaluated beside `policies`, never enforced
     metrics_listen: str = ""          # "" = no metrics endpoint
     http_listen: str = ""             # HTTP listener (AuthZEN, docs/authzen.md) in every worker; "" = off
     public_url: str = ""              # the HTTP listener's base URL as PEPs reach it; "" = the URL they used
@@ -65,6 +66,11 @@ class ServeConfig:
     def db_path(self) -> str:
         """The LMDB index path."""
         return self.db or str(pathlib.Path(self.data_dir) / "authz.lmdb")
+
+    @property
+    def shadow_db_path(self) -> str:
+        """The shadow set's LMDB index (docs/policy-tooling.md, "Shadow policies")."""
+        return str(pathlib.Path(self.data_dir) / "shadow.lmdb")
 
     @property
     def decision_log_path(self) -> str:
@@ -106,6 +112,11 @@ class ServeConfig:
             raise ConfigError(f"`workers` must be at most 256, not `{self.workers}`")
         if self.policies and not pathlib.Path(self.policies).exists():
             raise ConfigError(f"policies folder `{self.policies}` does not exist")
+        if self.shadow_policies:
+            if not self.policies:
+                raise ConfigError("`shadow_policies` needs `policies`: the shadow set decides with its entities")
+            if not pathlib.Path(self.shadow_policies).is_dir():
+                raise ConfigError(f"shadow policies folder `{self.shadow_policies}` does not exist")
         self._validate_tokens()
         self.state_config()
         self.__dict__["_tracing_settings"] = _parse_tracing(self.tracing)
@@ -246,7 +257,7 @@ def load_config(path: str | None, overrides: dict) -> ServeConfig:
                 raise ConfigError(f"{path}: unknown option `server.{key}`")
             values[key] = value
         base = pathlib.Path(path).resolve().parent
-        for key in ("data_dir", "db", "policies", "decision_log"):
+        for key in ("data_dir", "db", "policies", "shadow_policies", "decision_log"):
             # Relative paths in a config file are relative to the file.
             if isinstance(values.get(key), str) and values[key] and not pathlib.Path(values[key]).is_absolute():
                 values[key] = str(base / values[key])
