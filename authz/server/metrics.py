@@ -69,6 +69,12 @@ class NullMetrics:
     def policies_stale(self, stale: bool) -> None:
         """Report whether the policies folder holds changes the served generation lacks (a failed reload)."""
 
+    def shadow_differences(self, api: str, change: str, count: int = 1) -> None:
+        """Count decisions the shadow set would have made otherwise (change: allow_to_deny, deny_to_allow, policies)."""
+
+    def shadow_failures(self, api: str, count: int = 1) -> None:
+        """Count decisions the shadow set could not evaluate."""
+
 
 class Metrics(NullMetrics):
     """The server's metrics; every process that records must have the multiprocess folder set."""
@@ -96,6 +102,11 @@ class Metrics(NullMetrics):
         self._stale = None if worker else Gauge(
             "authz_policies_stale", "1 while the policies folder holds changes that failed to compile "
             "(an older generation is served; the reload is retried), else 0.", multiprocess_mode="max")
+        self._shadow = Counter("authz_shadow_differences", "Decisions the shadow policies would have made "
+                               "otherwise, by API and change (allow_to_deny, deny_to_allow, policies).",
+                               ["api", "change"])
+        self._shadow_failures = Counter("authz_shadow_failures", "Decisions the shadow policies could not "
+                                        "evaluate (the enforced decision stands).", ["api"])
         self._children = {}
 
     def decision(self, api, decision, latency_s):
@@ -129,6 +140,12 @@ class Metrics(NullMetrics):
 
     def policies_stale(self, stale):
         self._stale.set(1 if stale else 0)
+
+    def shadow_differences(self, api, change, count=1):
+        self._shadow.labels(api, change).inc(count)
+
+    def shadow_failures(self, api, count=1):
+        self._shadow_failures.labels(api).inc(count)
 
 
 def observe_many(histogram, amount: float, count: int) -> None:
