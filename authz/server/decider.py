@@ -80,12 +80,14 @@ class DecisionBatch:
     into events (and lines) by the log's writer thread, off the request path.
 
     INVARIANT: nothing changes `requests` or `results` after decide_batch returns.
+    `shadow`: {index: (decision, policies)} of the items the shadow policies decide otherwise, or None.
     """
 
-    __slots__ = ("prefix", "first", "requests", "results")
+    __slots__ = ("prefix", "first", "requests", "results", "shadow")
 
-    def __init__(self, prefix: str, first: int, requests: list, results: list):
+    def __init__(self, prefix: str, first: int, requests: list, results: list, shadow=None):
         self.prefix, self.first, self.requests, self.results = prefix, first, requests, results
+        self.shadow = shadow
 
     def __len__(self) -> int:
         return len(self.results)
@@ -147,6 +149,7 @@ class Decider:
         self.metrics = metrics or NullMetrics()
         self.tracer = tracer  # a tracing.DecisionTracer, or None (traces off: one test per decision)
         self.task_state = task_state  # a taskstate.TaskState: requests made with a task token go through it
+        self.shadow = None  # a shadow.Shadow while a shadow policy set is evaluated beside the enforced one
         self.engine = None
         self.last_error = ""
         self._engine_factory = engine_factory
@@ -219,8 +222,9 @@ class Decider:
         allowed = d.allowed
         o = Outcome(decision_id(self._prefix, seq), allowed, d.policies, d.errors, generation)
         self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
+        shadow = self.shadow.compare_one(api, request, d) if self.shadow is not None else None
         if self.decision_log is not None:
-            self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d)
+            self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d, shadow)
         if self.tracer is not None:
             self.tracer.decision(api, trace, request, o, latency_ns)
         return o
@@ -299,10 +303,12 @@ class Decider:
         self._seq += len(results)
         if self.metrics.enabled:
             self._count(api, results, latency_ns / n / 1e9 if n else 0.0)
+        # The shadow set sees each request as the enforced engine did (task-state contexts included).
+        shadow = self.shadow.compare(api, requests, results) if self.shadow is not None else None
         if self.decision_log is not None and results:
             # INVARIANT (DecisionBatch): nothing changes requests or results after this.
             self.decision_log.record_batch(api, latency_ns, generation,
-                                           DecisionBatch(self._prefix, first, requests, results))
+                                           DecisionBatch(self._prefix, first, requests, results, shadow))
         if self.tracer is not None:
             self.tracer.batch(api, trace, requests, results, self._prefix, first, generation, latency_ns)
         return results, first, generation

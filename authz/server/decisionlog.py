@@ -48,16 +48,19 @@ def _quid(uid) -> str:
 
 
 _REOPEN = object()  # queued for the writer thread: reopen the file
+# In place of the result of an item with a shadow difference, for _jsonl: the Python formatter writes its line.
+_SHADOWED = ("shadowed",)
 
 
 class _CheckRun:
     """Consecutive queued events of requests decided one at a time (DecisionLog.record_check): `checks`
-    holds (time, latency_ns, generation, seq, request, result) for each."""
+    holds (time, latency_ns, generation, seq, request, result) for each, and a seventh member, the
+    shadow outcome (decision, policies), for a check the shadow policies decide otherwise (`shadowed`)."""
 
-    __slots__ = ("api", "prefix", "checks")
+    __slots__ = ("api", "prefix", "checks", "shadowed")
 
     def __init__(self, api: str, prefix: str, check: tuple):
-        self.api, self.prefix, self.checks = api, prefix, [check]
+        self.api, self.prefix, self.checks, self.shadowed = api, prefix, [check], len(check) > 6
 
 
 class DecisionLog:
@@ -160,10 +163,11 @@ class DecisionLog:
         self._queue.append((time.time(), api, latency_ns, generation, events, count))
         self._format_if_many_wait()
 
-    def record_check(self, api, latency_ns, generation, prefix, seq, request, result):
+    def record_check(self, api, latency_ns, generation, prefix, seq, request, result, shadow=None):
         """Queue the event of a request decided on its own (an Envoy Check): `result` is the engine's
         Decision for the request dict `request`, whose decision id is prefix + seq in hex
-        (authz.server.decider.decision_id). Never blocks, never raises.
+        (authz.server.decider.decision_id); `shadow`, the shadow policies' (decision, policies) when
+        they differ. Never blocks, never raises.
 
         On an event loop, consecutive checks are queued as one run and formatted by one call: a
         queued item, a DecisionBatch and a formatting call of their own for each Check cost more than
@@ -174,11 +178,15 @@ class DecisionLog:
             self._lost(1)
             return
         check = (time.time(), latency_ns, generation, seq, request, result)
+        if shadow is not None:
+            check += (shadow,)
         queue_ = self._queue
         last = queue_[-1] if queue_ else None
         # Without a loop the writer thread may be formatting the last run, so each check is its own.
         if self._loop is not None and type(last) is _CheckRun and last.api == api and last.prefix == prefix:
             last.checks.append(check)
+            if shadow is not None:
+                last.shadowed = True
         else:
             queue_.append(_CheckRun(api, prefix, check))
         self._queued_in += 1
@@ -304,25 +312,35 @@ class DecisionLog:
         t, api, latency_ns, generation, events, count = batch
         latency_ns, generation = int(latency_ns), int(generation or 0)
 
-        def line(event, request=None):  # the Python formatter, for what authz.server._jsonl leaves to it
-            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request)
+        def line(event, request=None, shadow=None):  # the Python formatter, for what _jsonl leaves to it
+            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request, shadow)
 
         if type(events) is list:
             return format_events(events[:count], t, api, latency_ns, generation, line)
         decided = events  # a DecisionBatch: its events are made here, off the request path
-        return format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], t, api,
-                                latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
+        results, shadow = decided.results[:count], decided.shadow
+        if shadow is None:
+            return format_decisions(decided.prefix, decided.first, decided.requests, results, t, api,
+                                    latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
+        for i in shadow:  # lines with a shadow difference: written by the Python formatter
+            if i < count:
+                results[i] = _SHADOWED
+        return format_decisions(decided.prefix, decided.first, decided.requests, results, t, api, latency_ns,
+                                generation, lambda i: line(decided.event(i), decided.requests[i], shadow.get(i)))
 
     def _format_run(self, run) -> bytes:
         """The JSON lines of a _CheckRun, as UTF-8 (authz.server._jsonl; the Python formatter for what it leaves)."""
         checks = run.checks
 
         def line(k):
-            t, latency_ns, generation, seq, request, result = checks[k]
+            t, latency_ns, generation, seq, request, result, *shadow = checks[k]
             event = DecisionBatch(run.prefix, seq, [request], [result]).event(0)
             return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), int(generation or 0)), event,
-                                      request)
+                                      request, shadow[0] if shadow else None)
 
+        if run.shadowed:  # checks with a shadow difference: written by the Python formatter
+            return format_checks(run.prefix, run.api, [c if len(c) == 6 else c[:5] + (_SHADOWED,) for c in checks],
+                                 line)
         return format_checks(run.prefix, run.api, checks, line)
 
     def _batch_fields(self, t, api, latency_ns, generation) -> tuple:
@@ -331,9 +349,10 @@ class DecisionLog:
         shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
         return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
 
-    def _format_event(self, shared, tail, event, request=None) -> str:
-        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values);
-        with `request` (a request dict), its context last (authz.server.requestlog)."""
+    def _format_event(self, shared, tail, event, request=None, shadow=None) -> str:
+        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values,
+        a shadow difference: `shadow`, (decision, policies)); with `request` (a request dict), its context
+        last (authz.server.requestlog)."""
         decision_id, principal, action, resource, decision, policies, errors, reason, token, *approval = event
         quid, qstr = self._quid, self._qstr
         line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
@@ -348,6 +367,8 @@ class DecisionLog:
             line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
         if approval:  # the approval this call asked for ({"id", "queue"}) or was allowed by ({"id", "approver"})
             line += f',"approval":{json.dumps(approval[0], ensure_ascii=False)}'
+        if shadow is not None:  # what the shadow policies would have decided (docs/policy-tooling.md)
+            line += f',"shadow":{{"decision":{_q(shadow[0])},"policies":[{",".join(map(self._qstr, shadow[1]))}]}}'
         if type(request) is dict:
             line += context_part(request.get("context"))
             if request.get("entities") is not None:
