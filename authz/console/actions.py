@@ -7,8 +7,8 @@
   revoke             Action::"authz::Revoke" on Task:: / Agent:: / Token::"<value>" (tokens_api.py's
                      context: kind, target, ttl_s)
   lift a revocation  Action::"authz::LiftRevocation" on the same resource
-  suspend a task     Action::"authz::SuspendTask" on Task::"<id>": a quarantine approval is opened (the task
-                     waits; approving it resumes the task, rejecting it revokes the task)
+  suspend a task     Action::"authz::SuspendTask" on Task::"<id>": a quarantine approval of the task is opened
+                     (the task waits; approving it resumes the task, rejecting it or its expiry revokes it)
 
 A refused decision raises Refused (HTTP 403); a store refusal raises the store's StateError.
 """
@@ -131,8 +131,10 @@ class Actions:
             txn = batch.task(task, task)
             if txn.revoked or txn.suspended_by:
                 raise FailedPrecondition(f"task `{task}` is {'revoked' if txn.revoked else 'suspended'} already")
-            return txn.request_approval("quarantine", [], operator_uid(operator), SUSPEND, resource,
-                                        request_digest(operator_uid(operator), SUSPEND, resource, {"reason": reason}),
+            # The approval's principal is the task itself: any operator the policies let approve the
+            # quarantine queue may resume it, the one who suspended it included (named in `policies`).
+            return txn.request_approval("quarantine", [], resource, SUSPEND, resource,
+                                        request_digest(resource, SUSPEND, resource, {"reason": reason}),
                                         [f"console:{operator}"], kind="quarantine",
                                         on_reject="revoke_task")
         return self.store.transact(self.clock(), work), did

@@ -84,7 +84,7 @@ class Pages:
         try:
             a, did = c.actions.decide_approval(op.name, request.match_info["id"], verdict == "approve",
                                                form.get("reason", ""))
-        except (StateError, Exception) as e:  # noqa: BLE001 - action_error re-raises what it does not know
+        except Exception as e:  # noqa: BLE001 - action_error re-raises what it does not know
             return c.action_error(request, e)
         return await self.approval(request, f"Approval {a.state} by {op.name} (decision {did}).")
 
@@ -96,6 +96,7 @@ class Pages:
         if c.streams >= 64:
             return c.error(request, 503, "too many live-update streams; the page falls back to reloading")
         c.streams += 1
+        resp = None
         try:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no",

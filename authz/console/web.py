@@ -4,9 +4,10 @@ around them: a Content-Security-Policy and no-store on every answer, CSRF tokens
 session cookie (session.py), and in development mode (no identity configured) loopback clients only.
 
 Who is the operator: a session cookie from signing in with an operator key (operators.py), or, when
-identity is configured, a bearer JWT the worker's identity layer verifies (an OIDC token a trusted
-reverse proxy adds); either way the principal is Operator::"<name>" and every action is a Cedar
-decision (actions.py). Reading the pages needs a signed-in operator, as the gRPC API needs a caller.
+identity is configured, a bearer JWT the worker's identity layer verifies, passed on by a trusted
+reverse proxy (a peer that proved by mTLS an identity in `trusted_peps`); either way the principal
+is Operator::"<name>" and every action is a Cedar decision (actions.py). Reading the pages needs a
+signed-in operator, as the gRPC API needs a caller.
 """
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ class Console:
         self.limit = SignInLimit()
         self.actions = Actions(decider, store, tokens, clock)
         self.policies_dir = policies_dir
-        self.index = DecisionIndex(str(pathlib.Path(data_dir) / INDEX_FILE), decision_log_path) \
-            if decision_log_path else None
+        self.index_paths = (str(pathlib.Path(data_dir) / INDEX_FILE), decision_log_path) if decision_log_path else None
+        self.index = None  # opened on first use (a page that needs it)
         self._index_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="console-index")
         self.streams = 0
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -94,13 +95,16 @@ class Console:
         return await asyncio.get_running_loop().run_in_executor(self._index_pool, fn, *args)
 
     async def fresh_index(self):
-        """The index caught up with the log (a bounded step), or None without a decision log."""
-        if self.index is None:
+        """The index caught up with the log (a bounded step), or None without a decision log (or when the
+        index cannot be opened: logged, and the pages say there is nothing to search)."""
+        if self.index_paths is None:
             return None
         try:
+            if self.index is None:
+                self.index = await self.in_index(DecisionIndex, *self.index_paths)
             await self.in_index(self.index.catch_up, CATCH_UP_LINES)
         except Exception:  # noqa: BLE001 - the pages show what is indexed
-            log.exception("indexing the decision log failed")
+            log.exception("the decision-log index `%s`", self.index_paths[0])
         return self.index
 
     def render(self, request, name: str, status: int = 200, **values):
@@ -119,12 +123,15 @@ class Console:
         if s is not None and self.operators.record_id(s.name) == s.key_id:
             return Operator(s.name, s.sid, "key")
         if not self.development_mode and request.headers.get("Authorization"):
+            peer = HttpPeer(request)
+            if not self.callers.is_trusted_pep(peer):  # only a proxy that proved itself passes on an identity
+                return None
             try:
-                identity = self.callers.v1_caller(HttpPeer(request)).identity
+                caller = self.callers.v1_caller(peer)
             except IdentityError:
                 return None
-            if identity:
-                return Operator(identity, "bearer:" + identity, "bearer")
+            if caller.token is not None and caller.identity:  # a verified JWT, not the proxy's own identity
+                return Operator(caller.identity, "bearer:" + caller.identity, "bearer")
         return None
 
     async def form(self, request, op: Operator) -> dict | web.Response:

@@ -1,6 +1,7 @@
 """Fixtures for the console tests: the bundled example policies (plus two operators: alice a reviewer,
-bob not) behind a real Envoy and a 2-worker `authz serve --http-listen`, operator keys made by the CLI,
-and headless Chromium (Debian's package) driven by Playwright."""
+bob not, and a policy letting reviewers suspend and revoke tasks) behind a real Envoy and a 2-worker
+`authz serve --http-listen`, operator keys made by the CLI, and headless Chromium (Debian's package)
+driven by Playwright."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,14 @@ CHROMIUM = "/usr/bin/chromium"
 OPERATORS = [{"uid": {"type": "Operator", "id": "alice"}, "attrs": {},
               "parents": [{"type": "Team", "id": "reviewers"}]},
              {"uid": {"type": "Operator", "id": "bob"}, "attrs": {}, "parents": []}]
+
+# The reviewers may also suspend and revoke tasks and lift those revocations (docs/console.md).
+CONSOLE_POLICY = """
+@id("reviewers-act-on-tasks")
+permit(principal in Team::"reviewers",
+       action in [Action::"authz::SuspendTask", Action::"authz::Revoke", Action::"authz::LiftRevocation"],
+       resource is Task);
+"""
 
 
 class ConsoleServer(AuthzServer):
@@ -57,6 +66,7 @@ def stack(tmp_path_factory):
     entities += OPERATORS + [{"uid": {"type": "Agent", "id": f"ops-{n}"}, "attrs": {"clearance": 1},
                               "parents": [{"type": "Team", "id": "ops"}]} for n in range(10)]
     (policies / "entities.json").write_text(json.dumps(entities))
+    (policies / "console.cedar").write_text(CONSOLE_POLICY)
     data = tmp / "data"
     keys = {name: add_operator(data, name) for name in ("alice", "bob")}
     server = ConsoleServer(tmp, ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--policies",

@@ -148,6 +148,57 @@ def test_a_tripwire_revocation_shows(stack, browser, shots):
     context.close()
 
 
+def test_suspend_resume_revoke_and_lift_a_task(stack, browser, shots):
+    """Each a Cedar decision of the operator: bob (no reviewer) is refused and nothing changes; alice
+    suspends the task (its calls are denied task_suspended), resumes it by approving the quarantine
+    approval, revokes it (its calls are denied), then lifts the revocation (they pass again)."""
+    server, envoy, keys = stack
+    task = "t-console-ops"
+    tok = agent_token(server, task, "ops-4")
+    assert tool_call(envoy, tok, "kb.search")[0] == 200
+    bob_context, bob = sign_in(browser, server, "bob", keys["bob"])
+    bob.goto(f"{server.console}/tasks/{task}")
+    bob.get_by_label("Reason to suspend").fill("looks odd")
+    with bob.expect_response(lambda r: r.request.method == "POST") as answer:
+        bob.get_by_role("button", name="Suspend the task").click()
+    assert answer.value.status == 403 and "may not suspend" in bob.locator("#error").inner_text()
+    with bob.expect_response(lambda r: r.request.method == "POST") as answer:
+        bob.goto(f"{server.console}/tasks/{task}")
+        bob.get_by_role("button", name="Revoke the task's tokens").click()
+    assert answer.value.status == 403
+    bob_context.close()
+    assert tool_call(envoy, tok, "kb.search")[0] == 200
+
+    context, page = sign_in(browser, server, "alice", keys["alice"])
+    page.goto(f"{server.console}/tasks/{task}")
+    page.get_by_label("Reason to suspend").fill("incident 42")
+    page.get_by_role("button", name="Suspend the task").click()
+    assert "Task suspended" in page.locator("#message").inner_text()
+    assert page.locator("#task-status").inner_text().startswith("suspended")
+    status, denied = tool_call(envoy, tok, "kb.search")
+    assert (status, denied["reason"]) == (403, "task_suspended")
+    page.screenshot(path=str(shots / "task-suspended.png"), full_page=True)
+    page.locator("#task-status a").click()  # the quarantine approval
+    page.wait_for_url("**/console/approvals/*")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Approve").click()
+    assert answer.value.status == 200, page.locator("main").inner_text()
+    assert page.locator("#state").inner_text().startswith("approved by alice")
+    assert tool_call(envoy, tok, "kb.search")[0] == 200  # resumed
+
+    page.goto(f"{server.console}/tasks/{task}")
+    page.get_by_role("button", name="Revoke the task's tokens").click()
+    assert "Task revoked" in page.locator("#message").inner_text()
+    status, denied = tool_call(envoy, tok, "kb.search")
+    assert status == 403 and denied["reason"] in ("task_revoked", "token_revoked")
+    page.goto(f"{server.console}/revocations")
+    page.get_by_role("button", name=f"Lift the revocation of task {task}").click()
+    assert f"Lifted the revocation of task {task}" in page.locator("#message").inner_text()
+    assert task not in page.locator("#revocations").inner_text()
+    assert tool_call(envoy, tok, "kb.search")[0] == 200
+    context.close()
+
+
 def test_csrf_and_forged_cookies_are_refused(stack, browser):
     server, envoy, keys = stack
     tok = agent_token(server, "t-console-csrf", "ops-3")
