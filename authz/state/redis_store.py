@@ -26,6 +26,9 @@ approval_keep_s after it stopped mattering), so a deployment whose sweeps stop d
 """
 from __future__ import annotations
 
+import random
+import time
+
 from authz.state import approvals as A
 from authz.state import model
 from authz.state.config import StateConfig
@@ -95,6 +98,8 @@ end
 return out
 """
 _SCRIPTS = {"commit": COMMIT, "load": LOAD}
+ATTEMPTS = 16
+CONFLICT_PAUSE_S = 0.0005
 _CACHE_MAX = 4096
 _HOUR = 3600
 _MARGIN_S = 60  # records outlive what they are needed for by this much (clock differences between nodes)
@@ -128,6 +133,7 @@ class RedisStore(Store):
         self._revocations = None
         self._fanout = None
         self.conflicts = 0  # commits refused because the state moved (then decided again)
+        self.exhausted = 0  # decisions that gave up after ATTEMPTS conflicts (denied state_unavailable)
         self.commits = 0
 
     @property
@@ -159,16 +165,18 @@ class RedisStore(Store):
     def batch(self, now: float) -> "RedisBatch":
         return RedisBatch(self, now)
 
-    def transact(self, now: float, work, attempts: int = 8):
-        # As Store.transact, counting conflicts; a retry decides at a fresh `now` only through `work`.
-        for _ in range(attempts):
+    def transact(self, now: float, work, attempts: int = ATTEMPTS):
+        """As Store.transact, counting conflicts; after a conflict, a random pause of up to
+        CONFLICT_PAUSE_S x the attempts so far lets the writers of a hot task fall out of step."""
+        for attempt in range(attempts):
             try:
                 with self.batch(now) as batch:
                     result = work(batch)
                 return result
             except Conflict:
                 self.conflicts += 1
-                continue
+                time.sleep(random.random() * CONFLICT_PAUSE_S * (attempt + 1))
+        self.exhausted += 1
         raise Unavailable(f"the state kept changing during {attempts} attempts")
 
     def script(self, name: str, keys: list, args: list):
