@@ -72,7 +72,9 @@ def request(server, method, path, headers=None, body=None, tls=None):
     try:
         c.request(method, "/console" + path, body, headers or {})
         r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+        headers = {k.lower(): v for k, v in r.getheaders()}
+        headers["set-cookie"] = "\n".join(v for k, v in r.getheaders() if k.lower() == "set-cookie")
+        return r.status, headers, r.read().decode()
     finally:
         c.close()
 
@@ -118,7 +120,7 @@ def test_operator_keys_work_beside_identity_and_the_policies_decide(server):
                                   "Cookie": f"authz_console_pre={pre}"},
                                  urllib.parse.urlencode({"csrf": csrf, "name": "bob", "key": server.bob_key}),
                                  tls=server.other)
-    cookie_header = headers["set-cookie"]
+    cookie_header = [c for c in headers["set-cookie"].split("\n") if c.startswith("authz_console=")][0]
     assert status == 303 and all(f in cookie_header for f in ("HttpOnly", "SameSite=Strict", "Secure"))
     cookie = re.search(r"authz_console=([^;]+)", cookie_header).group(1)
     status, _, body = request(server, "GET", "/revocations", {"Cookie": f"authz_console={cookie}"},
