@@ -258,8 +258,9 @@ def _refresh(engine) -> None:
         log.debug("refresh failed: %s", e)
 
 
-async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) -> int:
-    """Run one worker until SIGTERM/SIGINT or the supervisor's death; returns the exit code."""
+async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None, shadow_flags=None) -> int:
+    """Run one worker until SIGTERM/SIGINT or the supervisor's death; returns the exit code.
+    `shadow_flags`: the supervisor's shadow.ShadowFlags (None: no policies folder, no shadow set)."""
     from authz.server.decider import Decider
     from authz.server.decisionlog import DecisionLog
     from authz.server.metrics import Metrics, NullMetrics
@@ -317,6 +318,13 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
             loop.call_soon_threadsafe(stop.set)
         threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics, policies_stale))
+    shadow_task = None
+    if shadow_flags is not None:  # shadow policies (authz/server/shadow.py): the first look before ready
+        from authz.server import shadow
+
+        shadow.open_if_active(decider, cfg.shadow_db_path, shadow_flags, metrics)
+        shadow_task = asyncio.ensure_future(shadow.follow(decider, cfg.shadow_db_path, shadow_flags,
+                                                          health_servicer, metrics))
     # The cyclic GC: what start-up built lives as long as the worker (freeze it: collections skip
     # it), and requests make few cycles but many containers, which the decision log keeps for up
     # to a flush interval; collecting young objects every 50,000 allocations instead of 700 cut a
@@ -334,6 +342,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     else:
         await server.stop(max(cfg.drain_s - waited, 0.1))
     watcher.cancel()
+    if shadow_task is not None:
+        shadow_task.cancel()
     if dlog is not None:
         dlog.close()
     if tracer is not None:
@@ -341,13 +351,14 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None) ->
     return 0
 
 
-def run_worker(cfg, index: int, conn, metrics_enabled: bool, policies_stale=None) -> None:
-    """Process entry point (multiprocessing spawn target); `policies_stale`: the supervisor's shared flag."""
+def run_worker(cfg, index: int, conn, metrics_enabled: bool, policies_stale=None, shadow_flags=None) -> None:
+    """Process entry point (multiprocessing spawn target); `policies_stale`, `shadow_flags`: the supervisor's
+    shared flags."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s authz[worker {index} pid %(process)d] %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks to stderr
     try:
-        code = asyncio.run(serve_worker(cfg, conn, metrics_enabled, policies_stale))
+        code = asyncio.run(serve_worker(cfg, conn, metrics_enabled, policies_stale, shadow_flags))
     except Exception as e:  # report, then die: the supervisor decides what to do
         log.exception("worker failed")
         try:

@@ -107,11 +107,28 @@ class Shadow:
             pass
 
 
+def open_if_active(decider, path: str, flags: ShadowFlags, metrics, warned: str = "") -> str:
+    """Open the shadow index for `decider` when the supervisor says there is a shadow set and none is open;
+    returns the error that stopped it ("" if none; one already `warned` of is not logged again)."""
+    if not flags.active.value or decider.shadow is not None:
+        return ""
+    from authz import Engine
+
+    try:
+        decider.shadow = Shadow(Engine(path), metrics)
+    except Exception as e:  # noqa: BLE001 - enforcement goes on without a shadow set
+        if str(e) != warned:
+            log.error("shadow policies: cannot open `%s`: %s", path, e)
+        return str(e)
+    log.info("shadow policies: evaluating `%s` (generation %d) beside the enforced set", path,
+             decider.shadow.engine.generation)
+    return ""
+
+
 async def follow(decider, path: str, flags: ShadowFlags, health_servicer, metrics, interval_s: float = 0.5) -> None:
     """Keep `decider.shadow` on the shadow index at `path` while the supervisor says there is a shadow set,
     None otherwise; report health service SHADOW_HEALTH (SERVING unless the shadow source fails to
     compile or its index cannot be opened)."""
-    from authz import Engine
     from authz.server.app import set_health
 
     shown, warned, retired = None, "", None
@@ -121,15 +138,7 @@ async def follow(decider, path: str, flags: ShadowFlags, health_servicer, metric
             retired = None
         active = bool(flags.active.value)
         if active and decider.shadow is None:
-            try:
-                decider.shadow = Shadow(Engine(path), metrics)
-                log.info("shadow policies: evaluating `%s` (generation %d) beside the enforced set", path,
-                         decider.shadow.engine.generation)
-                warned = ""
-            except Exception as e:  # noqa: BLE001 - enforcement goes on without a shadow set
-                if str(e) != warned:
-                    log.error("shadow policies: cannot open `%s`: %s", path, e)
-                    warned = str(e)
+            warned = open_if_active(decider, path, flags, metrics, warned)
         elif not active and decider.shadow is not None:
             retired, decider.shadow = decider.shadow.engine, None
             log.info("shadow policies: none to evaluate")

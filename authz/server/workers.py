@@ -114,6 +114,7 @@ class Supervisor:
         # (their health says so), in memory that needs no disk.
         self._policies_stale = self._ctx.RawValue("b", 0)
         self._compiler = None
+        self._shadow_sets = None  # shadow_sets.ShadowSets with a policies folder (the shadow set, if any)
         self._applied = None  # the folder's snapshot before the compile being served ...
         self._generation = None  # ... and its generation
 
@@ -141,9 +142,13 @@ class Supervisor:
                 self._metrics_dir = metrics_mod.prepare_multiprocess_dir()
                 self._start_metrics()
             if cfg.policies:
+                from authz.server.shadow_sets import ShadowSets
+
+                self._shadow_sets = ShadowSets(cfg, self._ctx)
                 code = self._initial_compile()
                 if code:
                     return code
+                self._shadow_sets.compile_initial()
             self.listen = format_hostport(host, port)
             for i in range(cfg.workers):
                 self.workers.append(self._spawn(i))
@@ -160,6 +165,7 @@ class Supervisor:
                                               self._compiler, self._applied, self._policies_stale,
                                               self._generation)
                 self._watcher.start()
+                self._shadow_sets.start_watching()
             self._install_signals()
             pids = " ".join(str(w.pid) for w in self.workers)
             http = f", HTTP on {self.http_listen}" if cfg.http_listen else ""
@@ -172,9 +178,9 @@ class Supervisor:
 
     def _initial_compile(self) -> int:
         from authz.errors import CompileError
-        from authz.server.reload import ChildCompiler, ReloadError, snapshot
+        from authz.server.reload import ReloadError, snapshot
 
-        self._compiler = ChildCompiler()
+        self._compiler = self._shadow_sets.enforced_compiler()
         self._applied = snapshot(self.cfg.policies)
         try:
             gen = self._compiler(self.cfg.policies, self.cfg.db_path)
@@ -208,8 +214,9 @@ class Supervisor:
 
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         cfg = _replace(self.cfg, listen=self.listen, http_listen=self.http_listen)
+        shadow_flags = self._shadow_sets.flags if self._shadow_sets is not None else None
         p = self._ctx.Process(target=run_worker, args=(cfg, index, child_conn, bool(self.cfg.metrics_listen),
-                                                       self._policies_stale),
+                                                       self._policies_stale, shadow_flags),
                               name=f"authz-worker-{index}", daemon=False)
         p.start()
         child_conn.close()
@@ -313,6 +320,8 @@ class Supervisor:
         """Stop the policy watcher (and its compile), SIGTERM every worker, wait for their drain, kill stragglers."""
         if self._watcher is not None:
             self._watcher.stop()
+        if self._shadow_sets is not None:
+            self._shadow_sets.stop()
         for w in self.workers:
             if w.process.is_alive():
                 w.process.terminate()
