@@ -89,8 +89,7 @@ def bench_search(lines: int) -> None:
             steps += 1
         build = time.perf_counter() - t
         db_mb = (tmp / "index.sqlite").stat().st_size / 1e6
-        first, last = index.search({}, limit=1)[0]["time"], index.line(1)["time"]
-        mid_day = first[:11]
+        mid_day = index.search({}, limit=1)[0]["time"][:11]  # the day of the newest decision
         deep = index.search({"decision": "deny"}, limit=50)
         for _ in range(20):  # 20 pages down
             deep = index.search({"decision": "deny"}, before=deep[-1]["id"], limit=50)

@@ -9,7 +9,6 @@ import base64
 import json
 import time
 
-import grpc
 from harness import caller_metadata, issue_token
 
 from authz._pb import approvals_pb2 as apb

@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 
 import pytest
-from conftest import HERE, ConsoleServer, add_operator
+from consolekit import HERE, ConsoleServer, add_operator
 
 sys.path.insert(0, str(HERE.parent / "identity"))
 import material as m  # noqa: E402
