@@ -36,10 +36,12 @@ class Engine(_evaluator.EngineCore):
     At most MAX_REQUEST_ENTITIES (100) entities and MAX_REQUEST_ENTITY_VALUES (10,000) JSON values in
     all; a uid given twice, an action entity (type `Action` or `...::Action`: action groups are compiled)
     or anything malformed raises RequestError naming the field (`entities[2].attrs.level`: ...).
-    To overlay only some attributes of a stored entity, read nothing back: send the whole entity you want
-    seen (its stored attributes are not merged). request_entities(entities) checks and resolves them once
-    for several calls (pass its result as `entities`). An empty list is the same as none; requests
-    without entities take the usual path and cost nothing more.
+    Stored attributes are not merged in: to change some attributes of a stored entity, read it with
+    entity(uid) (the stored entity in this format, with its direct parents, or None), change it and send
+    it whole. request_entities(entities) checks and resolves them once for several calls (pass its result
+    as `entities`). A request dict given to check_batch may carry its own "entities" (they replace the
+    batch's for that request). An empty list is the same as none; requests without entities take the
+    usual path and cost nothing more (docs/request-entities.md).
     """
 
     def __init__(self, db, poll_interval_s=0.01):

@@ -136,9 +136,9 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
         None when it has none. Only a caller trusted with facts may bring them (they replace stored
         entities, the caller's own among them): development mode or a PEP, never a task token's bearer.
         Fails the call with INVALID_ARGUMENT / PERMISSION_DENIED naming the field."""
-        if not text:
-            return None
-        if token is not None or (caller is not None and (isinstance(caller, IdentityError) or not caller.is_pep)):
+        if not text or isinstance(caller, IdentityError):
+            return None  # an unusable identity: bind_v1 denies every request with its reason
+        if token is not None or (caller is not None and not caller.is_pep):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "`entities_json`: only a PEP (or development mode) may bring request entities: they "
                                 "replace stored entities, the caller's own among them")
