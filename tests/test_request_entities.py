@@ -333,3 +333,36 @@ def test_stored_entity_reads_back_as_cedar_json(tmp_path):
     assert engine.check_batch([dict(zip(("principal", "action", "resource", "context"), read))] * 2, entities=ov) \
         == [engine.check(*read)] * 2
     engine.close()
+
+
+def test_an_index_without_direct_parents(tmp_path):
+    """An index published before the direct parents were (no `par/` key): entities that only add or replace
+    entities without stored descendants still work; replacing one with descendants asks for a new compile."""
+    import lmdb
+
+    import authz
+    from authz.engine.index import CURRENT_KEY, parents_key
+    from authz.errors import RequestError
+
+    db = _compiled(tmp_path)
+    with lmdb.open(db, subdir=True) as env, env.begin(write=True) as txn:
+        number = int.from_bytes(txn.get(CURRENT_KEY), "little")
+        assert txn.delete(parents_key(number))
+    engine = authz.Engine(db)
+    read = ('User::"alice"', 'Action::"read"', 'Doc::"d"', {"env": "prod"})
+    alice = {"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}
+    assert engine.check(*read).decision == "allow"
+    assert engine.check(*read, entities=[alice]).decision == "deny"
+    with pytest.raises(RequestError, match="compile it again"):
+        engine.check(*read, entities=[{"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": []}])
+    assert engine.entity('User::"alice"')["parents"] == [{"type": "Group", "id": "eng"}, {"type": "Team", "id": "t"}]
+    engine.close()
+    authz.compile([str(tmp_path)], db=db)  # the next generation publishes them again
+    engine = authz.Engine(db)
+    assert engine.check(*read, entities=[{"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": []}]).decision \
+        == "deny"
+    assert engine.entity('User::"alice"')["parents"] == [{"type": "Team", "id": "t"}]
+    engine.close()
+    with lmdb.open(db, subdir=True) as env, env.begin() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor()]
+    assert sorted(k for k in keys if k.startswith(b"par/")) == [parents_key(number + 1)]  # the previous one removed
