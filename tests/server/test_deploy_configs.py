@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import grpc
+import pytest
 
 from harness import ROOT, AuthzServer, env_with_repo
 
@@ -89,6 +90,26 @@ def test_container_config_needs_its_key_set_then_serves_verified_callers_only(tm
     assert "DEVELOPMENT MODE" not in server.stderr() and "INSECURE" not in server.stderr()
 
 
+def istio_redis(tmp_path, password: str):
+    """A redis-server run with examples/istio/redis.yaml's redis.conf and ACL (the password put in), on a free port."""
+    sys.path.insert(0, str(ROOT / "tests" / "state"))
+    from rediskit import RedisServer
+
+    manifest = (ROOT / "examples" / "istio" / "redis.yaml").read_text()
+    acl = [line[4:].replace("PASSWORD", password) for line in manifest.splitlines() if line.startswith("#   user ")]
+    assert len(acl) == 2 and acl[1].startswith("user authz on >")
+    (tmp_path / "users.acl").write_text("\n".join(acl) + "\n")
+    block = re.search(r"^  redis\.conf: \|\n((?:    .*\n)+)", manifest, re.M)
+    conf = textwrap.dedent(block.group(1))
+    for old, new in (("port 6379", "port {port}\nbind 127.0.0.1"), ("dir /data", f"dir {tmp_path}"),
+                     ("aclfile /etc/redis/acl/users.acl", f"aclfile {tmp_path / 'users.acl'}")):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    server = RedisServer(tmp_path / "redis")
+    (tmp_path / "redis.conf").write_text(conf.format(port=server.port))
+    return server, ["redis-server", str(tmp_path / "redis.conf")]
+
+
 def test_istio_config_serves_mesh_mtls_only(tmp_path):
     ca = m.CertificateAuthority("cluster.local")
     (tmp_path / "root-cert.pem").write_bytes(ca.pem())
@@ -100,12 +121,21 @@ def test_istio_config_serves_mesh_mtls_only(tmp_path):
     jwks.write_text(json.dumps(m.jwks(m.SigningKey("ES256", "idp-1"))))
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "tools.cedar").write_text('permit(principal, action, resource == Tool::"search");\n')
+    redis, redis_cmd = istio_redis(tmp_path, "acl-password")
+    (tmp_path / "redis-password").write_text("acl-password\n")
+    (tmp_path / "kek").write_bytes(bytes(range(32)))
     config = istio_config(tmp_path, {"/etc/authz/tls/tls.crt": cert, "/etc/authz/tls/tls.key": key,
                                      "/etc/authz/mesh-ca/root-cert.pem": tmp_path / "root-cert.pem",
-                                     "/etc/authz/identity/jwks.json": jwks})
+                                     "/etc/authz/identity/jwks.json": jwks,
+                                     "authz-redis.authz.svc.cluster.local:6379": f"127.0.0.1:{redis.port}",
+                                     "/etc/authz/redis/password": tmp_path / "redis-password",
+                                     "/etc/authz/kek/kek": tmp_path / "kek"})
     tls = (ca.pem(), sidecar_cert.read_bytes(), sidecar_key.read_bytes())
-    server = start(tmp_path, config, tls=tls)  # health SERVING over mTLS, as the tool-api sidecar
+    redis.start(command=redis_cmd, password="acl-password", username="authz")
+    server = None
     try:
+        server = start(tmp_path, config, tls=tls)  # health SERVING over mTLS, as the tool-api sidecar
+        _shared_state_works_with_the_acl(redis, config)
         with grpc.insecure_channel(server.address) as ch:  # no client certificate: no connection
             try:
                 pbg.AuthorizerStub(ch).Check(pb.CheckRequest(), timeout=5)
@@ -113,7 +143,9 @@ def test_istio_config_serves_mesh_mtls_only(tmp_path):
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.UNAVAILABLE
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        redis.stop()
     stderr = server.stderr()
     assert "trusted PEPs [spiffe://cluster.local/ns/tools/sa/tool-api]" in stderr, stderr
     assert "DEVELOPMENT MODE" not in stderr
@@ -128,3 +160,31 @@ def test_dockerfile_pins_its_base_checks_health_and_serves_the_identity_config()
     assert 'VOLUME ["/var/lib/authz"]' in text and "COPY docker/authz.toml /etc/authz/authz.toml" in text
     assert 'CMD ["serve", "--config", "/etc/authz/authz.toml"]' in text
     assert 'data_dir = "/var/lib/authz"' in (ROOT / "docker" / "authz.toml").read_text()
+
+
+def _shared_state_works_with_the_acl(redis, config):
+    """The replica created the shared key set and listens for changes; what the store does is allowed by the
+    manifest's ACL (a decision's load and commit, a revocation, an approval) and nothing outside its prefix is."""
+    import time
+
+    import redis as redis_py
+
+    from authz.server.config import load_config
+    from authz.state.open import open_store
+
+    admin = redis_py.Redis(port=redis.port, username="authz", password="acl-password")
+    assert admin.hexists("authz:prod:keys", "doc")
+    assert admin.pubsub_numsub("authz:prod:events")[0][1] >= 2  # both workers' listeners
+    with pytest.raises(redis_py.exceptions.NoPermissionError):
+        admin.get("someone-else:key")
+    store = open_store(load_config(str(config), {}).state_config())
+    try:
+        now = time.time()
+        with store.begin("t-acl", "agent", now) as txn:
+            txn.request_approval("q", ["agent"], ("Agent", "agent"), ("Action", "pay"), ("Tool", "x"), "0" * 64, ["p"])
+            txn.commit_denied()
+        assert store.task_view("t-acl", now)["denies"] == 1 and store.list_approvals(now)[0].task == "t-acl"
+        store.revocations.revoke("task", "t-acl", 0, 10)
+        assert store.revocations.current().task_revoked("t-acl", now)
+    finally:
+        store.close()

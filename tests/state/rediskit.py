@@ -27,13 +27,17 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.folder,
+    def start(self, command=None, password=None, username=None) -> "RedisServer":
+        """Start it (with `command`: that redis-server command line instead, connecting as `username`)."""
+        self.username = username
+        if password is not None:
+            self.password = password
+        args = command or ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.folder,
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
                 "--protected-mode", "yes", "--daemonize", "no",
                 "--logfile", os.path.join(self.folder, "redis.log"), "--maxmemory", "256mb",
                 "--maxmemory-policy", "noeviction"]
-        if self.password:
+        if self.password and command is None:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
@@ -50,7 +54,8 @@ class RedisServer:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, username=getattr(self, "username", None),
+                           password=self.password, socket_timeout=5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
