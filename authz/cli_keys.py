@@ -48,7 +48,7 @@ _data_dir = click.option("--data-dir", "data_dir", help="The server's data folde
 
 @click.group("keys")
 def keys():
-    """Task-token signing keys (in DATA_DIR/keys)."""
+    """Task-token signing keys (in DATA_DIR/keys, or shared in Redis with [state] backend = "redis")."""
 
 
 @keys.command("export")
@@ -58,9 +58,18 @@ def export_command(config_path, data_dir):
     """Print the public keys that verify task tokens, as a JWKS (JSON)."""
     from authz.tokens.keys import KeyStore, KeyStoreError
 
-    folder, _ = _settings(config_path, data_dir)
+    folder, cfg = _settings(config_path, data_dir)
+    shared = _shared_keys(config_path)
     try:
-        jwks = KeyStore(folder).jwks()
+        if shared is not None:  # [state] backend = "redis": the deployment's shared key set
+            from authz.tokens.shared_keys import SharedKeyStore
+            from authz.tokens.verify import TokenError
+            try:
+                jwks = SharedKeyStore(shared.link, shared.settings, cfg.max_ttl_s, cfg.leeway_s).jwks()
+            except TokenError as e:
+                raise KeyStoreError(str(e)) from None
+        else:
+            jwks = KeyStore(folder).jwks()
     except KeyStoreError as e:
         click.echo(f"authz keys: error: {e}", err=True)
         sys.exit(2)
@@ -73,7 +82,8 @@ def export_command(config_path, data_dir):
 def rotate_command(config_path, data_dir):
     """Make a new signing key; the old one stops signing and stays trusted until its last token expires.
 
-    Running servers pick the new key up within a second.
+    Running servers pick the new key up within a second (with [state] backend = "redis": every node, within
+    the fan-out bound of docs/scale-out.md).
     """
     import os
 
