@@ -205,12 +205,12 @@ def _run(h, strategy, count, shape=None):
 
 def test_graph(authz_harness):
     """Hierarchies, scopes, `in`, `is ... in`, tags: the request's entities replace and extend them."""
-    _run(authz_harness, cg.cases(family="graph"), 800)
+    _run(authz_harness, cg.cases(family="graph"), 700)
 
 
 def test_all(authz_harness):
     """Every construct (attributes of every kind, extension values, records) read from request entities."""
-    _run(authz_harness, cg.cases(family="all"), 600)
+    _run(authz_harness, cg.cases(family="all"), 400)
 
 
 def test_repository_shaped(authz_harness):
