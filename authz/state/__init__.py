@@ -1,4 +1,6 @@
-"""Task state, approvals and grants behind one `Store` boundary (issue 19); LMDB is the embedded backend.
+"""Task state, approvals, grants and revocations behind one `Store` boundary: LMDB is the embedded backend
+(lmdb_store.py), Redis the one shared by several nodes (redis_store.py, docs/scale-out.md); `open_store`
+(open.py) picks the configured one.
 
 Nothing here imports grpc, the server or the HTTP layer, and the engine never imports this package:
 the server reads `context.task` / `context.agent` from the store and passes them in as context.

@@ -1,14 +1,17 @@
 """RedisStore: the Store shared by every node, on one Redis (docs/scale-out.md).
 
-A decision is two round trips, whatever it decides:
-  load    `batch.task(task, agent)` reads the task and the agent records in one pipeline, each with its
-          version (a pending approval suspending the task adds one read, only then);
+A decision is one or two round trips, whatever it decides:
+  load    `batch.task(task, agent)` reads the task and the agent records with their versions in one
+          LOAD script, which sends a record only when its version differs from the copy this process
+          holds (a pending approval suspending the task adds one read, only then). Store.transact's
+          first attempt skips it when the process holds both records and they did not conflict in the
+          last HOT_S: it decides on its copies, and the commit validates them;
   commit  one EVALSHA of COMMIT (below): it checks that every record read still has the version read,
           then writes every change, all inside Redis's single-threaded script execution (atomic across
           nodes). A moved version -> Conflict, nothing written, and Store.transact decides again on
-          fresh state (`conflicts` counts them; metrics and bench/bench_state.py report the rate).
-A batch of calls (BatchCheck) shares both round trips. Read-only batches (the tokens layer asking
-whether a task is suspended) never commit.
+          fresh state (`conflicts` counts them, `exhausted` those that gave up).
+A batch of calls (BatchCheck) shares the round trips. Read-only batches (the tokens layer asking
+whether a task is suspended) always load, and never commit.
 
 Keys (all under `key_prefix` P; records are hashes {v: version, d: the model's/approvals' encoding}):
   P t:<task>   P a:<agent>   P p:<approval id>
@@ -100,6 +103,7 @@ return out
 _SCRIPTS = {"commit": COMMIT, "load": LOAD}
 ATTEMPTS = 16
 CONFLICT_PAUSE_S = 0.0005
+HOT_S = 1.0  # after a conflict on a record, decisions load it before deciding for this long
 _CACHE_MAX = 4096
 _HOUR = 3600
 _MARGIN_S = 60  # records outlive what they are needed for by this much (clock differences between nodes)
@@ -130,6 +134,7 @@ class RedisStore(Store):
         # record key -> (version, decoded TaskState / AgentState) as last read or written by this process:
         # a record whose version did not move is neither sent again nor decoded again (LOAD)
         self._cache = {}
+        self._hot = {}  # record key -> time.monotonic() until which decisions load it first (it conflicted)
         self._revocations = None
         self._fanout = None
         self.conflicts = 0  # commits refused because the state moved (then decided again)
@@ -166,15 +171,24 @@ class RedisStore(Store):
         return RedisBatch(self, now)
 
     def transact(self, now: float, work, attempts: int = ATTEMPTS):
-        """As Store.transact, counting conflicts; after a conflict, a random pause of up to
-        CONFLICT_PAUSE_S x the attempts so far lets the writers of a hot task fall out of step."""
+        """As Store.transact, counting conflicts. The first attempt decides on this process's copies of
+        the records when it holds them (one round trip: the commit checks their versions); after a
+        conflict the records are loaded first for HOT_S, and a random pause of up to CONFLICT_PAUSE_S x
+        the attempts so far lets the writers of a hot task fall out of step."""
         for attempt in range(attempts):
+            batch = RedisBatch(self, now, optimistic=attempt == 0)
             try:
-                with self.batch(now) as batch:
+                with batch:
                     result = work(batch)
                 return result
             except Conflict:
                 self.conflicts += 1
+                if batch.optimistic:
+                    deadline = time.monotonic() + HOT_S
+                    for key in batch.assumed:
+                        self._hot[key] = deadline
+                    if len(self._hot) > _CACHE_MAX:
+                        self._hot.clear()
                 time.sleep(random.random() * CONFLICT_PAUSE_S * (attempt + 1))
         self.exhausted += 1
         raise Unavailable(f"the state kept changing during {attempts} attempts")
@@ -310,9 +324,12 @@ class RedisStore(Store):
 class RedisBatch(Batch):
     """Reads (with versions) now, writes at commit in one atomic script (see the module docstring)."""
 
-    def __init__(self, store: RedisStore, now: float):
+    def __init__(self, store: RedisStore, now: float, optimistic: bool = False):
         super().__init__(store.config, now)
         self.store = store
+        # optimistic (Store.transact's first attempt, which always commits): decide on the process's copies
+        # of the records without loading them; the commit's version check validates them (`assumed`)
+        self.optimistic, self.assumed = optimistic, []
         self._tasks, self._agents, self._approvals = {}, {}, {}
         self._versions = {}      # record key -> version read (b"0": absent)
         self._dirty = {}         # record key -> TaskState / AgentState to write
@@ -327,8 +344,25 @@ class RedisBatch(Batch):
                 and (task_id, agent_id) not in self._handles):
             model.check_text(task_id, "task id", self.config.max_id_bytes)
             model.check_text(agent_id, "agent id", self.config.max_id_bytes)
-            self._load([("t", task_id)] + ([("a", agent_id)] if agent_id not in self._agents else []))
+            wanted = [("t", task_id)] + ([("a", agent_id)] if agent_id not in self._agents else [])
+            if not (self.optimistic and self._assume(wanted)):
+                self._load(wanted)
         return super().task(task_id, agent_id)
+
+    def _assume(self, wanted) -> bool:
+        """Take the process's copies of these records as current (the commit checks it), unless one is
+        missing or conflicted lately; False: load them."""
+        store = self.store
+        cache, hot = store._cache, store._hot
+        keys = [store.key(kind + ":", name) for kind, name in wanted]
+        held = [cache.get(key) for key in keys]
+        if None in held or (hot and any(hot.get(key, 0) > time.monotonic() for key in keys)):
+            return False
+        for (kind, name), key, (version, state) in zip(wanted, keys, held):
+            self._versions[key] = version
+            (self._tasks if kind == "t" else self._agents)[name] = state
+        self.assumed += keys
+        return True
 
     def _load(self, wanted) -> None:
         """Read records [(kind, id)] in one pipeline, keeping their versions."""
@@ -352,6 +386,10 @@ class RedisBatch(Batch):
                     state = model.TaskState(name, self.now) if raw is None else model.decode_task(name, raw)
                 else:
                     state = model.AgentState(name, self.now) if raw is None else model.decode_agent(name, raw)
+                if raw is not None:
+                    if len(cache) >= _CACHE_MAX:
+                        cache.clear()
+                    cache[key] = (version, state)
             (self._tasks if kind == "t" else self._agents)[name] = state
 
     def _task(self, task_id: str) -> model.TaskState:

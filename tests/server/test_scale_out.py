@@ -182,6 +182,10 @@ def test_a_key_rotation_on_a_is_honoured_by_b_and_c(cluster):
     for node in (b, c):
         assert check(node, after)[0], "a token of the new key"
         assert check(node, before)[0], "a token of the retired key verifies until it expires"
+    out = subprocess.run([sys.executable, "-m", "authz", "keys", "export", "--config", str(cluster["config"])],
+                         capture_output=True, text=True, timeout=60, env=env_with_repo(), cwd=cluster["tmp"])
+    assert out.returncode == 0, out.stderr
+    assert {k["kid"] for k in json.loads(out.stdout)["keys"]} == jwks_kids(b) == {old_kid, new_kid}
 
 
 def _revoke(node, task):
