@@ -1,6 +1,6 @@
-"""Resp: a minimal RESP2 connection for the decision path's two round trips (the pipelined load and the
-commit script), where redis-py's generality costs more CPU than the decision itself (bench/README.md,
-"Shared state on Redis"): one socket, commands encoded in one buffer, replies read through a buffered
+"""Resp: a minimal RESP2 connection for the decision path's round trips (the LOAD and COMMIT scripts),
+where redis-py's generality costs more CPU than the decision itself (bench/README.md, "Results: shared
+state on Redis"): one socket, commands encoded in one buffer, replies read through a buffered
 file. Everything else (approvals API, sweep, revocation writes, pub/sub) uses redis-py.
 
 One connection per process (reconnected after fork or after any failure: a timeout leaves a reply
