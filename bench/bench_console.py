@@ -231,7 +231,18 @@ def bench_check(duration: int, rounds: int) -> None:
             rate, done = h2load_run(server.address, path, body, duration)
             return rate, (cpu_seconds(server.pids) - cpu) / done * 1e6
 
+        idle = {}
         with Server(tmp) as server:
+            for side in sides:  # what the console itself costs the worker: its CPU with no Check load
+                console = OpenConsole(server.http_port, server.key, side.startswith("and")) \
+                    if side != "closed" else None
+                if console is not None:
+                    console.__enter__()
+                cpu = cpu_seconds(server.pids)
+                time.sleep(duration * 2)
+                idle[side] = (cpu_seconds(server.pids) - cpu) / (duration * 2) * 1000
+                if console is not None:
+                    console.__exit__(None, None, None)
             for _ in range(rounds):
                 for side, runs in sides.items():
                     if side == "closed":
@@ -251,6 +262,8 @@ def bench_check(duration: int, rounds: int) -> None:
             u = statistics.median(u for _, u in runs)
             print(f"| {side} | {m:,.0f} | {m / c:.1%} | {u:.0f} | {c_cpu / u:.1%} | "
                   f"{', '.join(f'{r:,.0f}' for r, _ in runs)} |")
+        print("\nWith no Check load, the worker's CPU: " + "; ".join(f"{side}: {ms:.1f} ms a second"
+                                                                  for side, ms in idle.items()) + ".")
         print(f"\nTarget: approvals open >= 95% of closed. The console answered {pages} page loads meanwhile. "
               "The worker's CPU per Check is the steadier figure on a shared machine: the throughput a worker-bound "
               "server keeps is closed / open CPU.")
