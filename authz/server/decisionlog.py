@@ -48,8 +48,6 @@ def _quid(uid) -> str:
 
 
 _REOPEN = object()  # queued for the writer thread: reopen the file
-# In place of the result of an item with a shadow difference, for _jsonl: the Python formatter writes its line.
-_SHADOWED = ("shadowed",)
 
 
 class _CheckRun:
@@ -312,36 +310,41 @@ class DecisionLog:
         t, api, latency_ns, generation, events, count = batch
         latency_ns, generation = int(latency_ns), int(generation or 0)
 
-        def line(event, request=None, shadow=None):  # the Python formatter, for what _jsonl leaves to it
-            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request, shadow)
+        def line(event, request=None):  # the Python formatter, for what authz.server._jsonl leaves to it
+            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request)
 
         if type(events) is list:
             return format_events(events[:count], t, api, latency_ns, generation, line)
         decided = events  # a DecisionBatch: its events are made here, off the request path
-        results, shadow = decided.results[:count], decided.shadow
-        if shadow is None:
-            return format_decisions(decided.prefix, decided.first, decided.requests, results, t, api,
-                                    latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
-        for i in shadow:  # lines with a shadow difference: written by the Python formatter
-            if i < count:
-                results[i] = _SHADOWED
-        return format_decisions(decided.prefix, decided.first, decided.requests, results, t, api, latency_ns,
-                                generation, lambda i: line(decided.event(i), decided.requests[i], shadow.get(i)))
+        data = format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], t, api,
+                                latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
+        return data if decided.shadow is None else self._with_shadow(data, decided.shadow)
 
     def _format_run(self, run) -> bytes:
         """The JSON lines of a _CheckRun, as UTF-8 (authz.server._jsonl; the Python formatter for what it leaves)."""
         checks = run.checks
 
         def line(k):
-            t, latency_ns, generation, seq, request, result, *shadow = checks[k]
+            t, latency_ns, generation, seq, request, result = checks[k][:6]
             event = DecisionBatch(run.prefix, seq, [request], [result]).event(0)
             return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), int(generation or 0)), event,
-                                      request, shadow[0] if shadow else None)
+                                      request)
 
-        if run.shadowed:  # checks with a shadow difference: written by the Python formatter
-            return format_checks(run.prefix, run.api, [c if len(c) == 6 else c[:5] + (_SHADOWED,) for c in checks],
-                                 line)
-        return format_checks(run.prefix, run.api, checks, line)
+        data = format_checks(run.prefix, run.api, checks, line)
+        if not run.shadowed:
+            return data
+        return self._with_shadow(data, {k: c[6] for k, c in enumerate(checks) if len(c) > 6})
+
+    def _with_shadow(self, data: bytes, shadow: dict) -> bytes:
+        """`data`, lines formatted as usual, with line i ending in the field `"shadow": {"decision", "policies"}`
+        for each shadow[i] = (decision, policies): lines with a shadow difference are written by the same
+        writer as the others, then given the field (a JSON line holds no raw newline, and ends with `}`)."""
+        lines = data.split(b"\n")
+        for i, (decision, policies) in shadow.items():
+            if i < len(lines) - 1:
+                field = f',"shadow":{{"decision":{_q(decision)},"policies":[{",".join(map(self._qstr, policies))}]}}}}'
+                lines[i] = lines[i][:-1] + field.encode("utf-8", "replace")
+        return b"\n".join(lines)
 
     def _batch_fields(self, t, api, latency_ns, generation) -> tuple:
         """(shared, tail): the JSON text of what a batch's events share, after the decision id and at the end."""
@@ -349,10 +352,9 @@ class DecisionLog:
         shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
         return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
 
-    def _format_event(self, shared, tail, event, request=None, shadow=None) -> str:
-        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values,
-        a shadow difference: `shadow`, (decision, policies)); with `request` (a request dict), its context
-        last (authz.server.requestlog)."""
+    def _format_event(self, shared, tail, event, request=None) -> str:
+        """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values);
+        with `request` (a request dict), its context last (authz.server.requestlog)."""
         decision_id, principal, action, resource, decision, policies, errors, reason, token, *approval = event
         quid, qstr = self._quid, self._qstr
         line = (f'{{"decision_id":{_q(decision_id)},{shared}"principal":{quid(principal)},'
@@ -367,8 +369,6 @@ class DecisionLog:
             line += f',"token":{{"jti":{_q(jti)},"task":{_q(task)},"chain":[{",".join(map(_q, chain))}]}}'
         if approval:  # the approval this call asked for ({"id", "queue"}) or was allowed by ({"id", "approver"})
             line += f',"approval":{json.dumps(approval[0], ensure_ascii=False)}'
-        if shadow is not None:  # what the shadow policies would have decided (docs/policy-tooling.md)
-            line += f',"shadow":{{"decision":{_q(shadow[0])},"policies":[{",".join(map(self._qstr, shadow[1]))}]}}'
         if type(request) is dict:
             line += context_part(request.get("context"))
             if request.get("entities") is not None:
