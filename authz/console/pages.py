@@ -11,8 +11,13 @@ import time
 from aiohttp import web
 
 from authz.console.decisions_index import FILTERS
+from authz.console.keys import OPERATOR
 from authz.state import StateError
 
+EVENTS_POLL_S = 0.5      # how often a live-update stream reads the change feed
+EVENTS_MAX_S = 300.0     # a stream ends after this; the browser reconnects
+EVENTS_KEEPALIVE_S = 15.0
+MAX_STREAMS = 64         # live-update streams per worker
 _TIME = re.compile(r"^\d{4}-\d\d-\d\d(T\d\d:\d\d(:\d\d)?)?Z?$")
 MAX_FILTER_CHARS = 512
 
@@ -74,7 +79,7 @@ class Pages:
 
     async def decide(self, request):
         c = self.c
-        op = request["operator"]
+        op = request[OPERATOR]
         form = await c.form(request, op)
         if isinstance(form, web.Response):
             return form
@@ -93,7 +98,7 @@ class Pages:
     async def events(self, request):
         """Server-sent events: `approvals` whenever an approval changes (the page then reloads its list)."""
         c = self.c
-        if c.streams >= 64:
+        if c.streams >= MAX_STREAMS:
             return c.error(request, 503, "too many live-update streams; the page falls back to reloading")
         c.streams += 1
         resp = None
@@ -104,17 +109,17 @@ class Pages:
             await resp.prepare(request)
             seq = c.store.sizes()["changes"]
             await resp.write(b"retry: 2000\nevent: hello\ndata: %d\n\n" % seq)
-            end = time.monotonic() + 300.0
+            end = time.monotonic() + EVENTS_MAX_S
             beat = time.monotonic()
             while time.monotonic() < end:
                 changes = c.store.changes_since(seq, 100)
                 if changes.items or changes.gap:
                     seq = changes.last
                     await resp.write(b"event: approvals\ndata: %d\n\n" % seq)
-                elif time.monotonic() - beat > 15:
+                elif time.monotonic() - beat > EVENTS_KEEPALIVE_S:
                     await resp.write(b": keep-alive\n\n")
                     beat = time.monotonic()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(EVENTS_POLL_S)
             return resp
         except (ConnectionResetError, StateError):
             return resp
@@ -165,7 +170,7 @@ class Pages:
 
     async def task_act(self, request):
         c = self.c
-        op = request["operator"]
+        op = request[OPERATOR]
         form = await c.form(request, op)
         if isinstance(form, web.Response):
             return form
@@ -227,7 +232,7 @@ class Pages:
 
     async def revocations_act(self, request):
         c = self.c
-        op = request["operator"]
+        op = request[OPERATOR]
         form = await c.form(request, op)
         if isinstance(form, web.Response):
             return form

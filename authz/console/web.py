@@ -25,6 +25,7 @@ from aiohttp import web
 from authz.console import pages
 from authz.console.actions import Actions, Refused
 from authz.console.decisions_index import FILE as INDEX_FILE, DecisionIndex
+from authz.console.keys import CONSOLE, OPERATOR, PRE_CSRF
 from authz.console.operators import OperatorKeys
 from authz.console.session import COOKIE, SignInLimit, Sessions, load_secret
 from authz.errors import IdentityError
@@ -39,19 +40,18 @@ HERE = pathlib.Path(__file__).resolve().parent
 PRE_COOKIE = "authz_console_pre"  # the sign-in form's CSRF nonce
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-EVENTS_POLL_S = 0.5
-EVENTS_MAX_S = 300.0     # a live-update stream ends after this; the browser reconnects
-MAX_STREAMS = 64         # live-update streams per worker
 MAX_FORM_BYTES = 16 * 1024
 CATCH_UP_LINES = 20_000  # log lines a page load indexes at most (~2 s here); the page says what is left
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
 class Operator:
-    __slots__ = ("name", "sid", "via")
+    """Who is signed in: `name` (Operator::"<name>"), the session id its CSRF tokens are bound to."""
 
-    def __init__(self, name: str, sid: str, via: str):
-        self.name, self.sid, self.via = name, sid, via
+    __slots__ = ("name", "sid")
+
+    def __init__(self, name: str, sid: str):
+        self.name, self.sid = name, sid
 
 
 def _uid_text(u) -> str:
@@ -108,9 +108,9 @@ class Console:
         return self.index
 
     def render(self, request, name: str, status: int = 200, **values):
-        op = request.get("operator")
+        op = request.get(OPERATOR)
         body = self.templates.get_template(name).render(
-            operator=op, csrf=self.sessions.csrf(op.sid) if op else request.get("pre_csrf", ""), prefix=PREFIX,
+            operator=op, csrf=self.sessions.csrf(op.sid) if op else request.get(PRE_CSRF, ""), prefix=PREFIX,
             page=name.split(".")[0], **values)
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
@@ -121,7 +121,7 @@ class Console:
         """Who is signed in: the session cookie, else (identity configured) a verified bearer JWT."""
         s = self.sessions.read(request.cookies.get(COOKIE))
         if s is not None and self.operators.record_id(s.name) == s.key_id:
-            return Operator(s.name, s.sid, "key")
+            return Operator(s.name, s.sid)
         if not self.development_mode and request.headers.get("Authorization"):
             peer = HttpPeer(request)
             if not self.callers.is_trusted_pep(peer):  # only a proxy that proved itself passes on an identity
@@ -131,7 +131,7 @@ class Console:
             except IdentityError:
                 return None
             if caller.token is not None and caller.identity:  # a verified JWT, not the proxy's own identity
-                return Operator(caller.identity, "bearer:" + caller.identity, "bearer")
+                return Operator(caller.identity, "bearer:" + caller.identity)
         return None
 
     async def form(self, request, op: Operator) -> dict | web.Response:
@@ -147,7 +147,7 @@ class Console:
 
     async def login_page(self, request):
         nonce = secrets.token_urlsafe(16)
-        request["pre_csrf"] = self.sessions.csrf("pre:" + nonce)
+        request[PRE_CSRF] = self.sessions.csrf("pre:" + nonce)
         resp = self.render(request, "login.html", message="")
         resp.set_cookie(PRE_COOKIE, nonce, httponly=True, samesite="Strict", path=PREFIX,
                         secure=request.scheme == "https", max_age=3600)
@@ -162,13 +162,13 @@ class Console:
         client = request.remote or "?"
         if not self.limit.allowed(("addr", client), ("name", name)):
             log.warning("console sign-in refused: too many failed attempts (operator `%s`, client %s)", name, client)
-            request["pre_csrf"] = data.get("csrf")
+            request[PRE_CSRF] = data.get("csrf")
             return self.render(request, "login.html", 429, message="Too many failed attempts: wait a minute.")
         key_id = await asyncio.get_running_loop().run_in_executor(None, self.operators.verify, name, key)
         if key_id is None:
             self.limit.failed(("addr", client), ("name", name))
             log.warning("console sign-in failed for operator `%s` from %s", name, client)
-            request["pre_csrf"] = data.get("csrf")
+            request[PRE_CSRF] = data.get("csrf")
             return self.render(request, "login.html", 401, message="Unknown operator or wrong key.")
         cookie, _ = self.sessions.issue(name, key_id)
         log.info("console: operator `%s` signed in from %s", name, client)
@@ -179,7 +179,7 @@ class Console:
         return resp
 
     async def logout(self, request):
-        got = await self.form(request, request["operator"])
+        got = await self.form(request, request[OPERATOR])
         if isinstance(got, web.Response):
             return got
         resp = web.HTTPSeeOther(PREFIX + "/login")
@@ -213,14 +213,14 @@ class Console:
 async def _guard(request, handler):
     """Every console answer: loopback only in development mode, a signed-in operator except for sign-in
     and assets, and the security headers."""
-    console: Console = request.app["console"]
+    console: Console = request.app[CONSOLE]
     if console.development_mode and not _loopback(request.remote):
         resp = web.Response(status=403, text="the console without identity configured answers loopback clients "
                                              "only (docs/console.md)")
     else:
         public = request.path in (PREFIX + "/login",) or request.path.startswith(PREFIX + "/static/")
         op = console.operator(request)
-        request["operator"] = op
+        request[OPERATOR] = op
         if op is None and not public:
             if request.method == "GET" and not request.path.endswith("/events"):
                 resp = web.HTTPSeeOther(PREFIX + "/login")
@@ -249,7 +249,7 @@ async def _guard(request, handler):
 
 def build_console_app(console: Console) -> web.Application:
     app = web.Application(middlewares=[_guard])
-    app["console"] = console
+    app[CONSOLE] = console
     p = pages.Pages(console)
     app.add_routes([
         web.get("", p.home), web.get("/", p.home),

@@ -22,7 +22,7 @@ def stack(tmp_path_factory):
     (policies / "entities.json").write_text(json.dumps(entities))
     (policies / "console.cedar").write_text(CONSOLE_POLICY)
     data = tmp / "data"
-    keys = {name: add_operator(data, name) for name in ("alice", "bob")}
+    keys = {name: add_operator(data, name) for name in ("alice", "bob", "ops-5")}
     server = ConsoleServer(tmp, ["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--policies",
                                  str(policies), "--data-dir", str(data), "--workers", "2"]).start()
     try:

@@ -16,7 +16,10 @@ BUNDLED = HERE.parents[1] / "authz" / "examples" / "policies"
 CHROMIUM = "/usr/bin/chromium"
 OPERATORS = [{"uid": {"type": "Operator", "id": "alice"}, "attrs": {},
               "parents": [{"type": "Team", "id": "reviewers"}]},
-             {"uid": {"type": "Operator", "id": "bob"}, "attrs": {}, "parents": []}]
+             {"uid": {"type": "Operator", "id": "bob"}, "attrs": {}, "parents": []},
+             # A reviewer who is also an agent's name: never approves that agent's calls (self_approval).
+             {"uid": {"type": "Operator", "id": "ops-5"}, "attrs": {},
+              "parents": [{"type": "Team", "id": "reviewers"}]}]
 
 # The reviewers may also suspend and revoke tasks and lift those revocations (docs/console.md).
 CONSOLE_POLICY = """

@@ -198,6 +198,24 @@ def test_suspend_resume_revoke_and_lift_a_task(stack, browser, shots):
     context.close()
 
 
+def test_nobody_approves_a_call_of_their_own_delegation_chain(stack, browser):
+    """Operator ops-5 is a reviewer (the policies permit it), but the call was made by agent ops-5: the
+    store refuses (self_approval, 403) and the approval stays pending, as over the gRPC API."""
+    server, envoy, keys = stack
+    tok = agent_token(server, "t-console-self", "ops-5")
+    status, denied = tool_call(envoy, tok, "payments.transfer", amount=3000)
+    assert status == 403
+    aid = denied["approval_id"]
+    context, page = sign_in(browser, server, "ops-5", keys["ops-5"])
+    page.goto(f"{server.console}/approvals/{aid}")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Approve").click()
+    assert answer.value.status == 403
+    assert page.locator("#error").inner_text().startswith("self_approval")
+    assert approval_state(server, aid) == "pending"
+    context.close()
+
+
 def test_csrf_and_forged_cookies_are_refused(stack, browser):
     server, envoy, keys = stack
     tok = agent_token(server, "t-console-csrf", "ops-3")
