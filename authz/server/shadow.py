@@ -66,12 +66,12 @@ class Shadow:
                 s = self.engine.check(request["principal"], request["action"], request["resource"],
                                       request.get("context") or {}, entities=entities)
             found = _differs(decision, s)
+            if found is None:
+                return None
+            self.metrics.shadow_differences(api, found[0])
         except Exception:
             self._failed(api, 1)
             return None
-        if found is None:
-            return None
-        self.metrics.shadow_differences(api, found[0])
         return found[1]
 
     def compare(self, api: str, requests: list, results: list):
@@ -90,18 +90,18 @@ class Shadow:
                         out, changes = {}, {}
                     out[i] = found[1]
                     changes[found[0]] = changes.get(found[0], 0) + 1
+            if changes:
+                for change, count in changes.items():
+                    self.metrics.shadow_differences(api, change, count)
         except Exception:
             self._failed(api, len(indexes))
             return None
-        if changes:
-            for change, count in changes.items():
-                self.metrics.shadow_differences(api, change, count)
         return out
 
     def _failed(self, api: str, count: int) -> None:
-        _failures.log(logging.WARNING, "shadow", "shadow policies could not be evaluated (the enforced decisions "
-                      "stand)", exc_info=True)
         try:
+            _failures.log(logging.WARNING, "shadow", "shadow policies could not be evaluated (the enforced "
+                          "decisions stand)", exc_info=True)
             self.metrics.shadow_failures(api, count)
         except Exception:  # noqa: BLE001 - never into the request path
             pass

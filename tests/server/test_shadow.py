@@ -361,3 +361,50 @@ def test_a_shadow_failure_never_reaches_the_answer(tmp_path):
     assert decider.decide_one(request, "envoy").allowed
     assert [o.allowed for o in decider.decide([request, request], "v1")] == [True, True]
     assert Counting.failures == 3
+
+
+def test_a_task_state_request_is_compared_with_the_context_the_enforced_decision_saw(tmp_path):
+    """A shadow limit on a task's writes: the shadow set sees context.task as the enforced decision did (the
+    state before each call), so only the third write differs."""
+    from google.protobuf import struct_pb2
+
+    from authz._pb import tokens_pb2 as tpb
+    from authz._pb import tokens_pb2_grpc as tpbg
+    from harness import caller_metadata
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.cedar").write_text('''
+@id("issue")
+permit(principal, action == Action::"authz::IssueToken", resource is Task);
+
+@id("tools")
+permit(principal, action == Action::"call", resource is Tool);
+
+@id("shadow-write-limit")
+@mode("shadow")
+forbid(principal, action == Action::"call", resource == Tool::"db.write")
+when { context has task && context.task.counts has write && context.task.counts.write >= 2 };
+''')
+    (policies / "entities.json").write_text('[{"uid": {"type": "Tool", "id": "db.write"}, "attrs": '
+                                            '{"labels": ["write"]}, "parents": []}]')
+    server = _serve(tmp_path, policies)
+    log = tmp_path / "decisions.jsonl"
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            tok = tpbg.TokensStub(ch).Issue(tpb.IssueRequest(
+                task="t1", scope=tpb.TokenScope(actions=['Action::"call"'], resources=['Tool::"*"']), ttl_s=300),
+                metadata=caller_metadata("a1"), timeout=10).token.access_token
+            answers = []
+            for _ in range(3):
+                r = pbg.AuthorizerStub(ch).Check(pb.CheckRequest(
+                    action=_uid("Action", "call"), resource=_uid("Tool", "db.write"), context=struct_pb2.Struct()),
+                    metadata=[("authorization", f"Bearer {tok}")], timeout=10)
+                answers.append((r.decision == pb.DECISION_ALLOW, list(r.policies)))
+        assert answers == [(True, ["tools"])] * 3
+        lines = [ln for ln in _logged(log, 4) if ln["resource"] == 'Tool::"db.write"']
+        assert [ln["context"]["task"]["counts"].get("write", 0) for ln in lines] == [0, 1, 2]
+        assert [ln.get("shadow") for ln in lines] == [None, None, {"decision": "deny",
+                                                                   "policies": ["shadow-write-limit"]}]
+    finally:
+        assert server.stop() == 0
