@@ -135,6 +135,9 @@ class TaskState:
         actions.clear()  # a retried transaction starts over
         seen.clear()
         many = len(indexes) > 1  # in a batch the store remembers validated (resource, labels) tuples
+        if many:  # a networked store reads every task and agent of the batch in one round trip
+            batch.prefetch([(requests[i]["context"]["token"]["task"], _agent_id(requests[i]["principal"]))
+                            for i in indexes])
         for i in indexes:
             r = requests[i]
             ctx = r.get("context") or {}

@@ -349,6 +349,24 @@ class RedisBatch(Batch):
                 self._load(wanted)
         return super().task(task_id, agent_id)
 
+    def prefetch(self, pairs) -> None:
+        """Read every task and agent of `pairs` not read yet in one LOAD (the optimistic first attempt
+        takes the process's copies of those it holds)."""
+        wanted, seen = [], set()
+        for task_id, agent_id in pairs:
+            for kind, name, have in (("t", task_id, self._tasks), ("a", agent_id, self._agents)):
+                if type(name) is str and name not in have and (kind, name) not in seen:
+                    seen.add((kind, name))
+                    try:
+                        model.check_text(name, "id", self.config.max_id_bytes)
+                    except InvalidArgument:
+                        continue  # task() refuses it, with its error
+                    wanted.append((kind, name))
+        if self.optimistic:
+            wanted = [w for w in wanted if not self._assume([w])]
+        if wanted:
+            self._load(wanted)
+
     def _assume(self, wanted) -> bool:
         """Take the process's copies of these records as current (the commit checks it), unless one is
         missing or conflicted lately; False: load them."""

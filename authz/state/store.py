@@ -204,6 +204,10 @@ class Batch(abc.ABC):
         """Drop what changed."""
 
     # --- the step --------------------------------------------------------------------------------
+    def prefetch(self, pairs) -> None:
+        """The (task id, agent id) pairs this batch is about to decide: a networked backend reads them all
+        in one round trip (a BatchCheck over several tasks); the embedded one reads as it goes."""
+
     def task(self, task_id: str, agent_id: str) -> "TaskTxn":
         """The handle of `task_id` decided for `agent_id` (the acting agent: its rate windows span tasks).
         A pending approval of the task that expired by `now` is expired here, first."""

@@ -180,3 +180,25 @@ def test_settings_are_checked(tmp_path):
     secret.write_text("s3cret-value\n")
     settings = RedisSettings.from_table({**ok, "password_file": str(secret)})
     assert settings.password == "s3cret-value" and "s3cret" not in repr(settings)
+
+
+def test_a_batch_over_many_tasks_loads_them_in_one_round_trip(redis_server, tmp_path):
+    redis_server.flush()
+    store = _store(tmp_path, redis_server)
+    trips = []
+    fast = store.link.fast
+    store.link.fast = lambda commands: trips.append(commands[0][0]) or fast(commands)
+    try:
+        pairs = [(f"t{i}", f"a{i % 3}") for i in range(10)]
+
+        def step(batch):
+            batch.prefetch(pairs)
+            loaded = len(trips)
+            for task, agent in pairs:
+                batch.task(task, agent).allowed(("Tool", "x"))
+            assert len(trips) == loaded  # nothing more to read
+        store.transact(T0, step)
+        assert trips.count("EVALSHA") == 2  # one LOAD of the 10 tasks and 3 agents, one COMMIT
+        assert [store.task_view(t, T0)["calls"] for t, _ in pairs] == [1] * 10
+    finally:
+        store.close()
