@@ -6,10 +6,11 @@ the whole lines appended since (at most `max_lines` a step, in one transaction: 
 the same time serialize on SQLite's write lock and each reads from the offset the previous one left).
 A rotated log (decisions.jsonl -> decisions.jsonl.1) is finished from `.1` first; a truncated or
 replaced log is read again from its start. Each decision is one row: the columns a search filters on
-(time, agent, task, resource, decision, reason, approval), each indexed, and the line itself for the
-detail view. Rows are kept up to `max_rows`, the oldest dropped first. Searches are exact matches
-and a time range, newest first, paginated by row id (keyset): an indexed lookup whatever the size of
-the log. A per-task summary (calls, denies, first and last time) is kept as rows arrive.
+(time, agent, task, resource, action, decision, reason, approval, decision id, and the shadow policies'
+decision where it differed), each indexed, and the line itself for the detail view. Rows are kept up to
+`max_rows`, the oldest dropped first. Searches are exact matches and a time range, newest first,
+paginated by row id (keyset): an indexed lookup whatever the size of the log. A per-task summary
+(calls, denies, first and last time) is kept as rows arrive.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ import sqlite3
 FILE = "console-index.sqlite"
 PAGE = 50
 MAX_ROWS = 1_000_000  # ~0.8 KB each on disk (the line is kept for the detail view)
-FILTERS = ("principal", "task", "resource", "action", "decision", "reason", "approval", "decision_id")
+FILTERS = ("principal", "task", "resource", "action", "decision", "reason", "approval", "decision_id", "shadow")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS d (
   id INTEGER PRIMARY KEY, time TEXT, decision_id TEXT, api TEXT, principal TEXT, action TEXT, resource TEXT,
-  decision TEXT, reason TEXT, task TEXT, approval TEXT, line TEXT NOT NULL);
+  decision TEXT, reason TEXT, task TEXT, approval TEXT, shadow TEXT, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS d_time ON d(time);
 CREATE INDEX IF NOT EXISTS d_decision_id ON d(decision_id);
 CREATE INDEX IF NOT EXISTS d_principal ON d(principal);
@@ -35,6 +36,7 @@ CREATE INDEX IF NOT EXISTS d_action ON d(action);
 CREATE INDEX IF NOT EXISTS d_decision ON d(decision);
 CREATE INDEX IF NOT EXISTS d_reason ON d(reason);
 CREATE INDEX IF NOT EXISTS d_approval ON d(approval);
+CREATE INDEX IF NOT EXISTS d_shadow ON d(shadow);
 CREATE TABLE IF NOT EXISTS tasks (
   task TEXT PRIMARY KEY, first_time TEXT, last_time TEXT, last_id INTEGER, calls INTEGER, denies INTEGER,
   principal TEXT);
@@ -52,6 +54,7 @@ def _row(line: str):
         return None
     token = d.get("token") if type(d.get("token")) is dict else {}
     approval = d.get("approval") if type(d.get("approval")) is dict else {}
+    shadow = d.get("shadow") if type(d.get("shadow")) is dict else {}
     ctx_task = None
     ctx = d.get("context")
     if type(ctx) is dict and type(ctx.get("task")) is dict:
@@ -62,7 +65,7 @@ def _row(line: str):
         return v if type(v) is str else None
     return (text(d.get("time")), text(d.get("decision_id")), text(d.get("api")), text(d.get("principal")),
             text(d.get("action")), text(d.get("resource")), text(d.get("decision")), text(d.get("reason")),
-            text(task), text(approval.get("id")), line)
+            text(task), text(approval.get("id")), text(shadow.get("decision")), line)
 
 
 class DecisionIndex:
@@ -141,7 +144,7 @@ class DecisionIndex:
         db = self.db
         first = db.execute("SELECT COALESCE(MAX(id), 0) FROM d").fetchone()[0] + 1
         db.executemany("INSERT INTO d (time, decision_id, api, principal, action, resource, decision, reason, task,"
-                       " approval, line) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                       " approval, shadow, line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         summary: dict = {}
         for n, r in enumerate(rows):
             if r[8] is None:
@@ -193,8 +196,8 @@ class DecisionIndex:
         if before:
             where.append("id < ?")
             args.append(int(before))
-        sql = ("SELECT id, time, decision_id, api, principal, action, resource, decision, reason, task, approval "
-               "FROM d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
+        sql = ("SELECT id, time, decision_id, api, principal, action, resource, decision, reason, task, approval, "
+               "shadow FROM d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
         cur = self.db.execute(sql, [*args, max(1, min(int(limit), 500))])
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]

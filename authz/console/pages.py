@@ -257,7 +257,7 @@ class Pages:
 
         c = self.c
         try:
-            served = served_policies(c.decider, c.policies_dir)
+            served = served_policies(c.decider, c.policies_dir, c.shadow_dir)
         except Exception as e:  # noqa: BLE001 - the index cannot be read now
             return c.error(request, 503, f"index_unavailable: {e}")
         return c.render(request, "policies.html", served=served)

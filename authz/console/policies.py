@@ -28,7 +28,7 @@ def served_digest(db_path: str) -> tuple:
         release_env(env)
 
 
-def served_policies(decider, policies_dir: str) -> dict:
+def served_policies(decider, policies_dir: str, shadow_dir: str = "") -> dict:
     number, digest = served_digest(decider.db_path)
     engine = decider.engine
     policies, problems = [], []
@@ -51,4 +51,4 @@ def served_policies(decider, policies_dir: str) -> dict:
                 if len(policies) >= MAX_POLICIES:
                     break
     return {"generation": number, "digest": digest, "policies": policies, "problems": problems,
-            "folder": policies_dir}
+            "folder": policies_dir, "shadow_folder": shadow_dir}

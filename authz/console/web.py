@@ -69,14 +69,14 @@ class Console:
     """The console of one worker: its store, decider, token service and the shared data folder."""
 
     def __init__(self, data_dir: str, decider, store, tokens, callers, decision_log_path: str = "",
-                 policies_dir: str = "", clock=time.time):
+                 policies_dir: str = "", shadow_dir: str = "", clock=time.time):
         self.decider, self.store, self.tokens, self.callers, self.clock = decider, store, tokens, callers, clock
         self.development_mode = callers is None or callers.development_mode
         self.operators = OperatorKeys(data_dir)
         self.sessions = Sessions(load_secret(data_dir), clock=clock)
         self.limit = SignInLimit()
         self.actions = Actions(decider, store, tokens, clock)
-        self.policies_dir = policies_dir
+        self.policies_dir, self.shadow_dir = policies_dir, shadow_dir
         self.index_paths = (str(pathlib.Path(data_dir) / INDEX_FILE), decision_log_path) if decision_log_path else None
         self.index = None  # opened on first use (a page that needs it)
         self._index_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="console-index")
@@ -270,7 +270,7 @@ def build_console_app(console: Console) -> web.Application:
 def mount(http_app: web.Application, cfg, decider, callers, tokens) -> Console:
     """Mount the console at /console on the worker's HTTP application (before it starts)."""
     console = Console(cfg.data_dir, decider, decider.task_state.store, tokens, callers, cfg.decision_log_path,
-                      cfg.policies)
+                      cfg.policies, cfg.shadow_policies)
     http_app.add_subapp(PREFIX, build_console_app(console))
     return console
 

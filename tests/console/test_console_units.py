@@ -92,6 +92,8 @@ def _line(n, task="t1", decision="allow", approval=None, principal="ops-1"):
         d["reason"] = "forbidden_by_policy"
     if approval:
         d["approval"] = {"id": approval, "queue": "payments"}
+    if n == 5:  # the shadow policies would have decided otherwise
+        d["shadow"] = {"decision": "deny", "policies": ["candidate"]}
     return json.dumps(d) + "\n"
 
 
@@ -121,6 +123,7 @@ def test_the_index_follows_the_log_incrementally(tmp_path):
     # A time range (inclusive).
     assert {r["decision_id"] for r in ix.search({}, "2026-01-01T00:00:03", "2026-01-01T00:00:04\uffff")} == \
         {"d3", "d4"}
+    assert [(r["decision_id"], r["shadow"]) for r in ix.search({"shadow": "deny"})] == [("d5", "deny")]
     tasks = {t["task"]: t for t in ix.tasks()}
     assert (tasks["t1"]["calls"], tasks["t1"]["denies"], tasks["t2"]["denies"]) == (10, 0, 1)
     assert ix.tasks()[0]["task"] == "t2"  # the most recently active first
@@ -158,7 +161,7 @@ def test_two_indexes_of_one_file_never_read_a_line_twice(tmp_path):
     log.write_text("".join(_line(n) for n in range(30)))
     a = DecisionIndex(str(tmp_path / "ix.sqlite"), str(log))
     b = DecisionIndex(str(tmp_path / "ix.sqlite"), str(log))
-    assert a.catch_up(max_lines=10, chunk_bytes=len(_line(0)) * 10 + 5) == 10
+    assert a.catch_up(max_lines=10, chunk_bytes=sum(len(_line(n)) for n in range(10)) + 5) == 10
     assert b.catch_up() == 20
     assert a.catch_up() == 0
     assert len(a.search({}, limit=500)) == 30
