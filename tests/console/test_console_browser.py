@@ -244,6 +244,19 @@ def test_csrf_and_forged_cookies_are_refused(stack, browser):
         assert r.status == 303 and r.headers["location"].endswith("/console/login")
     assert approval_state(server, aid) == "pending"
     other.close()
+    # A reject needs a reason; with one, the approval is rejected and the task resumes (on_reject "resume").
+    page.goto(f"{server.console}/approvals/{aid}")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Reject").click()
+    assert answer.value.status == 400 and "reason" in page.locator("#error").inner_text()
+    assert approval_state(server, aid) == "pending"
+    page.goto(f"{server.console}/approvals/{aid}")
+    page.get_by_label("Reason (required to reject)").fill("not this vendor")
+    page.get_by_role("button", name="Reject").click()
+    assert page.locator("#state").inner_text() == "rejected by alice: not this vendor"
+    assert approval_state(server, aid) == "rejected"
+    assert tool_call(envoy, tok, "kb.search")[0] == 200
+    assert tool_call(envoy, tok, "payments.transfer", amount=7000)[0] == 403
     context.close()
 
 
