@@ -202,3 +202,51 @@ def test_a_batch_over_many_tasks_loads_them_in_one_round_trip(redis_server, tmp_
         assert [store.task_view(t, T0)["calls"] for t, _ in pairs] == [1] * 10
     finally:
         store.close()
+
+
+def test_rediss_verifies_the_server_against_the_configured_ca(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "identity"))
+    import material as m
+
+    from rediskit import free_port
+
+    ca, other = m.CertificateAuthority("redis.test"), m.CertificateAuthority("elsewhere.test")
+    cert, key = m.write_leaf(tmp_path, "redis", ca, dns=["localhost"])
+    (tmp_path / "ca.pem").write_bytes(ca.pem())
+    (tmp_path / "other.pem").write_bytes(other.pem())
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                             "--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-auth-clients", "no",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss://localhost:{port}/0"
+        settings = RedisSettings(url, tls_ca_file=str(tmp_path / "ca.pem"), kek=b"k" * 32, key_prefix="tls:")
+        deadline = time.monotonic() + 10
+        while probe(settings) is not None:
+            assert time.monotonic() < deadline, probe(settings)
+            time.sleep(0.05)
+        store = open_store(StateConfig(path=str(tmp_path / "unused"), redis=settings))
+        try:
+            with store.begin("t1", "a1", T0) as txn:  # the decision path's own connection (resp.py)
+                txn.commit_allowed(("Tool", "x"))
+            assert store.task_view("t1", T0)["calls"] == 1  # redis-py
+            store.revocations.revoke("task", "t1", 0, 10)
+            assert store.revocations.current().task_revoked("t1", time.time())
+        finally:
+            store.close()
+        wrong = RedisSettings(url, tls_ca_file=str(tmp_path / "other.pem"), kek=b"k" * 32, key_prefix="tls:")
+        assert "certificate verify failed" in probe(wrong)
+        store = open_store(StateConfig(path=str(tmp_path / "unused"), redis=wrong))
+        try:
+            with pytest.raises(Unavailable, match="certificate verify failed"):
+                store.begin("t1", "a1", T0)
+        finally:
+            store.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
