@@ -27,14 +27,23 @@ def shared_keys(cfg, store):
 
 
 def probe(settings) -> str | None:
-    """Ask Redis once (PING, authenticated) at start: None when it answers; the problem otherwise.
-    Raises ValueError for what no retry can fix (authentication, ACL): `authz serve` refuses to start."""
+    """Ask Redis once (PING, authenticated; the shared key set's key-encryption key) at start: None when it
+    answers; the problem otherwise. Raises ValueError for what no retry can fix (authentication, ACL, a key
+    set sealed under another key-encryption key): `authz serve` refuses to start."""
     import redis
 
     from authz.state.redis_link import RedisLink, describe
-    client = RedisLink(settings).new_client()
+    from authz.tokens.keys import KeyStoreError
+    from authz.tokens.shared_keys import SharedKeys
+    link = RedisLink(settings)
+    client = link.new_client()
     try:
         client.ping()
+        try:
+            SharedKeys(link, settings).read()  # a key set sealed under another key-encryption key: refused
+        except KeyStoreError as e:
+            if "key-encryption key" in str(e):
+                raise ValueError(str(e)) from None
         return None
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
         raise ValueError(f"the shared state store {settings.where()}: {describe(e)}") from None
@@ -46,3 +55,4 @@ def probe(settings) -> str | None:
         return describe(e)
     finally:
         client.close()
+        link.close()

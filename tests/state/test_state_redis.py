@@ -100,6 +100,8 @@ def test_shared_keys_rotate_on_every_node_and_are_sealed(redis_server, tmp_path)
         assert all(private not in value for value in raw.values())  # never stored in the clear
         with pytest.raises(KeyStoreError, match="another key-encryption key"):
             SharedKeys(a.link, redis_settings(redis_server, kek=b"x" * 32)).read()
+        with pytest.raises(ValueError, match="another key-encryption key"):  # authz serve refuses to start
+            probe(redis_settings(redis_server, kek=b"x" * 32))
     finally:
         a.close()
         b.close()
