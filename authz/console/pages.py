@@ -204,10 +204,11 @@ class Pages:
             t0 = time.perf_counter()
             rows = await c.in_index(index.search, filters, since, _until(until), _int(q.get("before")), 50)
             took_ms = (time.perf_counter() - t0) * 1000
-            behind = index.behind_bytes()
+            behind = await c.in_index(index.behind_bytes)
         params = {k: v for k, v in {**filters, "since": since, "until": until}.items() if v}
         return c.render(request, "decisions.html", rows=rows, filters=filters, since=since, until=until,
-                        took_ms=took_ms, behind=behind, params=params, logged=index is not None,
+                        took_ms=took_ms, behind=behind, params=params, logged=c.index_paths is not None,
+                        indexed=index is not None,
                         next_before=rows[-1]["id"] if len(rows) == 50 else 0)
 
     async def decision(self, request):
