@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 from cryptography.exceptions import InvalidTag
@@ -165,6 +166,19 @@ class SharedKeys:
         raise KeyStoreError("the shared key set kept changing; try again")
 
 
+class _Loaded:
+    """One loaded key set, replaced whole (the listener thread reloads while the event loop reads)."""
+
+    __slots__ = ("ver", "active_kid", "private", "public", "entries", "max_ttl_s")
+
+    def __init__(self, ver, active_kid, private, public, entries, max_ttl_s):
+        self.ver, self.active_kid, self.private = ver, active_kid, private
+        self.public, self.entries, self.max_ttl_s = public, entries, max_ttl_s
+
+
+_NONE = _Loaded(-1, "", None, {}, {}, MAX_TTL_CEILING_S)
+
+
 class SharedKeyStore:
     """A worker's view of the shared key set, with KeyStore's interface (signing_key, public_key, jwks,
     max_ttl_s, active_kid). Kept current by the Fanout listener (`refresh`); an unknown kid makes it
@@ -173,24 +187,29 @@ class SharedKeyStore:
     def __init__(self, link, settings, max_ttl_s: int, leeway_s: int, fanout=None, clock=time.time):
         self.shared = SharedKeys(link, settings)
         self.clock = clock
-        self.active_kid = ""
-        self.max_ttl_s = MAX_TTL_CEILING_S
-        self._ver = -1
-        self._private = None
-        self._public, self._entries = {}, {}
+        self._loaded = _NONE
+        self._lock = threading.Lock()  # one reload at a time (the listener's and a request's forced one)
         self._next_forced = 0.0
         self._reload_error = ""
-        self._ttl = (max_ttl_s, leeway_s)
+        self._max_ttl_s = max_ttl_s
         self._try_reload()  # Redis unreachable now: tokens fail closed until the listener or a use loads them
         if fanout is not None:
             fanout.watch(TOPIC, self)
+
+    @property
+    def active_kid(self) -> str:
+        return self._loaded.active_kid
+
+    @property
+    def max_ttl_s(self) -> int:
+        return self._loaded.max_ttl_s
 
     def reload(self) -> None:
         """Read the key set (and the active private key when it changed), creating it if Redis has none
         (a fresh or flushed Redis); KeyStoreError if unusable."""
         ver, doc, _ = self.shared.read()
-        if doc is None or int(doc.get("max_ttl_s", 0)) < self._ttl[0]:
-            self.shared.ensure(self._ttl[0])
+        if doc is None or int(doc.get("max_ttl_s", 0)) < self._max_ttl_s:
+            self.shared.ensure(self._max_ttl_s)
             ver, doc, _ = self.shared.read()
         public, entries = {}, {}
         for k in doc["keys"]:
@@ -204,8 +223,9 @@ class SharedKeyStore:
         active = doc["active"]
         if active not in public:
             raise KeyStoreError("the shared key set: the active key is not in the set")
-        private = self._private
-        if active != self.active_kid or private is None:
+        loaded = self._loaded
+        private = loaded.private
+        if active != loaded.active_kid or private is None:
             _, _, sealed = self.shared.read(with_private=active)
             if sealed is None:
                 raise KeyStoreError(f"the shared key set has no private key for its active key {active}")
@@ -215,24 +235,24 @@ class SharedKeyStore:
         max_ttl_s = doc.get("max_ttl_s")
         if isinstance(max_ttl_s, bool) or not isinstance(max_ttl_s, int) or not 0 < max_ttl_s <= MAX_TTL_CEILING_S:
             max_ttl_s = MAX_TTL_CEILING_S
-        self._private, self.active_kid, self.max_ttl_s = private, active, max_ttl_s
-        self._public, self._entries, self._ver = public, entries, ver
+        self._loaded = _Loaded(ver, active, private, public, entries, max_ttl_s)
 
     def refresh(self) -> None:
         """The Fanout listener's check: reload when `ver` moved (keeps the loaded keys if unusable)."""
         ver = int(self.shared.link.client().hget(self.shared.hash, "ver") or 0)
-        if ver != self._ver:
+        if ver != self._loaded.ver:
             self._try_reload()
 
     def _try_reload(self) -> None:
-        try:
-            self.reload()
-        except KeyStoreError as e:
-            if str(e) != self._reload_error:
-                log.error("keeping the loaded signing keys: %s", e)
-                self._reload_error = str(e)
-            return
-        self._reload_error = ""
+        with self._lock:
+            try:
+                self.reload()
+            except KeyStoreError as e:
+                if str(e) != self._reload_error:
+                    log.error("keeping the loaded signing keys: %s", e)
+                    self._reload_error = str(e)
+                return
+            self._reload_error = ""
 
     def maybe_reload(self, force: bool = False) -> None:
         if force:
@@ -241,37 +261,40 @@ class SharedKeyStore:
                 self._next_forced = now + 0.1
                 self._try_reload()
 
-    def _loaded(self) -> None:
-        """TokenError state_unavailable while no key set could be loaded yet (fail closed)."""
-        if self._private is None:
+    def _current(self) -> _Loaded:
+        """The loaded key set; TokenError state_unavailable while none could be loaded yet (fail closed)."""
+        loaded = self._loaded
+        if loaded.private is None:
             self.maybe_reload(force=True)
-            if self._private is None:
+            loaded = self._loaded
+            if loaded.private is None:
                 from authz.tokens.verify import TokenError
                 raise TokenError("state_unavailable", f"the shared signing keys are not loaded: {self._reload_error}")
+        return loaded
 
     def signing_key(self):
-        self._loaded()
-        return self.active_kid, self._private
+        loaded = self._current()
+        return loaded.active_kid, loaded.private
 
     def public_key(self, kid: str):
-        self._loaded()
-        key = self._public.get(kid)
-        if key is None:
+        loaded = self._current()
+        if kid not in loaded.public:
             self.maybe_reload(force=True)
-            key = self._public.get(kid)
+            loaded = self._loaded
+        key = loaded.public.get(kid)
         if key is None:
             return None
-        keep_until = self._entries[kid].get("keep_until")
+        keep_until = loaded.entries[kid].get("keep_until")
         if keep_until is not None and keep_until < self.clock():
             return None
         return key
 
     def jwks(self) -> dict:
-        self._loaded()
+        loaded = self._current()
         now = self.clock()
         keys = []
-        for kid, key in self._public.items():
-            keep_until = self._entries[kid].get("keep_until")
+        for kid, key in loaded.public.items():
+            keep_until = loaded.entries[kid].get("keep_until")
             if keep_until is not None and keep_until < now:
                 continue
             keys.append({**public_jwk(key), "kid": kid, "alg": "EdDSA", "use": "sig"})
