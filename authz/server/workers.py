@@ -295,20 +295,24 @@ class Supervisor:
         from authz.engine.index import open_env, release_env
         from authz.errors import IndexUnavailableError
 
-        try:
-            env = open_env(self.cfg.db_path, create=False)
-        except IndexUnavailableError as e:
-            log.warning("cannot check the index for stale readers: %s", e)
-            return
-        try:
-            cleared = env.reader_check()
-        except Exception as e:  # noqa: BLE001 - the next publish checks again
-            log.warning("cannot check the index for stale readers: %s", e)
-            return
-        finally:
-            release_env(env)
-        if cleared:
-            log.info("cleared %d stale index reader slot(s)", cleared)
+        paths = [self.cfg.db_path]
+        if self._shadow_sets is not None and os.path.exists(self._shadow_sets.path):
+            paths.append(self._shadow_sets.path)  # the shadow index, which workers read too
+        for path in paths:
+            try:
+                env = open_env(path, create=False)
+            except IndexUnavailableError as e:
+                log.warning("cannot check the index `%s` for stale readers: %s", path, e)
+                continue
+            try:
+                cleared = env.reader_check()
+            except Exception as e:  # noqa: BLE001 - the next publish checks again
+                log.warning("cannot check the index `%s` for stale readers: %s", path, e)
+                continue
+            finally:
+                release_env(env)
+            if cleared:
+                log.info("cleared %d stale reader slot(s) of `%s`", cleared, path)
 
     def _mark_dead(self, w):
         if self._metrics_dir and w.pid:

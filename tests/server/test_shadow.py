@@ -408,3 +408,42 @@ when { context has task && context.task.counts has write && context.task.counts.
                                                                    "policies": ["shadow-write-limit"]}]
     finally:
         assert server.stop() == 0
+
+
+def _reader_pids(db):
+    """The pids in an index's LMDB reader table."""
+    import lmdb
+
+    env = lmdb.open(str(db), readonly=True, lock=True, map_size=1 << 32)
+    try:
+        lines = env.readers().splitlines()
+    finally:
+        env.close()
+    return {int(line.split()[0]) for line in lines if line.split() and line.split()[0].isdigit()}
+
+
+def test_a_replaced_worker_evaluates_the_shadow_set_and_its_shadow_reader_slot_is_cleared(tmp_path):
+    import os
+    import signal
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.cedar").write_text(SHADOWED)
+    # Two workers: the survivor keeps both indexes open, so the replacement is not their first opener.
+    server = _serve(tmp_path, policies, "--workers", "2")
+    shadow_db = tmp_path / "data" / "shadow.lmdb"
+    log = tmp_path / "decisions.jsonl"
+    try:
+        victim = server.pids[0]
+        assert victim in _reader_pids(shadow_db)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: f"(pid {victim}) exited with code -9; restarting it" in server.stderr(), 60,
+                   "the worker replaced")
+        server.wait_serving()
+        assert victim not in _reader_pids(shadow_db)
+        # Every worker (the new one too: connections spread over both) logs the shadow difference.
+        for _ in range(6):
+            result, line = _checked(server, log, "rm")
+            assert result == (True, ["all"]) and line["shadow"] == {"decision": "deny", "policies": ["shadow-no-rm"]}
+    finally:
+        assert server.stop() == 0
