@@ -43,7 +43,7 @@ from authz.state.store import Batch, Changes, Store
 # KEYS[1] version counter; ARGV: n_checks, then checks (kind, key index, value), then writes.
 #  checks  v <i> <version>   KEYS[i]'s version is still <version> ("0": it did not exist)
 #          c <i> <most>      zset KEYS[i] holds fewer than <most> members (a new approval fits)
-#  writes  h <i> <data> <ttl ms>   store a record (new version); ttl 0 = keep
+#  writes  h <i> <data> <ttl ms>   store a record (new version); ttl 0: no expiry, -1: the expiry it has
 #          s <i> <value> <ttl ms>  set a string     x <i>   delete a key
 #          z <i> <score> <member>  zadd             r <i> <member>   zrem
 #          f <feed i> <seq i> <raw> <keep>          append to the change feed
@@ -67,7 +67,7 @@ while i <= #ARGV do
     ver = ver or redis.call('INCR', KEYS[1])
     redis.call('HSET', key, 'v', ver, 'd', ARGV[i + 2])
     local ttl = tonumber(ARGV[i + 3])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) elseif ttl == 0 then redis.call('PERSIST', key) end
     i = i + 4
   elseif op == 's' then
     redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[i + 3])
@@ -513,11 +513,14 @@ class RedisBatch(Batch):
             idle = store.key("ti" if task else "ai")
             if self._versions.get(key) == b"0":  # a new record: within max_tasks / max_agents
                 checks += ["c", ref(idle), str(cfg.max_tasks if task else cfg.max_agents)]
-            state.due = (int(state.last // _HOUR) + 1) * _HOUR + ttl
+            due = (int(state.last // _HOUR) + 1) * _HOUR + ttl
+            if due == state.due:  # the common case: its expiry and its place in the idle index stand
+                writes += ["h", ref(key), model.encode_task(state) if task else model.encode_agent(state), "-1"]
+                continue
+            state.due = due
             raw = model.encode_task(state) if task else model.encode_agent(state)
             # Redis forgets it on its own (real time); the sweep, on the store's clock (`due`, indexed)
-            writes += ["h", ref(key), raw, str(_ms(max(state.due - now, 0) + _MARGIN_S)),
-                       "z", ref(idle), str(state.due), state.id]
+            writes += ["h", ref(key), raw, str(_ms(max(due - now, 0) + _MARGIN_S)), "z", ref(idle), str(due), state.id]
         for key in self._forgotten:
             idle = store.key("ti" if key.startswith(store.key("t:")) else "ai")
             writes += ["x", ref(key), "r", ref(idle), key[len(store.prefix) + 2:]]
