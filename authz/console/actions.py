@@ -14,12 +14,15 @@ A refused decision raises Refused (HTTP 403); a store refusal raises the store's
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from authz.server.approvals_api import APPROVE, MAX_REASON_CHARS, REJECT, decision_request
 from authz.state import FailedPrecondition, InvalidArgument
 from authz.state.approvals import check_id, request_digest
 from authz.tokens.revocation import entry_expiry
+
+log = logging.getLogger("authz.console")
 
 OPERATOR = "Operator"
 REVOKE = {"type": "Action", "id": "authz::Revoke"}
@@ -80,6 +83,8 @@ class Actions:
             approval = self.store.reject(approval_id, operator, reason, self.clock())
             if approval.on_reject == "revoke_task" and self.tokens is not None:
                 self._revoke_entry("task", approval.task, operator, 0)
+        log.warning("console: approval %s (task `%s`, queue `%s`) %s by operator %s (decision %s): %s", approval.id,
+                    approval.task, approval.queue, approval.state, operator, did, reason or "no reason given")
         return approval, did
 
     # -- revocations ------------------------------------------------------------------------------
@@ -105,7 +110,9 @@ class Actions:
         did = self._decide(operator, {"principal": operator_uid(operator), "action": REVOKE, "resource": resource,
                                       "context": {"kind": kind, "target": value, "ttl_s": ttl_s}},
                            f"revoke {kind} `{value}`")
-        return self._revoke_entry(kind, value, operator, ttl_s), did
+        expires = self._revoke_entry(kind, value, operator, ttl_s)
+        log.warning("console: %s `%s` revoked by operator %s (decision %s)", kind, value, operator, did)
+        return expires, did
 
     def lift(self, operator: str, kind: str, value: str):
         """Remove a revocation early; returns (whether there was one, decision id)."""
@@ -113,7 +120,10 @@ class Actions:
         did = self._decide(operator, {"principal": operator_uid(operator), "action": LIFT, "resource": resource,
                                       "context": {"kind": kind, "target": value}},
                            f"lift the revocation of {kind} `{value}`")
-        return self.tokens.revocations.lift(kind, value), did
+        there = self.tokens.revocations.lift(kind, value)
+        log.warning("console: the revocation of %s `%s` lifted by operator %s (decision %s)%s", kind, value,
+                    operator, did, "" if there else ": there was none")
+        return there, did
 
     def entries(self) -> list:
         return self.tokens.revocations.entries()
@@ -137,4 +147,7 @@ class Actions:
                                         request_digest(resource, SUSPEND, resource, {"reason": reason}),
                                         [f"console:{operator}"], kind="quarantine",
                                         on_reject="revoke_task")
-        return self.store.transact(self.clock(), work), did
+        approval = self.store.transact(self.clock(), work)
+        log.warning("console: task `%s` suspended by operator %s (decision %s, approval %s): %s", task, operator, did,
+                    approval.id, reason)
+        return approval, did

@@ -165,3 +165,24 @@ def test_two_indexes_of_one_file_never_read_a_line_twice(tmp_path):
     assert b.catch_up() == 20
     assert a.catch_up() == 0
     assert len(a.search({}, limit=500)) == 30
+
+
+def test_the_operators_command(tmp_path):
+    from click.testing import CliRunner
+
+    from authz.cli import main
+
+    runner = CliRunner()
+    added = runner.invoke(main, ["operators", "add", "carol", "--data-dir", str(tmp_path)])
+    assert added.exit_code == 0
+    key = added.stdout.strip()
+    assert OperatorKeys(str(tmp_path)).verify("carol", key) is not None
+    listed = runner.invoke(main, ["operators", "list", "--data-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and listed.stdout.startswith("carol\t") and key not in listed.stdout
+    again = runner.invoke(main, ["operators", "add", "carol", "--data-dir", str(tmp_path)])
+    assert again.exit_code == 2 and "exists" in again.stderr
+    assert runner.invoke(main, ["operators", "add", "no spaces", "--data-dir", str(tmp_path)]).exit_code == 2
+    assert runner.invoke(main, ["operators", "remove", "carol", "--data-dir", str(tmp_path)]).exit_code == 0
+    gone = runner.invoke(main, ["operators", "remove", "carol", "--data-dir", str(tmp_path)])
+    assert gone.exit_code == 2 and "no operator" in gone.stderr
+    assert runner.invoke(main, ["operators", "list", "--data-dir", str(tmp_path)]).stdout == ""
