@@ -1,6 +1,7 @@
 """RedisRevocations: the revocation set shared by every node, in Redis under the deployment's prefix P.
 
-  P rv:gen   generation, +1 per change          P rv:e   hash "<kind>|<value>" -> "<revoked_at> <expires_at> <owner>"
+  P rv:gen   generation, +1 per change (a new one starts at the time in µs: never one a worker holds)
+  P rv:e     hash "<kind>|<value>" -> "<revoked_at> <expires_at> <owner>"
   P rv:x     zset "<kind>|<value>" by expires_at (the entries that lapse)
   P rv:c     hash sha256(owner) hex -> entries charged to it
 Writes are one Lua script each (sweep the lapsed, check the bounds, write, +1 generation, PUBLISH
@@ -40,6 +41,10 @@ for _, f in ipairs(lapsed) do
 end
 local function bump()
   local g = redis.call('INCR', gen)
+  if g == 1 then  -- a new (or lost) set: start at the time in µs, past any generation a worker holds
+    local t = redis.call('TIME')
+    g = redis.call('INCRBY', gen, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  end
   redis.call('PUBLISH', ARGV[8], 'rvk ' .. g)
 end
 local old = redis.call('HGET', e, field)

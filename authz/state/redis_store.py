@@ -15,7 +15,9 @@ whether a task is suspended) always load, and never commit.
 
 Keys (all under `key_prefix` P; records are hashes {v: version, d: the model's/approvals' encoding}):
   P t:<task>   P a:<agent>   P p:<approval id>
-  P ver        the version counter: each write takes the next number (versions never repeat)
+  P ver        the version counter: each write takes the next number; a new counter starts at the time
+               in µs, so versions never repeat, not even after Redis lost its data (a worker's copy
+               of a record can then never pass for current)
   P po         zset approval id by requested_at (List order; bounds max_approvals)
   P pd         zset approval id by when it falls due (expiry of a pending one, lapse of a grant)
   P g:<digest hex>:<task>   the approval id of a live grant (expires with it)
@@ -64,7 +66,13 @@ local ver = nil
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'h' then
-    ver = ver or redis.call('INCR', KEYS[1])
+    if not ver then
+      ver = redis.call('INCR', KEYS[1])
+      if ver == 1 then  -- a new (or lost) counter starts at the time in µs: versions never come back
+        local t = redis.call('TIME')
+        ver = redis.call('INCRBY', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]))
+      end
+    end
     redis.call('HSET', key, 'v', ver, 'd', ARGV[i + 2])
     local ttl = tonumber(ARGV[i + 3])
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) elseif ttl == 0 then redis.call('PERSIST', key) end

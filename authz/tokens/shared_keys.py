@@ -4,7 +4,7 @@ token issued by one node verifies on every node, and `authz keys rotate` reaches
 Stored in one Redis hash `<key_prefix>keys`:
   doc          the key set, as keys.py's keyset.json: {"active", "max_ttl_s", "kek", "keys": [...]} with
                public halves only; "kek" is the first 16 hex digits of SHA-256 of the key-encryption key
-  ver          +1 per change (rotation, creation)
+  ver          +1 per change (rotation, creation); a new key set starts at the time in µs
   priv:<kid>   the private key of the active key: 12-byte nonce + AES-256-GCM(raw Ed25519 private key),
                the associated data binding it to "<key_prefix>" and its kid
 The key-encryption key (KEK) is 32 bytes from `state.key_encryption_key_file`, a Kubernetes Secret in
@@ -43,6 +43,10 @@ _CAS = r"""
 local have = redis.call('HGET', KEYS[1], 'ver') or '0'
 if have ~= ARGV[1] then return 0 end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+if ver == 1 then  -- a new (or lost) key set: start at the time in µs, past any version a worker holds
+  local t = redis.call('TIME')
+  ver = redis.call('HINCRBY', KEYS[1], 'ver', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
 redis.call('HSET', KEYS[1], 'doc', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'priv:' .. ARGV[3], ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[1], 'priv:' .. ARGV[5]) end

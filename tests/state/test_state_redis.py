@@ -252,3 +252,24 @@ def test_rediss_verifies_the_server_against_the_configured_ca(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_worker_copy_never_passes_for_current_after_redis_lost_its_data(redis_server, tmp_path):
+    redis_server.flush()
+    a, b = _store(tmp_path, redis_server), _store(tmp_path, redis_server)
+
+    def call(store, task="t1"):
+        def step(batch):
+            txn = batch.task(task, "a1")
+            calls = txn.view()["task"]["calls"]
+            txn.allowed(("Tool", "x"))
+            return calls
+        return store.transact(time.time(), step)
+    try:
+        assert [call(a) for _ in range(3)] == [0, 1, 2]  # a holds its copy of t1 (3 calls)
+        redis_server.flush()  # Redis restarted without persistence
+        assert [call(b), call(b, "t2"), call(b)] == [0, 0, 1]  # as many writes again: t1 written last
+        assert call(a) == 2 and a.conflicts >= 1  # a's copy (3 calls) was refused, the task read again
+    finally:
+        a.close()
+        b.close()
