@@ -247,7 +247,8 @@ def main():
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"| authz.v1 Check, one client, p50 / p99 (µs) | {a['p50_us']:.0f} / {a['p99_us']:.0f} | "
-          f"{b['p50_us']:.0f} / {b['p99_us']:.0f} | {b['p50_us'] - a['p50_us']:+.0f} / {b['p99_us'] - a['p99_us']:+.0f} µs |")
+          f"{b['p50_us']:.0f} / {b['p99_us']:.0f} | {b['p50_us'] - a['p50_us']:+.0f} / "
+          f"{b['p99_us'] - a['p99_us']:+.0f} µs |")
     print(f"\nrevocation fan-out to another process (100 trials): p50 {lags[50] * 1000:.1f} ms, "
           f"p99 {lags[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
 

@@ -74,6 +74,6 @@ from authz.state.revocations import (RevocationError, RevocationFullError, Revoc
 from authz.state.store import Batch, Changes, Grant, Store, TaskTxn
 
 __all__ = ["Approval", "Batch", "Changes", "Conflict", "FailedPrecondition", "Full", "Grant", "InvalidArgument",
-           "LmdbStore", "NotFound", "RevocationError",
-           "RevocationFullError", "RevocationQuotaError", "RevocationSet", "Revocations", "SelfApproval", "StateConfig", "StateError", "Store", "TaskTxn", "Unavailable",
+           "LmdbStore", "NotFound", "RevocationError", "RevocationFullError", "RevocationQuotaError", "RevocationSet",
+           "Revocations", "SelfApproval", "StateConfig", "StateError", "Store", "TaskTxn", "Unavailable",
            "request_digest", "state_path"]

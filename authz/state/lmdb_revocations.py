@@ -5,7 +5,8 @@ lived since task tokens came (existing revocations stay valid across the upgrade
 path, in the state store's own environment. Keys (own prefix, in the environment's main database; the
 policy generation keys `current`, `gen/...`, `crc/...` and named databases are never touched):
   rvk/gen                      u64 revocation-set generation, +1 per change
-  rvk/e/<kind><sha256(value)>  <q revoked_at><q expires_at (0 = never)><value utf-8>;  kind: j (token id), t (task), a (agent)
+  rvk/e/<kind><sha256(value)>  <q revoked_at><q expires_at (0 = never)><value utf-8>
+                               kind: j (token id), t (task), a (agent)
   rvk/o/<kind><sha256(value)>  sha256(owner): the caller the entry is charged to
   rvk/x/<u64 BE expires_at><kind><sha256(value)>  (empty) the entries that lapse, in expiry order
   rvk/n                        u64 entries stored

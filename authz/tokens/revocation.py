@@ -12,6 +12,10 @@ from authz.state.lmdb_revocations import index_revocations as RevocationStore  #
 from authz.state.revocations import (EMPTY, KINDS, RevocationError, RevocationFullError,  # noqa: F401
                                      RevocationQuotaError, Revocations)
 
+__all__ = ["COUNT_KEY", "EMPTY", "ENTRY_PREFIX", "EXPIRY_PREFIX", "GEN_KEY", "HELD_PREFIX", "KINDS", "OWNER_PREFIX",
+           "RevocationError", "RevocationFullError", "RevocationQuotaError", "RevocationStore", "Revocations",
+           "entry_expiry", "entry_key"]
+
 
 def entry_expiry(kind: str, now: float, lifetime_s: int, leeway_s: int, token_exp: int | None = None,
                  ttl_s: int = 0) -> float:

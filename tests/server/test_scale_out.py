@@ -106,7 +106,8 @@ def cluster(tmp_path_factory):
         with EchoUpstream() as upstream:
             envoy = Envoy(tmp, ports[0], upstream.port)
             text = envoy.config.read_text()
-            one = f"        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {ports[0]} }}\n"
+            one = ("        - endpoint:\n            address:\n"
+                   f"              socket_address: {{ address: 127.0.0.1, port_value: {ports[0]} }}\n")
             assert one in text
             envoy.config.write_text(text.replace(one, "".join(one.replace(str(ports[0]), str(p)) for p in ports)))
             with envoy:

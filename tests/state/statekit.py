@@ -6,7 +6,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tokens")) 
 
 from tokenkit import fill, mount_small_fs, unmount  # noqa: E402,F401  (re-exported for the fault tests)
 
-from authz.state import LmdbStore, StateConfig, request_digest  # noqa: E402
+from authz.state import StateConfig, request_digest  # noqa: E402
 
 T0 = 1_700_000_000.0  # a fixed "now": every test injects its times
 AGENT = {"type": "Agent", "id": "a1"}
