@@ -59,3 +59,4 @@ def test_ancestor_keys_carry_roles_and_masks(tmp_path):
     key, flags, pmask, rmask = struct.unpack_from("<IBQQ", blob, akeys + 4)
     assert (key, flags) == (g_index, layout.KEY_IS_PRINCIPAL)
     assert (pmask, rmask) == struct.unpack_from("<QQ", blob, g_rec + layout.UID_MASKS) and pmask
+
