@@ -297,9 +297,10 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None, sh
         from authz.server.authzen import build_http_listener
 
         http = build_http_listener(cfg, decider, parts["callers"], parts["tokens"])
-        from authz.console.web import mount  # the operator console at /console (docs/console.md)
+        if cfg.console:
+            from authz.console.web import mount  # the operator console at /console (docs/console.md)
 
-        mount(http.app, cfg, decider, parts["callers"], parts["tokens"])
+            mount(http.app, cfg, decider, parts["callers"], parts["tokens"])
         try:
             await http.start()
         except OSError as e:

@@ -41,6 +41,7 @@ class ServeConfig:
     metrics_listen: str = ""          # "" = no metrics endpoint
     http_listen: str = ""             # HTTP listener (AuthZEN, docs/authzen.md) in every worker; "" = off
     public_url: str = ""              # the HTTP listener's base URL as PEPs reach it; "" = the URL they used
+    console: bool = True              # the operator console at /console on the HTTP listener (docs/console.md)
     decision_log: str | None = None   # None = <data_dir>/decisions.jsonl; "" = off
     decision_log_queue: int = 10000   # events buffered per worker before new ones are dropped
     decision_log_max_bytes: int = 100 * 1024 * 1024  # rotated before it passes this; 0 = never (external logrotate)
@@ -107,6 +108,8 @@ class ServeConfig:
             raise ConfigError("`max_concurrent_streams` must be >= 0")
         if not isinstance(self.insecure_allow_self_asserted_callers, bool):
             raise ConfigError("`insecure_allow_self_asserted_callers` must be true or false")
+        if not isinstance(self.console, bool):
+            raise ConfigError("`console` must be true or false")
         self._validate_decision_log()
         if self.workers > 256:
             raise ConfigError(f"`workers` must be at most 256, not `{self.workers}`")

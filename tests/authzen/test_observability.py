@@ -68,3 +68,21 @@ def test_a_bad_public_url_stops_the_server(tmp_path):
                            "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data")],
                           capture_output=True, text=True, timeout=60, env=env_with_repo(), cwd=tmp_path)
     assert proc.returncode == 2 and "`public_url` must be an http(s) URL with no query or fragment" in proc.stderr
+
+
+def test_console_false_serves_authzen_alone(tmp_path):
+    (tmp_path / "authz.toml").write_text('[server]\nhttp_listen = "127.0.0.1:0"\nconsole = false\n')
+    server = HttpAuthzServer(tmp_path, ["--config", str(tmp_path / "authz.toml"), "--listen", "127.0.0.1:0",
+                                        "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data")]).start()
+    c = server.client()
+    try:
+        assert c.request("GET", "/console/login")[0] == 404
+        assert c.request("GET", "/.well-known/authzen-configuration")[0] == 200
+    finally:
+        c.close()
+        assert server.stop() == 0
+    (tmp_path / "authz.toml").write_text('[server]\nhttp_listen = "127.0.0.1:0"\nconsole = "no"\n')
+    proc = subprocess.run([sys.executable, "-m", "authz.server", "--config", str(tmp_path / "authz.toml"),
+                           "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=60, env=env_with_repo(), cwd=tmp_path)
+    assert proc.returncode == 2 and "`console` must be" in proc.stderr, proc.stderr
