@@ -195,19 +195,20 @@ def test_at_most_50_write_calls_per_task_under_concurrent_calls_of_its_agents(st
     tokens = [root, sub]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda k: send(stack, via, tokens[k % 2], "db.write"), range(56)))
-    # authz allowed exactly 50 (its decision log); a client saw each of those allows, except when Envoy gave
-    # up waiting for it (its 250 ms ext_authz timeout on a loaded machine: then Envoy answers 403 itself and
-    # the call still counts, so the limit is never passed). Every other answer is the limit's deny.
+    # authz allowed exactly 50 (its decision log); a client saw each of those allows, unless Envoy failed the
+    # call on its own (on a loaded machine: its 250 ms ext_authz timeout, a 403 with no body, or the upstream's
+    # connect timeout, a 503): the call still counts, so the limit is never passed. Every answer authz wrote
+    # itself is the limit's deny.
     allowed = wait_until(lambda: logged_allows(server, task, "db.write") if len(
         logged_allows(server, task, "db.write")) >= 50 else None, 30, "50 allowed writes in the decision log")
     time.sleep(0.3)
     assert len(logged_allows(server, task, "db.write")) == 50 == len(set(allowed))
     seen = [a for a in answers if a[0] == 200]
-    envoy_gave_up = [a for a in answers if a[0] == 403 and a[1] is None]
     policy = [a for a in answers if a[1] is not None]
-    assert len(seen) + len(envoy_gave_up) >= 50 and len(seen) <= 50
-    assert len(seen) + len(envoy_gave_up) + len(policy) == 56
+    envoy_failed = [a for a in answers if a[0] != 200 and a[1] is None]
+    assert len(seen) <= 50 and len(policy) <= 6 and len(seen) + len(policy) + len(envoy_failed) == 56
     assert {a[1]["reason"] for a in policy} <= {"forbidden_by_policy"}
+    assert {a[0] for a in envoy_failed} <= {403, 503}, envoy_failed
     assert send(stack, via, sub, "db.write")[0] == 403
     assert send(stack, via, root, "kb.search")[0] == 200
 
