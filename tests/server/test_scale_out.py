@@ -5,6 +5,7 @@ others within the fan-out bound (p99 over 100 trials, printed); a per-task limit
 load spread over the three admits exactly 20; an approval asked through A and approved through C lets the
 retry through B once; Redis stopped -> calls that need shared state are denied state_unavailable while
 the others are decided, Redis started again -> the nodes recover without a restart; bad settings."""
+import collections
 import concurrent.futures
 import json
 import pathlib
@@ -66,6 +67,7 @@ permit(principal, action == Action::"GET", resource) when { context.http.path li
 permit(principal == Agent::"plain", action == Action::"call", resource);
 '''
 TOOLS = ['Tool::"limited"', 'Tool::"pay"', 'Tool::"kb"']
+EXT_AUTHZ_TIMEOUT = " timeout: 0.25s   "  # the ext_authz filter's (not the clusters' connect_timeout)
 TRIALS = 100
 
 
@@ -108,8 +110,11 @@ def cluster(tmp_path_factory):
             text = envoy.config.read_text()
             one = ("        - endpoint:\n            address:\n"
                    f"              socket_address: {{ address: 127.0.0.1, port_value: {ports[0]} }}\n")
-            assert one in text
-            envoy.config.write_text(text.replace(one, "".join(one.replace(str(ports[0]), str(p)) for p in ports)))
+            assert one in text and EXT_AUTHZ_TIMEOUT in text
+            text = text.replace(one, "".join(one.replace(str(ports[0]), str(p)) for p in ports))
+            # A check Envoy gives up on is a 403 whatever authz decided: on the loaded 2-CPU test VM, 0.25 s
+            # is not always enough for 16 concurrent calls of one task over three nodes.
+            envoy.config.write_text(text.replace(EXT_AUTHZ_TIMEOUT, " timeout: 10s     "))
             with envoy:
                 yield {"redis": redis, "nodes": nodes, "envoy": envoy, "config": config, "tmp": tmp,
                        "policies": policies}
@@ -230,8 +235,8 @@ def test_a_limit_of_20_under_load_over_three_nodes_admits_exactly_20(cluster):
     tok = issue(cluster["nodes"][0], "t-limit-20")
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: mcp_call(envoy, tok, "limited"), range(60)))
-    assert [status for status, _ in answers].count(200) == 20, answers
-    assert all(body["reason"] == "forbidden_by_policy" for status, body in answers if status != 200), answers
+    outcomes = collections.Counter((status, body and body.get("reason")) for status, body in answers)
+    assert outcomes == {(200, None): 20, (403, "forbidden_by_policy"): 40}, outcomes
     store = open_store(StateConfig(path=str(cluster["tmp"] / "unused"), redis=RedisSettings(
         cluster["redis"].url, key_prefix="scale:", kek=bytes(range(32)))))
     try:
