@@ -135,7 +135,7 @@ class TaskState:
         actions.clear()  # a retried transaction starts over
         seen.clear()
         many = len(indexes) > 1  # in a batch the store remembers validated (resource, labels) tuples
-        if many:  # a networked store reads every task and agent of the batch in one round trip
+        if many and batch.PREFETCHES:  # a networked store reads every task and agent of the batch at once
             batch.prefetch([(requests[i]["context"]["token"]["task"], _agent_id(requests[i]["principal"]))
                             for i in indexes])
         for i in indexes:
@@ -152,9 +152,10 @@ class TaskState:
                 txn.denied()
                 results[i] = ("task_suspended", f"the task waits for approval {txn.suspended_by}", "")
                 continue
-            live = txn.live_view()
-            d = engine.check(principal, action, resource, {**ctx, **live})
-            seen[i] = {**ctx, **txn.frozen_view()}
+            decided = {**ctx, **txn.live_view()}
+            d = engine.check(principal, action, resource, decided)
+            decided.update(txn.frozen_view())  # the live views change with the next call: the log keeps copies
+            seen[i] = decided
             results[i] = d
             if d.allowed:
                 txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))

@@ -332,6 +332,8 @@ class RedisStore(Store):
 class RedisBatch(Batch):
     """Reads (with versions) now, writes at commit in one atomic script (see the module docstring)."""
 
+    PREFETCHES = True
+
     def __init__(self, store: RedisStore, now: float, optimistic: bool = False):
         super().__init__(store.config, now)
         self.store = store

@@ -204,6 +204,8 @@ class Batch(abc.ABC):
         """Drop what changed."""
 
     # --- the step --------------------------------------------------------------------------------
+    PREFETCHES = False  # whether prefetch() does anything (the caller may skip building its list)
+
     def prefetch(self, pairs) -> None:
         """The (task id, agent id) pairs this batch is about to decide: a networked backend reads them all
         in one round trip (a BatchCheck over several tasks); the embedded one reads as it goes."""
