@@ -6,6 +6,7 @@ import re
 import sys
 
 from ..errors import CompileError
+from .digest import SourceDigest
 from .encode import Symbols
 from .entities import load_entities
 from .layout import MAX_EXPR_DEPTH
@@ -51,6 +52,12 @@ def find_sources(srcs):
 
     `shown` is the path in messages (see shown_path); `name`, a policy file's name in policy ids: its path
     relative to the folder given, or its base name when the file itself was given."""
+    policies, entities = _find_sources(srcs)
+    return policies, [(path, shown) for path, shown, _ in entities]
+
+
+def _find_sources(srcs):
+    """find_sources, with each entity file's `name` too (as a policy file's: the policy set's digest)."""
     policies, entities, problems = [], [], []
     try:
         cwd = os.getcwd()
@@ -69,13 +76,13 @@ def find_sources(srcs):
                     if name.endswith(".cedar"):
                         policies.append((path, shown_path(path, cwd), os.path.relpath(path, src)))
                     elif is_entity_file(name):
-                        entities.append((path, shown_path(path, cwd)))
+                        entities.append((path, shown_path(path, cwd), os.path.relpath(path, src)))
         elif os.path.isfile(src):
             name = os.path.basename(src)
             if name.endswith(".cedar"):
                 policies.append((src, shown_path(src, cwd), name))
             elif is_entity_file(name):
-                entities.append((src, shown_path(src, cwd)))
+                entities.append((src, shown_path(src, cwd), name))
             else:
                 problems.append(f"{src}: not a policy (`.cedar`) or entity (`*.entities.json`) file")
         else:
@@ -127,9 +134,11 @@ def compile_all(srcs, entity_overlay=None, shadow=False):
 
 
 def _compile(srcs, entity_overlay, shadow):
-    """compile_all, and fourth the number of @mode("shadow") policies among the sources."""
+    """compile_all, fourth the number of @mode("shadow") policies among the sources, and fifth the policy
+    set's content digest (digest.py)."""
     shadowed = 0
-    policy_files, entity_files = find_sources(srcs)
+    policy_files, entity_files = _find_sources(srcs)
+    digest = SourceDigest()
     symbols = Symbols()
     lowering = PolicyLowering(symbols)
     diagnostics, records, ids, seen, compiled, annotations = [], [], [], {}, [], {}
@@ -138,8 +147,10 @@ def _compile(srcs, entity_overlay, shadow):
     templates = {}
     for path, shown, name in policy_files:
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            digest.add(name, raw)
+            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
         except (OSError, UnicodeDecodeError) as err:
             diagnostics.append(f"{shown}:1:1: cannot read policy file: {err}")
             continue
@@ -181,7 +192,9 @@ def _compile(srcs, entity_overlay, shadow):
                 annotations[policy_id] = policy_annotations
             ids.append(policy_id)
     try:
-        entities = load_entities(entity_files, entity_overlay)
+        entity_names = {path: name for path, _, name in entity_files}
+        entities = load_entities([(path, shown) for path, shown, _ in entity_files], entity_overlay,
+                                 lambda path, raw: digest.add(entity_names[path], raw))
     except CompileError as err:
         diagnostics.extend(err.diagnostics)
         entities = {}
@@ -189,7 +202,9 @@ def _compile(srcs, entity_overlay, shadow):
         raise CompileError(diagnostics)
     verify_policies([c[0] for c in compiled], [c[1] for c in compiled], symbols)
     blob = build_generation(records, ids, entities, symbols)
-    return blob, annotations, parents_table(entities, symbols), shadowed
+    if entity_overlay is not None:
+        digest.add_overlay(*entity_overlay)
+    return blob, annotations, parents_table(entities, symbols), shadowed, digest.hexdigest()
 
 
 # Deeply nested policies (long `+` chains, nested sets) become deeply nested JSON and recursion in
@@ -214,8 +229,8 @@ def compile_sources(srcs, db, entity_overlay=None, shadow=False):
     `shadow`: compile the shadow set (@mode("shadow") policies kept; see compile_all)."""
     if isinstance(srcs, (str, os.PathLike)):
         srcs = [srcs]
-    blob, annotations, parents, _ = _compiled(srcs, entity_overlay, shadow)
-    return publish(os.fspath(db), blob, annotations, parents)
+    blob, annotations, parents, _, digest = _compiled(srcs, entity_overlay, shadow)
+    return publish(os.fspath(db), blob, annotations, parents, digest)
 
 
 def compile_with_shadow(srcs, db, shadow_db):
@@ -225,12 +240,12 @@ def compile_with_shadow(srcs, db, shadow_db):
     published either way)."""
     if isinstance(srcs, (str, os.PathLike)):
         srcs = [srcs]
-    blob, annotations, parents, shadowed = _compiled(srcs, None, False)
-    generation = publish(os.fspath(db), blob, annotations, parents)
+    blob, annotations, parents, shadowed, digest = _compiled(srcs, None, False)
+    generation = publish(os.fspath(db), blob, annotations, parents, digest)
     if not shadowed:
         return generation, None
     try:
-        blob, annotations, parents, _ = _compiled(srcs, None, True)
+        blob, annotations, parents, _, digest = _compiled(srcs, None, True)
     except CompileError as e:
         return generation, e
-    return generation, publish(os.fspath(shadow_db), blob, annotations, parents)
+    return generation, publish(os.fspath(shadow_db), blob, annotations, parents, digest)

@@ -38,11 +38,15 @@ def _rejection(text):
     return None
 
 
-def _read(path, name):
-    """The entity array in the file at `path` (`name` in messages), checked by cedarpy."""
+def _read(path, name, on_read=None):
+    """The entity array in the file at `path` (`name` in messages), checked by cedarpy; `on_read(path,
+    bytes)` is told the file's content (the policy set's digest)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if on_read is not None:
+            on_read(path, raw)
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
     except UnicodeDecodeError as err:
         raise CompileError([f"{name}: cannot read entities: not UTF-8 text (byte {err.start})"]) from None
     except OSError as err:
@@ -71,15 +75,16 @@ def _conflict(files, message):
     return f"{', '.join(name for name, _ in files)}: {message}"
 
 
-def load_entities(files, overlay=None):
+def load_entities(files, overlay=None, on_read=None):
     """Entities from (path, name in messages) pairs; cedarpy must accept each file and their union.
+    `on_read(path, bytes)`: told each file's content as it is read.
 
     `overlay`: (name in messages, entity list) whose entities replace those of the files with the same
     uid, whole (authz test: a case's own entities); cedarpy must accept it and the result."""
     read, diagnostics = [], []
     for path, name in files:
         try:
-            read.append((name, _read(path, name)))
+            read.append((name, _read(path, name, on_read)))
         except CompileError as err:
             diagnostics.extend(err.diagnostics)
     if overlay is not None:

@@ -11,11 +11,13 @@ import lmdb
 
 from ..errors import IndexUnavailableError
 from . import _evaluator
-from .index import (CURRENT_KEY, annotations_key, crc_key, data_file_key, generation_key, open_env, parents_key,
-                    release_env)
+from .index import (CURRENT_KEY, annotations_key, crc_key, data_file_key, digest_key, generation_key, open_env,
+                    parents_key, release_env)
 
 Decision = _evaluator.Decision
 _NONE = {}
+_DIGESTS_KEPT = 16  # generations whose digests digest_of() still knows (decision-log lines formatted late)
+_HEX = frozenset("0123456789abcdef")
 
 
 class Engine(_evaluator.EngineCore):
@@ -51,6 +53,8 @@ class Engine(_evaluator.EngineCore):
         self._file = data_file_key(self.db)
         self._loaded = None  # the data file the installed generation was read from
         self._annotations = _NONE
+        self.policy_digest = ""  # the current generation's content digest (SHA-256 hex; "": none stored)
+        self._digests = {}  # generation -> its digest, for the last _DIGESTS_KEPT generations installed
         self._retired = []  # environments of an index since replaced at this path (see _follow_replacement)
         self._last_txnid = None
         self.refresh()
@@ -99,6 +103,10 @@ class Engine(_evaluator.EngineCore):
                 annotations = json.loads(bytes(raw).decode("utf-8", "surrogatepass")) if raw is not None else {}
                 if type(annotations) is not dict:
                     raise ValueError("not a JSON object")
+                raw = txn.get(digest_key(number))
+                digest = bytes(raw).decode("ascii", "replace") if raw is not None else ""
+                if len(digest) != 64 or not _HEX.issuperset(digest):
+                    digest = ""  # none stored (an older index), or not one the compiler writes
             except (_evaluator.IndexFormatError, ValueError) as err:
                 raise IndexUnavailableError(f"`{self.db}`: generation {number} is unreadable: {err}") from None
         except lmdb.Error as err:
@@ -110,9 +118,17 @@ class Engine(_evaluator.EngineCore):
         # The generation holds `txn` (and so its snapshot) until no decision uses it any more.
         self._install(generation, self.poll_interval_s)
         self._annotations = annotations
+        self.policy_digest = digest
+        if len(self._digests) >= _DIGESTS_KEPT:
+            del self._digests[next(iter(self._digests))]
+        self._digests[number] = digest
         self._last_txnid = txn.id()
         self._loaded = self._file
         return number
+
+    def digest_of(self, generation):
+        """The content digest of `generation`, one of the last ones this engine served ("" otherwise)."""
+        return self._digests.get(generation, "")
 
     def annotations(self, policy_id):
         """The annotations besides @id of a policy of the current generation: {name: value or None}."""

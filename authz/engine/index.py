@@ -104,9 +104,15 @@ def parents_key(number):
     return b"par/%016x" % number
 
 
-def publish(db, blob, annotations=None, parents=None):
-    """Writes `blob` (and its policies' `annotations`, its entities' direct `parents`) as the next
-    generation and makes it current in one write transaction; returns its number."""
+def digest_key(number):
+    """The generation's policy set content digest (compiler.digest: SHA-256 hex, ASCII; absent: published
+    before digests were, or by hand)."""
+    return b"dig/%016x" % number
+
+
+def publish(db, blob, annotations=None, parents=None, digest=None):
+    """Writes `blob` (and its policies' `annotations`, its entities' direct `parents`, its sources'
+    `digest`) as the next generation and makes it current in one write transaction; returns its number."""
     env = open_env(db, create=True)
     try:
         # A reader killed without closing (SIGKILL) leaves its slot, which would keep every later
@@ -125,6 +131,8 @@ def publish(db, blob, annotations=None, parents=None):
                 txn.put(annotations_key(number), text.encode("utf-8", "surrogatepass"))
             if parents is not None:
                 txn.put(parents_key(number), parents)
+            if digest:
+                txn.put(digest_key(number), digest.encode("ascii"))
             txn.put(CURRENT_KEY, struct.pack("<Q", number))
             # Readers still holding the previous generation keep their snapshot; LMDB reuses its pages later.
             if previous:
@@ -132,6 +140,7 @@ def publish(db, blob, annotations=None, parents=None):
                 txn.delete(crc_key(previous))
                 txn.delete(annotations_key(previous))
                 txn.delete(parents_key(previous))
+                txn.delete(digest_key(previous))
         return number
     except lmdb.MapFullError:
         raise IndexUnavailableError(f"cannot write index `{db}`: the generation does not fit in the "
