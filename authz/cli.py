@@ -106,9 +106,11 @@ def _register_optional_commands():
     from .cli_approvals import approvals  # imports grpc only when it runs
     from .cli_health import health
     from .cli_operators import operators
+    from .cli_status import status
 
     main.add_command(approvals)
     main.add_command(health)
+    main.add_command(status)
     main.add_command(operators)
     from .tooling.commands import replay_command, test_command, validate_command  # imports PyYAML when it runs
 

@@ -26,33 +26,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uthz/v1/authz.proto\x12\x08\x61uthz.v1\x1a\x1cgoogle/protobuf/struct.proto\"%\n\tEntityUid\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xc3\x01\n\x0c\x43heckRequest\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rentities_json\x18\x05 \x01(\t\".\n\x0bPolicyError\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"<\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xeb\x01\n\rCheckResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.authz.v1.Decision\x12\x10\n\x08policies\x18\x02 \x03(\t\x12%\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x15.authz.v1.PolicyError\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12-\n\rrequest_error\x18\x06 \x01(\x0b\x32\x16.authz.v1.RequestError\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\"\xae\x01\n\x0e\x42\x61tchCheckItem\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa1\x02\n\x11\x42\x61tchCheckRequest\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x05items\x18\x05 \x03(\x0b\x32\x18.authz.v1.BatchCheckItem\x12.\n\x08semantic\x18\x06 \x01(\x0e\x32\x1c.authz.v1.EvaluationSemantic\x12\x15\n\rentities_json\x18\x07 \x01(\t\">\n\x12\x42\x61tchCheckResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.authz.v1.CheckResponse*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xba\x01\n\x12\x45valuationSemantic\x12#\n\x1f\x45VALUATION_SEMANTIC_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VALUATION_SEMANTIC_EXECUTE_ALL\x10\x01\x12*\n&EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY\x10\x02\x12.\n*EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT\x10\x03\x32\x8f\x01\n\nAuthorizer\x12\x38\n\x05\x43heck\x12\x16.authz.v1.CheckRequest\x1a\x17.authz.v1.CheckResponse\x12G\n\nBatchCheck\x12\x1b.authz.v1.BatchCheckRequest\x1a\x1c.authz.v1.BatchCheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uthz/v1/authz.proto\x12\x08\x61uthz.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x0f\n\rStatusRequest\"\x8f\x01\n\x0eStatusResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x15\n\rpolicy_digest\x18\x02 \x01(\t\x12\x12\n\nworker_pid\x18\x03 \x01(\r\x12\x16\n\x0epolicies_stale\x18\x04 \x01(\x08\x12\x15\n\rstate_backend\x18\x05 \x01(\t\x12\x0f\n\x07serving\x18\x06 \x01(\x08\"%\n\tEntityUid\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xc3\x01\n\x0c\x43heckRequest\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rentities_json\x18\x05 \x01(\t\".\n\x0bPolicyError\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"<\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xeb\x01\n\rCheckResponse\x12$\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x12.authz.v1.Decision\x12\x10\n\x08policies\x18\x02 \x03(\t\x12%\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x15.authz.v1.PolicyError\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12-\n\rrequest_error\x18\x06 \x01(\x0b\x32\x16.authz.v1.RequestError\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\"\xae\x01\n\x0e\x42\x61tchCheckItem\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa1\x02\n\x11\x42\x61tchCheckRequest\x12&\n\tprincipal\x18\x01 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12#\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12%\n\x08resource\x18\x03 \x01(\x0b\x32\x13.authz.v1.EntityUid\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x05items\x18\x05 \x03(\x0b\x32\x18.authz.v1.BatchCheckItem\x12.\n\x08semantic\x18\x06 \x01(\x0e\x32\x1c.authz.v1.EvaluationSemantic\x12\x15\n\rentities_json\x18\x07 \x01(\t\">\n\x12\x42\x61tchCheckResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.authz.v1.CheckResponse*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xba\x01\n\x12\x45valuationSemantic\x12#\n\x1f\x45VALUATION_SEMANTIC_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VALUATION_SEMANTIC_EXECUTE_ALL\x10\x01\x12*\n&EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY\x10\x02\x12.\n*EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT\x10\x03\x32\xcc\x01\n\nAuthorizer\x12\x38\n\x05\x43heck\x12\x16.authz.v1.CheckRequest\x1a\x17.authz.v1.CheckResponse\x12G\n\nBatchCheck\x12\x1b.authz.v1.BatchCheckRequest\x1a\x1c.authz.v1.BatchCheckResponse\x12;\n\x06Status\x12\x17.authz.v1.StatusRequest\x1a\x18.authz.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authz.v1.authz_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1182
-  _globals['_DECISION']._serialized_end=1257
-  _globals['_EVALUATIONSEMANTIC']._serialized_start=1260
-  _globals['_EVALUATIONSEMANTIC']._serialized_end=1446
-  _globals['_ENTITYUID']._serialized_start=64
-  _globals['_ENTITYUID']._serialized_end=101
-  _globals['_CHECKREQUEST']._serialized_start=104
-  _globals['_CHECKREQUEST']._serialized_end=299
-  _globals['_POLICYERROR']._serialized_start=301
-  _globals['_POLICYERROR']._serialized_end=347
-  _globals['_REQUESTERROR']._serialized_start=349
-  _globals['_REQUESTERROR']._serialized_end=409
-  _globals['_CHECKRESPONSE']._serialized_start=412
-  _globals['_CHECKRESPONSE']._serialized_end=647
-  _globals['_BATCHCHECKITEM']._serialized_start=650
-  _globals['_BATCHCHECKITEM']._serialized_end=824
-  _globals['_BATCHCHECKREQUEST']._serialized_start=827
-  _globals['_BATCHCHECKREQUEST']._serialized_end=1116
-  _globals['_BATCHCHECKRESPONSE']._serialized_start=1118
-  _globals['_BATCHCHECKRESPONSE']._serialized_end=1180
-  _globals['_AUTHORIZER']._serialized_start=1449
-  _globals['_AUTHORIZER']._serialized_end=1592
+  _globals['_DECISION']._serialized_start=1345
+  _globals['_DECISION']._serialized_end=1420
+  _globals['_EVALUATIONSEMANTIC']._serialized_start=1423
+  _globals['_EVALUATIONSEMANTIC']._serialized_end=1609
+  _globals['_STATUSREQUEST']._serialized_start=64
+  _globals['_STATUSREQUEST']._serialized_end=79
+  _globals['_STATUSRESPONSE']._serialized_start=82
+  _globals['_STATUSRESPONSE']._serialized_end=225
+  _globals['_ENTITYUID']._serialized_start=227
+  _globals['_ENTITYUID']._serialized_end=264
+  _globals['_CHECKREQUEST']._serialized_start=267
+  _globals['_CHECKREQUEST']._serialized_end=462
+  _globals['_POLICYERROR']._serialized_start=464
+  _globals['_POLICYERROR']._serialized_end=510
+  _globals['_REQUESTERROR']._serialized_start=512
+  _globals['_REQUESTERROR']._serialized_end=572
+  _globals['_CHECKRESPONSE']._serialized_start=575
+  _globals['_CHECKRESPONSE']._serialized_end=810
+  _globals['_BATCHCHECKITEM']._serialized_start=813
+  _globals['_BATCHCHECKITEM']._serialized_end=987
+  _globals['_BATCHCHECKREQUEST']._serialized_start=990
+  _globals['_BATCHCHECKREQUEST']._serialized_end=1279
+  _globals['_BATCHCHECKRESPONSE']._serialized_start=1281
+  _globals['_BATCHCHECKRESPONSE']._serialized_end=1343
+  _globals['_AUTHORIZER']._serialized_start=1612
+  _globals['_AUTHORIZER']._serialized_end=1816
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,26 @@ EVALUATION_SEMANTIC_EXECUTE_ALL: EvaluationSemantic
 EVALUATION_SEMANTIC_DENY_ON_FIRST_DENY: EvaluationSemantic
 EVALUATION_SEMANTIC_PERMIT_ON_FIRST_PERMIT: EvaluationSemantic
 
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("generation", "policy_digest", "worker_pid", "policies_stale", "state_backend", "serving")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_STALE_FIELD_NUMBER: _ClassVar[int]
+    STATE_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    policy_digest: str
+    worker_pid: int
+    policies_stale: bool
+    state_backend: str
+    serving: bool
+    def __init__(self, generation: _Optional[int] = ..., policy_digest: _Optional[str] = ..., worker_pid: _Optional[int] = ..., policies_stale: _Optional[bool] = ..., state_backend: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
+
 class EntityUid(_message.Message):
     __slots__ = ("type", "id")
     TYPE_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class AuthorizerStub:
                 request_serializer=authz_dot_v1_dot_authz__pb2.BatchCheckRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_authz__pb2.BatchCheckResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/authz.v1.Authorizer/Status',
+                request_serializer=authz_dot_v1_dot_authz__pb2.StatusRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_authz__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -71,6 +76,15 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """Status tells which policy set the answering worker serves (`authz status`), so a
+        rollout across nodes and workers can be watched converge. It reveals no secret
+        and, like the health service, asks no caller identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +97,11 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.BatchCheck,
                     request_deserializer=authz_dot_v1_dot_authz__pb2.BatchCheckRequest.FromString,
                     response_serializer=authz_dot_v1_dot_authz__pb2.BatchCheckResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=authz_dot_v1_dot_authz__pb2.StatusRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_authz__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +159,33 @@ class Authorizer:
             '/authz.v1.Authorizer/BatchCheck',
             authz_dot_v1_dot_authz__pb2.BatchCheckRequest.SerializeToString,
             authz_dot_v1_dot_authz__pb2.BatchCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.Authorizer/Status',
+            authz_dot_v1_dot_authz__pb2.StatusRequest.SerializeToString,
+            authz_dot_v1_dot_authz__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

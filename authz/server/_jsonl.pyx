@@ -193,7 +193,7 @@ cdef struct Fields:
     # what the events of one batch share, as JSON text: `shared` follows the decision id, `tail` ends the line
     char shared[192]
     Py_ssize_t shared_n
-    char tail[96]
+    char tail[192]
     Py_ssize_t tail_n
 
 
@@ -213,8 +213,10 @@ cdef Py_ssize_t put_decimal(char* out, unsigned long long v, int min_digits) noe
     return n
 
 
-cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsigned long long generation) except -1:
-    """"time":"<UTC, µs>Z","api":<api>,   and   "latency_us":<0.1 µs>,"generation":<n>   (decisionlog's format).
+cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsigned long long generation,
+                      str digest) except -1:
+    """"time":"<UTC, µs>Z","api":<api>,   and   "latency_us":<0.1 µs>,"generation":<n>,"policy_digest":<digest>
+    (decisionlog's format).
 
     Each line of a busy server has its own batch (an Envoy Check), so this is written by hand, and
     a second's date text is made once."""
@@ -264,7 +266,22 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
     memcpy(out + k, b',"generation":', 14)
     k += 14
     k += put_decimal(out + k, generation, 1)
-    f.tail_n = k
+    cdef const char* dp = PyUnicode_AsUTF8AndSize(digest, &n)
+    if n > 64:
+        raise ValueError("policy digest too long")
+    memcpy(out + k, b',"policy_digest":"', 18)
+    k += 18
+    buf_init(&b)
+    try:
+        put_escaped(&b, dp, n, 1)
+        if k + b.n + 1 > <Py_ssize_t>sizeof(f.tail):
+            raise ValueError("policy digest too long")
+        memcpy(out + k, b.data, b.n)
+        k += b.n
+    finally:
+        buf_free(&b)
+    out[k] = b'"'
+    f.tail_n = k + 1
     return 0
 
 
@@ -494,12 +511,12 @@ cdef inline int put_fallback(Buf* b, object line) except -1:
 
 
 def format_events(list events, double t, str api, long long latency_ns, unsigned long long generation,
-                  object fallback):
+                  object fallback, str digest=""):
     """The JSON lines of a batch of events, as UTF-8 bytes; the events share their time `t` (Unix
-    seconds), `api`, latency and generation. `fallback(event)` gives the line (a str) of an event
-    this writer does not take, or of one it cannot encode."""
+    seconds), `api`, latency, generation and its policy `digest`. `fallback(event)` gives the line (a
+    str) of an event this writer does not take, or of one it cannot encode."""
     cdef Fields f
-    batch_fields(&f, t, api, latency_ns, generation)
+    batch_fields(&f, t, api, latency_ns, generation, digest)
     cdef Buf b
     buf_init(&b)
     cdef Py_ssize_t mark
@@ -556,13 +573,14 @@ cdef bint put_decided(Buf* b, str prefix, unsigned long long seq, Fields* f, obj
 
 
 def format_decisions(str prefix, unsigned long long first, list requests, list results, double t, str api,
-                     long long latency_ns, unsigned long long generation, object fallback):
+                     long long latency_ns, unsigned long long generation, object fallback, str digest=""):
     """format_events() of a decided batch, without event tuples: results[i] (an engine Decision, or a
     tuple for a request answered without one) of requests[i] (a request dict, or not), with the
     decision id prefix + (first + i). `fallback(i)` gives the line of any item but a Decision on a
-    request dict with plain uids and no task token, or a plain one, in its context."""
+    request dict with plain uids and no task token, or a plain one, in its context. `digest`: the
+    generation's policy digest."""
     cdef Fields f
-    batch_fields(&f, t, api, latency_ns, generation)
+    batch_fields(&f, t, api, latency_ns, generation, digest)
     cdef Buf b
     buf_init(&b)
     cdef Py_ssize_t i
@@ -577,11 +595,14 @@ def format_decisions(str prefix, unsigned long long first, list requests, list r
         buf_free(&b)
 
 
-def format_checks(str prefix, str api, list checks, object fallback):
+def format_checks(str prefix, str api, list checks, object fallback, object digest_of=None):
     """The lines of a run of requests decided one at a time (Envoy Checks), each its own batch: checks[k]
     is (time, latency_ns, generation, seq, request, result), with the decision id prefix + seq.
-    `fallback(k)` gives the line of any check format_decisions would leave to its fallback."""
+    `fallback(k)` gives the line of any check format_decisions would leave to its fallback;
+    `digest_of(generation)` the policy digest of a generation (asked once per generation in the run)."""
     cdef Fields f
+    cdef object generation = None
+    cdef str digest = ""
     cdef Buf b
     buf_init(&b)
     cdef Py_ssize_t k
@@ -591,7 +612,10 @@ def format_checks(str prefix, str api, list checks, object fallback):
     try:
         for k in range(len(checks)):
             c = <tuple>checks[k]
-            batch_fields(&f, c[0], api, c[1], c[2])
+            if digest_of is not None and c[2] != generation:
+                generation = c[2]
+                digest = digest_of(generation)
+            batch_fields(&f, c[0], api, c[1], c[2], digest)
             if not put_decided(&b, prefix, c[3], &f, c[4], c[5], memo):
                 put_fallback(&b, fallback(k))
         return PyBytes_FromStringAndSize(b.data, b.n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import os
 
 import grpc
 
@@ -277,10 +278,23 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             return resp.SerializeToString()
         return encode_check_results(results, self.decider.id_prefix, first, generation, _PLAIN_CODES)
 
+    async def Status(self, request, context):  # noqa: N802 - gRPC method name
+        """Which policy set this worker serves (`authz status`). No caller identity is asked, as the health
+        service asks none: the answer holds no secret."""
+        d = self.decider
+        stale = d.policies_stale
+        return authz_pb2.StatusResponse(
+            generation=d.generation, policy_digest=d.policy_digest, worker_pid=os.getpid(),
+            policies_stale=bool(stale is not None and stale.value), state_backend=d.state_backend,
+            serving=d.engine is not None)
+
     def add_to_server(self, server) -> None:
-        """Register on `server`. Both methods take serialized requests, so that a malformed one is theirs to
-        answer (authz.server.malformed); BatchCheck also gives a serialized answer (its wire fast path)."""
+        """Register on `server`. Check and BatchCheck take serialized requests, so that a malformed one is theirs
+        to answer (authz.server.malformed); BatchCheck also gives a serialized answer (its wire fast path)."""
         handlers = {
+            "Status": grpc.unary_unary_rpc_method_handler(
+                self.Status, request_deserializer=authz_pb2.StatusRequest.FromString,
+                response_serializer=authz_pb2.StatusResponse.SerializeToString),
             "Check": grpc.unary_unary_rpc_method_handler(
                 self.Check, request_deserializer=None,
                 response_serializer=authz_pb2.CheckResponse.SerializeToString),

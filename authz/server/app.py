@@ -201,7 +201,7 @@ async def _watch_index(decider, health_servicer, metrics, policies_stale) -> Non
         latest = _index_generation(decider.db_path)  # read before the refresh: no false "behind"
         _refresh(decider.engine)
         served = decider.generation
-        metrics.worker_generation(served)
+        metrics.worker_generation(served, decider.policy_digest)
         behind = latest is not None and latest > served
         current = not behind and not (policies_stale is not None and policies_stale.value)
         if current != current_shown:
@@ -274,6 +274,9 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None, sh
                            keep=cfg.decision_log_keep)
     tracer = build_tracer(cfg.tracing_settings)
     decider = Decider(cfg.db_path, dlog, metrics, tracer=tracer)
+    decider.policies_stale, decider.state_backend = policies_stale, cfg.state.get("backend") or "lmdb"  # (Status)
+    if dlog is not None:
+        dlog.digest_of = decider.digest_of  # every line carries its generation's policy digest
     parts: dict = {}
     server, health_servicer = build_server(cfg, decider, parts)
     await set_health(health_servicer, False, ("", ENVOY_SERVICE, V1_SERVICE, TOKENS_SERVICE, APPROVALS_SERVICE,

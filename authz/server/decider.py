@@ -156,6 +156,10 @@ class Decider:
         self._prefix = os.urandom(6).hex()
         self._seq = 0  # the last decision id's sequence number
         self.last_request_ns = 0  # perf_counter_ns when the last request came to decide (drain waits on it)
+        # What Status tells besides the engine's (set by the worker): the supervisor's shared flag, 1 while the
+        # policies folder holds changes that failed to compile (None: no folder watched), and the state backend.
+        self.policies_stale = None
+        self.state_backend = "lmdb"
 
     def open_engine(self) -> bool:
         """Try to open the index; True once it is open."""
@@ -186,6 +190,17 @@ class Decider:
             return int(engine.generation) if engine is not None else 0
         except Exception:
             return 0
+
+    @property
+    def policy_digest(self) -> str:
+        """The content digest (SHA-256 hex) of the policy set the engine serves; "" before the index is open
+        or for an index compiled before digests were stored."""
+        return getattr(self.engine, "policy_digest", "") or ""
+
+    def digest_of(self, generation) -> str:
+        """The first 16 hex digits of `generation`'s policy digest, as the decision log writes it ("" unknown)."""
+        digest_of = getattr(self.engine, "digest_of", None)
+        return digest_of(generation)[:16] if digest_of is not None else ""
 
     def request_entities(self, entities):
         """A call's request entities (a list of Cedar JSON entities) checked and resolved once by the engine,

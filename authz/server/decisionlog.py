@@ -111,6 +111,9 @@ class DecisionLog:
         self._interval = flush_interval_s
         self._on_drop = on_drop
         self._stop = threading.Event()
+        # generation -> its policy set's digest as logged (the first 16 hex digits; "" when unknown):
+        # set by the worker to its Decider's digest_of.
+        self.digest_of = None
         self._uid_memo: dict = {}
         self._str_memo: dict = {}
         self._file = LineFile(path, max_bytes, keep)  # only the writer thread uses it after this
@@ -309,15 +312,16 @@ class DecisionLog:
         """
         t, api, latency_ns, generation, events, count = batch
         latency_ns, generation = int(latency_ns), int(generation or 0)
+        digest = self._digest(generation)
 
         def line(event, request=None):  # the Python formatter, for what authz.server._jsonl leaves to it
-            return self._format_event(*self._batch_fields(t, api, latency_ns, generation), event, request)
+            return self._format_event(*self._batch_fields(t, api, latency_ns, generation, digest), event, request)
 
         if type(events) is list:
-            return format_events(events[:count], t, api, latency_ns, generation, line)
+            return format_events(events[:count], t, api, latency_ns, generation, line, digest)
         decided = events  # a DecisionBatch: its events are made here, off the request path
         data = format_decisions(decided.prefix, decided.first, decided.requests, decided.results[:count], t, api,
-                                latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]))
+                                latency_ns, generation, lambda i: line(decided.event(i), decided.requests[i]), digest)
         return data if decided.shadow is None else self._with_shadow(data, decided.shadow)
 
     def _format_run(self, run) -> bytes:
@@ -327,10 +331,11 @@ class DecisionLog:
         def line(k):
             t, latency_ns, generation, seq, request, result = checks[k][:6]
             event = DecisionBatch(run.prefix, seq, [request], [result]).event(0)
-            return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), int(generation or 0)), event,
-                                      request)
+            generation = int(generation or 0)
+            return self._format_event(*self._batch_fields(t, run.api, int(latency_ns), generation,
+                                                          self._digest(generation)), event, request)
 
-        data = format_checks(run.prefix, run.api, checks, line)
+        data = format_checks(run.prefix, run.api, checks, line, self._digest)
         if not run.shadowed:
             return data
         return self._with_shadow(data, {k: c[6] for k, c in enumerate(checks) if len(c) > 6})
@@ -346,11 +351,16 @@ class DecisionLog:
                 lines[i] = lines[i][:-1] + field.encode("utf-8", "replace")
         return b"\n".join(lines)
 
-    def _batch_fields(self, t, api, latency_ns, generation) -> tuple:
+    def _digest(self, generation) -> str:
+        """The policy digest logged with `generation`'s decisions ("" when unknown)."""
+        digest_of = self.digest_of
+        return digest_of(generation) if digest_of is not None else ""
+
+    def _batch_fields(self, t, api, latency_ns, generation, digest="") -> tuple:
         """(shared, tail): the JSON text of what a batch's events share, after the decision id and at the end."""
         tenths = (latency_ns + 50) // 100
         shared = f'"time":"{self._time_text(t)}.{int(t % 1 * 1e6):06d}Z","api":{_q(api)},'
-        return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation}'
+        return shared, f'"latency_us":{tenths // 10}.{tenths % 10},"generation":{generation},"policy_digest":{_q(digest)}'
 
     def _format_event(self, shared, tail, event, request=None) -> str:
         """One event's JSON line, for what authz.server._jsonl leaves to Python (task tokens, unusual values);

@@ -60,8 +60,8 @@ class NullMetrics:
     def decision_log_dropped(self, count: int = 1) -> None:
         """Count decision events the log had no room for, or could not write."""
 
-    def worker_generation(self, generation: int) -> None:
-        """Report the generation this worker serves."""
+    def worker_generation(self, generation: int, digest: str = "") -> None:
+        """Report the generation this worker serves and its policy set's content digest."""
 
     def reload(self, ok: bool, generation: int | None = None) -> None:
         """Count one recompile of the watched policies."""
@@ -94,6 +94,12 @@ class Metrics(NullMetrics):
         # Only workers create this gauge: the supervisor's 0 would be the minimum.
         self._worker_gen = Gauge("authz_worker_generation", "Lowest policy generation served by a live worker.",
                                  multiprocess_mode="livemin") if worker else None
+        # One series a live worker: the policy set it serves (a rollout has converged when every series
+        # at 1 has the same digest). The series of a generation left behind is set to 0.
+        self._policy_set = Gauge("authz_policy_set_info", "1 for the policy set a live worker serves: its generation "
+                                 "and content digest (first 16 hex digits), else 0.", ["digest", "generation"],
+                                 multiprocess_mode="liveall") if worker else None
+        self._policy_set_labels = None
         self._generation = Gauge("authz_index_generation", "Policy generation last compiled by the server.",
                                  multiprocess_mode="max")
         self._reloads = Counter("authz_reloads", "Recompiles of the watched policies folder, by result.", ["result"])
@@ -128,8 +134,14 @@ class Metrics(NullMetrics):
     def decision_log_dropped(self, count=1):
         self._dropped.inc(count)
 
-    def worker_generation(self, generation):
+    def worker_generation(self, generation, digest=""):
         self._worker_gen.set(generation)
+        labels = (digest[:16], str(generation))
+        if labels != self._policy_set_labels:
+            if self._policy_set_labels is not None:
+                self._policy_set.labels(*self._policy_set_labels).set(0)
+            self._policy_set.labels(*labels).set(1)
+            self._policy_set_labels = labels
 
     def reload(self, ok, generation=None):
         self._reloads.labels("ok" if ok else "error").inc()

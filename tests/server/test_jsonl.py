@@ -10,6 +10,7 @@ from authz.server.decisionlog import DecisionLog
 from harness import engine_decisions
 
 T, API, LATENCY_NS, GENERATION = 1767225600.25, "v1", 1_460, 7  # 2026-01-01T00:00:00.250000Z, 1.5 µs
+DIGEST = "9f86d081884c7d65"  # the generation's policy digest as logged (its first 16 hex digits)
 
 _text = st.text(alphabet=st.characters(codec=None), max_size=8)  # includes quotes, controls, surrogates
 _uid = st.one_of(st.none(), st.fixed_dictionaries({"type": _text, "id": _text}),
@@ -23,7 +24,7 @@ _event = st.tuples(
 
 
 def _python_line(log, event, request=None):
-    return log._format_event(*log._batch_fields(T, API, LATENCY_NS, GENERATION), event, request)
+    return log._format_event(*log._batch_fields(T, API, LATENCY_NS, GENERATION, DIGEST), event, request)
 
 
 def _python_lines(log, events, requests=None):
@@ -36,7 +37,7 @@ def _python_lines(log, events, requests=None):
 def test_same_json_as_the_python_formatter(tmp_path_factory, events):
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     try:
-        fast = format_events(events, T, API, LATENCY_NS, GENERATION, lambda e: _python_line(log, e))
+        fast = format_events(events, T, API, LATENCY_NS, GENERATION, lambda e: _python_line(log, e), DIGEST)
         reference = _python_lines(log, events)
     finally:
         log.close()
@@ -47,11 +48,12 @@ def test_same_json_as_the_python_formatter(tmp_path_factory, events):
 def test_plain_event_bytes():
     ev = ("id1", {"type": "Agent", "id": 'a"1\\'}, {"type": "Action", "id": "call"}, None, "deny", ["p\n"],
           [], "no_permitting_policy", None)
-    line = format_events([ev], T, API, LATENCY_NS, GENERATION, None).decode()
+    line = format_events([ev], T, API, LATENCY_NS, GENERATION, None, DIGEST).decode()
     assert json.loads(line) == {
         "decision_id": "id1", "time": "2026-01-01T00:00:00.250000Z", "api": "v1",
         "principal": 'Agent::"a\\"1\\\\"', "action": 'Action::"call"', "resource": None, "decision": "deny",
-        "policies": ["p\n"], "errors": [], "latency_us": 1.5, "generation": 7, "reason": "no_permitting_policy"}
+        "policies": ["p\n"], "errors": [], "latency_us": 1.5, "generation": 7,
+        "policy_digest": DIGEST, "reason": "no_permitting_policy"}
 
 
 def test_lone_surrogate_takes_the_fallback():
@@ -110,23 +112,30 @@ def _formatted_both_ways(tmp_path_factory, batch) -> tuple:
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     try:
         fast = format_decisions(batch.prefix, batch.first, batch.requests, batch.results, T, API, LATENCY_NS,
-                                GENERATION, lambda i: _python_line(log, batch.event(i), batch.requests[i]))
+                                GENERATION, lambda i: _python_line(log, batch.event(i), batch.requests[i]), DIGEST)
         return fast, _python_lines(log, [batch.event(i) for i in range(len(batch))], batch.requests)
     finally:
         log.close()
 
 
+# A policy digest as logged (16 hex digits, "" for an index without one), and odd text it must escape alike.
+_digest = st.one_of(st.just(""), st.text("0123456789abcdef", min_size=16, max_size=16),
+                    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=16))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.floats(0, 4e9), st.integers(0, 10 ** 13), st.integers(0, 2 ** 64 - 1), st.sampled_from(["v1", "envoy", 'a"b']))
-def test_batch_fields_as_python_writes_them(tmp_path_factory, t, latency_ns, generation, api):
+@given(st.floats(0, 4e9), st.integers(0, 10 ** 13), st.integers(0, 2 ** 64 - 1), st.sampled_from(["v1", "envoy", 'a"b']),
+       _digest)
+def test_batch_fields_as_python_writes_them(tmp_path_factory, t, latency_ns, generation, api, digest):
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     ev = ("id", None, None, None, "allow", [], [], None, None)
     try:
-        fast = format_events([ev], t, api, latency_ns, generation, None)
-        reference = log._format_event(*log._batch_fields(t, api, latency_ns, generation), ev).encode()
+        fast = format_events([ev], t, api, latency_ns, generation, None, digest)
+        reference = log._format_event(*log._batch_fields(t, api, latency_ns, generation, digest), ev).encode()
     finally:
         log.close()
     assert json.loads(fast) == json.loads(reference)
+    assert json.loads(fast)["policy_digest"] == digest
 
 
 _shared_uids = [{"type": "Agent", "id": 'a"1'}, {"type": "Action", "id": "call\n"}, None, {"type": "T", "id": "\ud800"}]
@@ -157,18 +166,23 @@ def test_check_run_same_json_as_its_events(tmp_path_factory, checks, api):
     log = DecisionLog(str(tmp_path_factory.mktemp("log") / "d.jsonl"), flush_interval_s=3600)
     prefix = "0a1b2c3d4e5f"
 
+    def digest_of(generation):  # each generation its own digest
+        return format(generation * 2654435761 % 2 ** 64, "016x")
+
     def python_line(k):
         t, latency_ns, generation, seq, request, result = checks[k]
         event = DecisionBatch(prefix, seq, [request], [result]).event(0)
-        return log._format_event(*log._batch_fields(t, api, latency_ns, generation), event, request)
+        return log._format_event(*log._batch_fields(t, api, latency_ns, generation, digest_of(generation)), event,
+                                 request)
 
     try:
-        fast = format_checks(prefix, api, checks, python_line)
+        fast = format_checks(prefix, api, checks, python_line, digest_of)
         reference = "".join(python_line(k) for k in range(len(checks))).encode("utf-8", "replace")
     finally:
         log.close()
     assert fast.count(b"\n") == len(checks)
     assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in reference.splitlines()]
+    assert [json.loads(x)["policy_digest"] for x in fast.splitlines()] == [digest_of(c[2]) for c in checks]
 
 
 def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
@@ -184,6 +198,7 @@ def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
 
     async def main():
         log = DecisionLog(str(path), flush_interval_s=3600, loop=asyncio.get_running_loop())
+        log.digest_of = {3: "00000000000000d3", 4: "00000000000000d4"}.get
         log.record_check("envoy", 1_000, 3, "p", 1, request("y"), allow)
         log.record_check("envoy", 2_000, 3, "p", 2, request("x"), forbid)
         assert len(log._queue) == 1
@@ -197,6 +212,7 @@ def test_record_check_on_a_loop_queues_one_run_and_keeps_the_order(tmp_path):
     assert [(x["decision_id"], x["api"], x["decision"], x["latency_us"], x["generation"]) for x in lines] == [
         ("p0000000001", "envoy", "allow", 1.0, 3), ("p0000000002", "envoy", "deny", 2.0, 3),
         ("p0000000003", "v1", "allow", 3.0, 3), ("p0000000004", "envoy", "allow", 4.0, 4)]
+    assert [x["policy_digest"] for x in lines] == ["00000000000000d3"] * 3 + ["00000000000000d4"]
     assert lines[1]["policies"] == ["forbid\nx"] and lines[1]["resource"] == 'Tool::"x"'
 
 
