@@ -20,8 +20,8 @@ class SourceDigest:
         self._parts.append((name.encode("utf-8", "surrogateescape"), data))
 
     def add_overlay(self, name: str, items) -> None:
-        """Entities given in place of files (compile_sources' entity_overlay), as canonical JSON."""
-        self.add(name, json.dumps(items, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        """Entities given in place of files (compile_sources' entity_overlay), as JSON in their given order."""
+        self.add(name, json.dumps(items, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
 
     def hexdigest(self) -> str:
         h = hashlib.sha256(b"authz policy set v1\0")
