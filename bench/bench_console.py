@@ -24,7 +24,6 @@ import os
 import pathlib
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from authz.console.decisions_index import DecisionIndex  # noqa: E402
-from bench.bench_grpc import (ENTITIES, POLICIES, cpu_seconds, envoy_check_request, free_port, grpc_frame,  # noqa: E402
-                              h2load_run)
+from bench.bench_grpc import (Served, cpu_seconds, envoy_check_request, free_port, grpc_frame,  # noqa: E402
+                              h2load_run, write_bench_policies)
 
 
 # -- search -----------------------------------------------------------------------------------------
@@ -119,40 +118,19 @@ def bench_search(lines: int) -> None:
 # -- Check throughput with the console open ------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, tmp: pathlib.Path):
-        self.tmp = tmp
+class Server(Served):
+    """`authz serve --workers 1` with the bench policies and the HTTP listener (the console), and an
+    operator key for the console (`key`)."""
 
-    def __enter__(self):
-        pol = self.tmp / "policies"
-        pol.mkdir(exist_ok=True)
-        (pol / "bench.cedar").write_text(POLICIES)
-        (pol / "entities.json").write_text(ENTITIES)
-        data = self.tmp / "data"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def args(self) -> list:
+        env = dict(os.environ, PYTHONPATH=str(self.root))
         self.key = subprocess.run([sys.executable, "-m", "authz", "operators", "add", "bench", "--data-dir",
-                                   str(data)], capture_output=True, text=True, env=env, check=True,
+                                   str(self.tmp / "data")], capture_output=True, text=True, env=env, check=True,
                                   timeout=60).stdout.strip()
         self.http_port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers",
-                                      "1", "--data-dir", str(data), "--policies", str(pol), "--http-listen",
-                                      f"127.0.0.1:{self.http_port}", "--log-level", "warning"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
-        line = self.proc.stdout.readline().decode()
-        m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
-        if not m:
-            raise SystemExit(f"authz did not start: {line!r}")
-        self.address = m.group(1)
-        self.pids = [int(p) for p in m.group(2).split()]
-        time.sleep(3)  # the index opens
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        return ["--listen", "127.0.0.1:0", "--workers", "1", "--data-dir", str(self.tmp / "data"), "--policies",
+                str(write_bench_policies(self.tmp / "policies")), "--http-listen", f"127.0.0.1:{self.http_port}",
+                "--log-level", "warning"]
 
 
 class OpenConsole:

@@ -167,32 +167,22 @@ class Floor:
         self.reservation.close()
 
 
-class Authz:
-    """`authz serve` (python -m authz.server) with the bench policies, or the bundled examples."""
+class Served:
+    """`python -m authz.server ARGS` of the checkout `root`, run in `tmp`: its address and worker pids once
+    it serves (health SERVING); SIGTERM on leaving. Subclasses say the arguments (`args()`)."""
 
-    def __init__(self, tmp, workers, decision_log=True, bench_policies=True, metrics=False, root=ROOT):
-        self.tmp, self.workers, self.decision_log = tmp, workers, decision_log
-        self.bench_policies = bench_policies
-        self.metrics = metrics
-        self.root = root  # the checkout whose authz is served
+    def __init__(self, tmp, root=ROOT):
+        self.tmp, self.root = pathlib.Path(tmp), root  # root: the checkout whose authz is served
+
+    def args(self) -> list:
+        raise NotImplementedError
 
     def __enter__(self):
-        args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", str(self.workers),
-                "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
-        if self.bench_policies:
-            pol = self.tmp / "policies"
-            pol.mkdir(exist_ok=True)
-            (pol / "bench.cedar").write_text(POLICIES)
-            (pol / "entities.json").write_text(ENTITIES)
-            args += ["--policies", str(pol)]
-        if not self.decision_log:
-            args += ["--decision-log", ""]
-        if self.metrics:
-            args += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
         env = dict(os.environ, PYTHONPATH=str(self.root))
         # Run from the temporary folder: `python -m` puts the working directory first on sys.path,
         # which would otherwise serve the checkout the bench was started from.
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
+        self.proc = subprocess.Popen([sys.executable, "-m", "authz.server", *self.args()], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
         line = self.proc.stdout.readline().decode()
         m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
         if not m:
@@ -205,7 +195,7 @@ class Authz:
         with grpc.insecure_channel(self.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             deadline = time.monotonic() + 60
-            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True).status != 1:
+            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=10).status != 1:
                 if time.monotonic() > deadline:
                     raise SystemExit("authz not serving")
                 time.sleep(0.05)
@@ -217,6 +207,36 @@ class Authz:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def write_bench_policies(folder) -> pathlib.Path:
+    """This bench's policies and entities in `folder` (made if missing)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.cedar").write_text(POLICIES)
+    (folder / "entities.json").write_text(ENTITIES)
+    return folder
+
+
+class Authz(Served):
+    """`authz serve` (python -m authz.server) with the bench policies, or the bundled examples."""
+
+    def __init__(self, tmp, workers, decision_log=True, bench_policies=True, metrics=False, root=ROOT):
+        super().__init__(tmp, root)
+        self.workers, self.decision_log = workers, decision_log
+        self.bench_policies = bench_policies
+        self.metrics = metrics
+
+    def args(self) -> list:
+        args = ["--listen", "127.0.0.1:0", "--workers", str(self.workers), "--data-dir", str(self.tmp / "data"),
+                "--log-level", "warning"]
+        if self.bench_policies:
+            args += ["--policies", str(write_bench_policies(self.tmp / "policies"))]
+        if not self.decision_log:
+            args += ["--decision-log", ""]
+        if self.metrics:
+            args += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
+        return args
 
 
 # -- load generators ----------------------------------------------------------------------------------

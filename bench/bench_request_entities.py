@@ -14,7 +14,6 @@ and the ratio to the p50 without entities. Every loop is bounded in count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

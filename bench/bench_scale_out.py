@@ -23,9 +23,7 @@ import contextlib
 import multiprocessing
 import os
 import pathlib
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import bench_state  # noqa: E402
 from bench.bench_grpc import grpc_frame, ratio_text  # noqa: E402
-from bench.bench_state_grpc import (AGENT, BATCH, CHECK, alternated, batch_request, check_request,  # noqa: E402
-                                    write_policies)
+from bench.bench_state_grpc import (BATCH, CHECK, Server, alternated, batch_request,  # noqa: E402
+                                    check_request)
 
 
 def free_port() -> int:
@@ -71,53 +69,6 @@ class Redis:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(10)
-
-
-class Server:
-    """`authz serve --workers 1` (development mode on loopback) with an optional config file."""
-
-    def __init__(self, tmp: pathlib.Path, config: pathlib.Path | None = None):
-        self.tmp, self.config = tmp, config
-
-    def __enter__(self):
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-        pol = write_policies(self.tmp / "policies")
-        args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", "1", "--policies",
-                str(pol), "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
-        if self.config is not None:
-            args += ["--config", str(self.config)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
-        m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", self.proc.stdout.readline().decode())
-        if not m:
-            raise SystemExit("authz did not start")
-        self.address, self.pids = m.group(1), [int(p) for p in m.group(2).split()]
-        with grpc.insecure_channel(self.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=10).status != 1:
-                if time.monotonic() > deadline:
-                    raise SystemExit("authz not serving")
-                time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def issue(self, task="bench-task") -> str:
-        import grpc
-
-        from authz._pb import tokens_pb2 as tpb
-        from authz._pb import tokens_pb2_grpc as tpbg
-        with grpc.insecure_channel(self.address) as ch:
-            return tpbg.TokensStub(ch).Issue(
-                tpb.IssueRequest(task=task, scope=tpb.TokenScope(actions=['Action::"call"'], resources=['Tool::"*"']),
-                                 ttl_s=3600), metadata=(("x-authz-caller", AGENT),), timeout=10).token.access_token
 
 
 def probe(server, token) -> None:
@@ -216,7 +167,7 @@ def main():
         config.write_text(f'[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis.port}/0"\n'
                           f'key_prefix = "bench:"\nkey_encryption_key_file = "{tmp / "kek"}"\n')
         lmdb_srv = stack.enter_context(Server(tmp / "lmdb"))
-        redis_srv = stack.enter_context(Server(tmp / "redis-node", config))
+        redis_srv = stack.enter_context(Server(tmp / "redis-node", config=config))
         tokens = [lmdb_srv.issue(), redis_srv.issue()]
         for srv, tok in zip((lmdb_srv, redis_srv), tokens):
             probe(srv, tok)

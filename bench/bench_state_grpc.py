@@ -39,7 +39,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import bench_state  # noqa: E402
-from bench.bench_grpc import cpu_seconds, grpc_frame, ratio_text  # noqa: E402
+from bench.bench_grpc import Served, cpu_seconds, grpc_frame, ratio_text  # noqa: E402
 
 POLICIES = r'''
 @id("issue")
@@ -116,43 +115,22 @@ def batch_request(with_principal: bool, n=100):
 # -- the server ----------------------------------------------------------------------------------------
 
 
-class Server:
-    """`authz serve --workers 1` on 127.0.0.1 with this bench's policies (development mode on loopback)."""
+class Server(Served):
+    """`authz serve --workers 1` on 127.0.0.1 with this bench's policies (development mode on loopback), and
+    a config file when given (bench_scale_out: the Redis backend)."""
 
-    def __init__(self, tmp: pathlib.Path, decision_log=True, root=ROOT):
-        self.tmp, self.decision_log, self.root = tmp, decision_log, root  # root: the checkout served
+    def __init__(self, tmp: pathlib.Path, decision_log=True, root=ROOT, config: pathlib.Path | None = None):
+        super().__init__(tmp, root)
+        self.decision_log, self.config = decision_log, config
 
-    def __enter__(self):
-        pol = write_policies(self.tmp / "policies")
-        args = [sys.executable, "-m", "authz.server", "--listen", "127.0.0.1:0", "--workers", "1",
-                "--policies", str(pol), "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
+    def args(self) -> list:
+        args = ["--listen", "127.0.0.1:0", "--workers", "1", "--policies", str(write_policies(self.tmp / "policies")),
+                "--data-dir", str(self.tmp / "data"), "--log-level", "warning"]
         if not self.decision_log:
             args += ["--decision-log", ""]
-        env = dict(os.environ, PYTHONPATH=str(self.root))
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=self.tmp)
-        line = self.proc.stdout.readline().decode()
-        m = re.match(r"authz: serving on (\S+) \(workers \d+, pids ([\d ]+),", line)
-        if not m:
-            raise SystemExit(f"authz did not start: {line!r}")
-        self.address, self.pids = m.group(1), [int(p) for p in m.group(2).split()]
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(self.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=10).status != 1:
-                if time.monotonic() > deadline:
-                    raise SystemExit("authz not serving")
-                time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        return args
 
     def issue(self, task=TASK, ttl_s=3600) -> str:
         """A task token for Agent::"a1" from the server's Tokens/Issue (caller named as in development mode)."""
