@@ -74,7 +74,8 @@ def build_server(cfg, decider, parts=None):
     from authz.server.envoy import EnvoyAuthorizationServicer, Limits
     from authz.server.malformed import add_guarded
     from authz.server.tokens_api import TokensServicer, build_token_service
-    from authz.state.open import open_store, shared_keys
+    from authz.server.shared_state import shared_keys
+    from authz.state.open import open_store
 
     server = grpc.aio.server(options=server_options(cfg))
     limits = Limits(cfg.max_headers, cfg.max_header_bytes, cfg.max_batch_size, cfg.max_context_depth)

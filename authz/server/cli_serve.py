@@ -85,7 +85,7 @@ def _probe_shared_state(cfg) -> None:
     settings = cfg.state_config().redis
     if settings is None:
         return
-    from authz.state.open import probe
+    from authz.server.shared_state import probe
 
     try:
         problem = probe(settings)

@@ -129,7 +129,7 @@ async def follow(decider, path: str, flags: ShadowFlags, health_servicer, metric
     """Keep `decider.shadow` on the shadow index at `path` while the supervisor says there is a shadow set,
     None otherwise; report health service SHADOW_HEALTH (SERVING unless the shadow source fails to
     compile or its index cannot be opened)."""
-    from authz.server.app import set_health
+    from grpc_health.v1 import health_pb2
 
     shown, warned, retired = None, "", None
     while True:
@@ -149,6 +149,7 @@ async def follow(decider, path: str, flags: ShadowFlags, health_servicer, metric
                 log.debug("shadow refresh failed: %s", e)
         ok = not flags.stale.value and (not active or decider.shadow is not None)
         if ok != shown:
-            await set_health(health_servicer, ok, (SHADOW_HEALTH,))
+            await health_servicer.set(SHADOW_HEALTH, health_pb2.HealthCheckResponse.SERVING if ok
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
             shown = ok
         await asyncio.sleep(interval_s)

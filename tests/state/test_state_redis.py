@@ -9,7 +9,8 @@ from rediskit import RedisServer, redis_settings
 from statekit import T0
 
 from authz.state import StateConfig, Unavailable
-from authz.state.open import open_store, probe
+from authz.server.shared_state import probe
+from authz.state.open import open_store
 from authz.state.redis_config import RedisConfigError, RedisSettings
 from authz.tokens.keys import KeyStoreError
 from authz.tokens.shared_keys import SharedKeys, SharedKeyStore
