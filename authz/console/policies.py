@@ -1,36 +1,22 @@
-"""The Policies page's facts: the served generation (its number and the SHA-256 of its compiled blob,
-read from the index) and the policies of the policies folder with their ids and annotations (the ids
+"""The Policies page's facts: the served generation (its number and the policy set's content digest, the
+one the decision log and `authz status` show) and the policies of the policies folder with their ids and annotations (the ids
 as the compiler gives them: `@id`, else `<file>:<index>`; annotations as the served generation holds them)."""
 from __future__ import annotations
 
-import hashlib
 import re
-import struct
 
 from authz.compiler import find_sources
 from authz.compiler.source import parse_policy_text
-from authz.engine.index import CURRENT_KEY, generation_key, open_env, release_env
 
 _ID = re.compile(r'@id\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
 MAX_POLICIES = 5000
 MAX_TEXT = 4000
 
 
-def served_digest(db_path: str) -> tuple:
-    """(generation number, SHA-256 hex of its blob) of the index's current generation."""
-    env = open_env(db_path, create=False)
-    try:
-        with env.begin(buffers=True) as txn:
-            raw = txn.get(CURRENT_KEY)
-            number = struct.unpack("<Q", bytes(raw))[0]
-            return number, hashlib.sha256(txn.get(generation_key(number))).hexdigest()
-    finally:
-        release_env(env)
-
-
 def served_policies(decider, policies_dir: str, shadow_dir: str = "") -> dict:
-    number, digest = served_digest(decider.db_path)
     engine = decider.engine
+    # The policy set's content digest, as the decision log, authz_policy_set_info and `authz status` show it.
+    number, digest = (int(engine.generation), engine.policy_digest) if engine is not None else (0, "")
     policies, problems = [], []
     if policies_dir:
         files, _ = find_sources([policies_dir])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 from harness import caller_metadata, issue_token
@@ -143,6 +144,7 @@ def test_a_tripwire_revocation_shows(stack, browser, shots):
     page.screenshot(path=str(shots / "decision.png"), full_page=True)
     page.goto(f"{server.console}/policies")
     assert "big-payments" in page.locator("#policies").inner_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", page.locator("#digest").inner_text())  # the served set's policy_digest
     page.screenshot(path=str(shots / "policies.png"), full_page=True)
     context.close()
 
