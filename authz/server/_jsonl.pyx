@@ -213,6 +213,25 @@ cdef Py_ssize_t put_decimal(char* out, unsigned long long v, int min_digits) noe
     return n
 
 
+cdef Py_ssize_t put_escaped_fixed(char* out, Py_ssize_t k, Py_ssize_t room, str text, str what) except -1:
+    """`text` (at most 64 bytes of UTF-8) JSON-escaped at out + k, ending by out + room; returns the new end.
+    ValueError naming `what` when it does not fit."""
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef Buf b
+    if n > 64:
+        raise ValueError(f"{what} too long")
+    buf_init(&b)
+    try:
+        put_escaped(&b, p, n, 1)
+        if k + b.n > room:
+            raise ValueError(f"{what} too long")
+        memcpy(out + k, b.data, b.n)
+        return k + b.n
+    finally:
+        buf_free(&b)
+
+
 cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsigned long long generation,
                       str digest) except -1:
     """"time":"<UTC, µs>Z","api":<api>,   and   "latency_us":<0.1 µs>,"generation":<n>,"policy_digest":<digest>
@@ -228,11 +247,6 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
             raise ValueError("time out of range")
         strftime(last_when, sizeof(last_when), "%Y-%m-%dT%H:%M:%S", &parts)
         last_second = second
-    cdef Py_ssize_t n
-    cdef const char* ap = PyUnicode_AsUTF8AndSize(api, &n)
-    if n > 64:
-        raise ValueError("api name too long")
-    cdef Buf b
     cdef char* out = f.shared
     cdef Py_ssize_t k = 0, wn = strlen(last_when)
     memcpy(out, b'"time":"', 8)
@@ -243,16 +257,7 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
     k += 1
     k += put_decimal(out + k, <unsigned long long>((t - floor(t)) * 1e6), 6)
     memcpy(out + k, b'Z","api":"', 10)
-    k += 10
-    buf_init(&b)
-    try:
-        put_escaped(&b, ap, n, 1)
-        if k + b.n + 2 > <Py_ssize_t>sizeof(f.shared):
-            raise ValueError("api name too long")
-        memcpy(out + k, b.data, b.n)
-        k += b.n
-    finally:
-        buf_free(&b)
+    k = put_escaped_fixed(out, k + 10, <Py_ssize_t>sizeof(f.shared) - 2, api, "api name")
     memcpy(out + k, b'",', 2)
     f.shared_n = k + 2
     cdef long long tenths = (latency_ns + 50) // 100 if latency_ns > 0 else 0
@@ -266,20 +271,8 @@ cdef int batch_fields(Fields* f, double t, str api, long long latency_ns, unsign
     memcpy(out + k, b',"generation":', 14)
     k += 14
     k += put_decimal(out + k, generation, 1)
-    cdef const char* dp = PyUnicode_AsUTF8AndSize(digest, &n)
-    if n > 64:
-        raise ValueError("policy digest too long")
     memcpy(out + k, b',"policy_digest":"', 18)
-    k += 18
-    buf_init(&b)
-    try:
-        put_escaped(&b, dp, n, 1)
-        if k + b.n + 1 > <Py_ssize_t>sizeof(f.tail):
-            raise ValueError("policy digest too long")
-        memcpy(out + k, b.data, b.n)
-        k += b.n
-    finally:
-        buf_free(&b)
+    k = put_escaped_fixed(out, k + 18, <Py_ssize_t>sizeof(f.tail) - 1, digest, "policy digest")
     out[k] = b'"'
     f.tail_n = k + 1
     return 0
