@@ -213,6 +213,16 @@ async def _watch_index(decider, health_servicer, metrics, policies_stale) -> Non
         await asyncio.sleep(0.5)
 
 
+async def _report_state(store, backend: str, metrics, every_s: float = 1.0) -> None:
+    """Copy the state store's conflict, give-up and failure totals into the metrics every `every_s` (the
+    decision path only counts them in plain integers). LMDB serializes writers: it never conflicts."""
+    link = getattr(store, "link", None)
+    while True:
+        metrics.state_store(backend, getattr(store, "conflicts", 0), getattr(store, "exhausted", 0),
+                            getattr(link, "failures", 0))
+        await asyncio.sleep(every_s)
+
+
 def _index_generation(db: str) -> int | None:
     """The index's current generation number (None if it cannot be read)."""
     import struct
@@ -323,6 +333,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None, sh
             loop.call_soon_threadsafe(stop.set)
         threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     watcher = asyncio.ensure_future(_watch_index(decider, health_servicer, metrics, policies_stale))
+    reporter = asyncio.ensure_future(_report_state(decider.task_state.store, decider.state_backend, metrics)) \
+        if metrics.enabled else None
     shadow_task = None
     if shadow_flags is not None:  # shadow policies (authz/server/shadow.py): the first look before ready
         from authz.server import shadow
@@ -347,6 +359,8 @@ async def serve_worker(cfg, conn, metrics_enabled: bool, policies_stale=None, sh
     else:
         await server.stop(max(cfg.drain_s - waited, 0.1))
     watcher.cancel()
+    if reporter is not None:
+        reporter.cancel()
     if shadow_task is not None:
         shadow_task.cancel()
     if dlog is not None:

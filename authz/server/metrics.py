@@ -75,6 +75,11 @@ class NullMetrics:
     def shadow_failures(self, api: str, count: int = 1) -> None:
         """Count decisions the shadow set could not evaluate."""
 
+    def state_store(self, backend: str, conflicts: int, exhausted: int, failures: int) -> None:
+        """Report the state store's running totals (this process's, since it started): commits refused
+        because the shared state moved, decisions that gave up after the attempts, calls to the store
+        refused or failed. Only what grew since the last report is counted."""
+
 
 class Metrics(NullMetrics):
     """The server's metrics; every process that records must have the multiprocess folder set."""
@@ -113,6 +118,12 @@ class Metrics(NullMetrics):
                                ["api", "change"])
         self._shadow_failures = Counter("authz_shadow_failures", "Decisions the shadow policies could not "
                                         "evaluate (the enforced decision stands).", ["api"])
+        self._state = Counter("authz_state_events", "Task-state store events by backend and kind: conflict "
+                              "(a commit refused because the shared state moved: the decision is made again on "
+                              "fresh state), exhausted (a decision that gave up after its attempts: denied "
+                              "state_unavailable), failure (a call to the store refused or failed).",
+                              ["backend", "kind"]) if worker else None
+        self._state_seen = {}
         self._children = {}
 
     def decision(self, api, decision, latency_s):
@@ -158,6 +169,17 @@ class Metrics(NullMetrics):
 
     def shadow_failures(self, api, count=1):
         self._shadow_failures.labels(api).inc(count)
+
+    def state_store(self, backend, conflicts, exhausted, failures):
+        for kind, total in (("conflict", conflicts), ("exhausted", exhausted), ("failure", failures)):
+            key = (backend, kind)
+            seen = self._state_seen.get(key)
+            if seen is None:
+                self._state.labels(backend, kind)  # the series exists (at 0) from the first report
+                seen = 0
+            if total > seen:
+                self._state.labels(backend, kind).inc(total - seen)
+            self._state_seen[key] = total
 
 
 def observe_many(histogram, amount: float, count: int) -> None:

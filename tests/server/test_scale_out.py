@@ -12,12 +12,14 @@ import pathlib
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import jwt
 import pytest
 from google.protobuf import struct_pb2
-from harness import AuthzServer, EchoUpstream, Envoy, caller_metadata, env_with_repo, issue_token, wait_until
+from harness import (AuthzServer, EchoUpstream, Envoy, caller_metadata, env_with_repo, free_port, issue_token,
+                     wait_until)
 
 from authz._pb import approvals_pb2 as apb
 from authz._pb import approvals_pb2_grpc as apbg
@@ -83,11 +85,24 @@ def node_config(tmp, redis_url, name="node.toml", **extra):
     return path
 
 
-def start_node(tmp, name, config, policies):
+def start_node(tmp, name, config, policies, extra=()):
     folder = tmp / name
     folder.mkdir(exist_ok=True)
     return AuthzServer(folder, ["--config", str(config), "--listen", "127.0.0.1:0", "--policies", str(policies),
-                                "--data-dir", str(folder / "data"), "--workers", "2"], name=name)
+                                "--data-dir", str(folder / "data"), "--workers", "2", *extra], name=name)
+
+
+def state_events(port) -> dict:
+    """authz_state_events_total of a node's /metrics: {(backend, kind): count} summed over its workers."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = collections.Counter()
+    for line in text.splitlines():
+        if line.startswith("authz_state_events_total{"):
+            labels, value = line[len("authz_state_events_total{"):].rsplit("} ", 1)
+            pairs = dict(p.split("=", 1) for p in labels.split(","))
+            out[pairs["backend"].strip('"'), pairs["kind"].strip('"')] += float(value)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +113,9 @@ def cluster(tmp_path_factory):
     policies.mkdir()
     (policies / "scale.cedar").write_text(POLICIES)
     config = node_config(tmp, redis.url)
-    nodes = [start_node(tmp, n, config, policies) for n in ("a", "b", "c")]
+    metrics_port = free_port()  # node A's /metrics
+    nodes = [start_node(tmp, n, config, policies, ["--metrics-listen", f"127.0.0.1:{metrics_port}"] if n == "a" else ())
+             for n in ("a", "b", "c")]
     try:
         for n in nodes:
             n.start(wait_serving=False)
@@ -117,7 +134,7 @@ def cluster(tmp_path_factory):
             envoy.config.write_text(text.replace(EXT_AUTHZ_TIMEOUT, " timeout: 10s     "))
             with envoy:
                 yield {"redis": redis, "nodes": nodes, "envoy": envoy, "config": config, "tmp": tmp,
-                       "policies": policies}
+                       "policies": policies, "metrics_port": metrics_port}
     finally:
         for n in nodes:
             n.stop()
@@ -271,6 +288,8 @@ def test_an_approval_asked_via_a_approved_via_c_lets_the_retry_via_b_through_onc
 def test_redis_stopped_denies_stateful_calls_and_recovers_without_restarts(cluster):
     redis, envoy, nodes = cluster["redis"], cluster["envoy"], cluster["nodes"]
     pids = [n.pids for n in nodes]
+    events = wait_until(lambda: state_events(cluster["metrics_port"]) or None, 10, "node A's state metrics")
+    assert {kind for backend, kind in events if backend == "redis"} == {"conflict", "exhausted", "failure"}, events
     tok = issue(nodes[0], "t-outage")
     assert mcp_call(envoy, tok, "kb")[0] == 200
     redis.stop()
@@ -290,6 +309,9 @@ def test_redis_stopped_denies_stateful_calls_and_recovers_without_restarts(clust
     for node in nodes:  # each worker reconnects on its own (back-off at most 2 s)
         wait_until(lambda node=node: all(check(node, tok)[0] for _ in range(4)), 30, "every worker recovered")
     assert [n.pids for n in nodes] == pids and all(n.workers_alive() for n in nodes)
+    # Node A's workers counted the calls to Redis that failed while it was down (reported every second).
+    wait_until(lambda: state_events(cluster["metrics_port"])["redis", "failure"] > events["redis", "failure"], 10,
+               "node A's authz_state_events_total{kind=\"failure\"} to grow")
 
 
 def test_a_wrong_password_is_refused_at_start(cluster, tmp_path):
