@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from authz.state import StateError, request_digest
+from authz.state import StateError, _step, request_digest
 
 log = logging.getLogger("authz.server")
 
@@ -126,8 +126,7 @@ class TaskState:
                 results[i] = ("state_unavailable", str(e), "")
             return
         if type(requests) is list:
-            for i, context in seen.items():
-                requests[i] = {**requests[i], "context": context}
+            _step.attach(requests, seen)
         for kind, subject in actions:
             self._revoke(kind, subject)
 
@@ -138,58 +137,44 @@ class TaskState:
         if many and batch.PREFETCHES:  # a networked store reads every task and agent of the batch at once
             batch.prefetch([(requests[i]["context"]["token"]["task"], _agent_id(requests[i]["principal"]))
                             for i in indexes])
-        for i in indexes:
-            r = requests[i]
-            ctx = r.get("context") or {}
-            principal, action, resource = r["principal"], r["action"], r["resource"]
-            stored = (resource["type"], resource["id"]) if many and type(resource) is dict else resource
-            txn = batch.task(ctx["token"]["task"], _agent_id(principal))
-            if txn.revoked:
-                txn.denied()
-                results[i] = ("task_revoked", "the task is revoked", "")
-                continue
-            if txn.suspended_by:
-                txn.denied()
-                results[i] = ("task_suspended", f"the task waits for approval {txn.suspended_by}", "")
-                continue
-            decided = {**ctx, **txn.live_view()}
-            d = engine.check(principal, action, resource, decided)
-            decided.update(txn.frozen_view())  # the live views change with the next call: the log keeps copies
-            seen[i] = decided
-            results[i] = d
-            if d.allowed:
-                txn.allowed(stored, self._call_labels(engine, resource, d.policies), ctx.get("cost", 0))
-                continue
-            notes = [engine.annotations(p) for p in d.policies]
-            if d.policies and d.permitted and all(n.get("approval") for n in notes):
-                digest = _digest(principal, action, resource, ctx)
-                grant = txn.consume_grant(digest)
-                if grant is not None:
-                    results[i] = Granted(d.policies, grant.approval_id, grant.approver)
-                    txn.allowed(stored, self._call_labels(engine, resource, ()), ctx.get("cost", 0))
-                    continue
-                queue = notes[0]["approval"]
-                a = txn.request_approval(queue, _chain(ctx) or [_agent_id(principal)], principal, action, resource,
-                                         digest, d.policies)
-                txn.denied()
-                results[i] = ("approval_required", f"approval {a.id} is pending in queue `{queue}`", "", a.id, queue)
-                continue
+        # Per call (compiled, authz/state/_step.pyx): a revoked or suspended task is denied; the call is
+        # decided with `context.task` / `context.agent` as they were before it (that context is the one
+        # logged); an allowed call is recorded; any other goes to _refused.
+        _step.run(self, engine, batch, requests, indexes, results, actions, seen, many)
+
+    def _refused(self, engine, txn, principal, action, resource, stored, ctx, d, i, results, actions) -> None:
+        """A call the policies did not allow (results[i] is its Decision `d`): allowed with an approval's
+        grant, or an approval opened (the task suspended), or denied (and its tripwires noted in `actions`)."""
+        notes = [engine.annotations(p) for p in d.policies]
+        if d.policies and d.permitted and all(n.get("approval") for n in notes):
+            digest = _digest(principal, action, resource, ctx)
+            grant = txn.consume_grant(digest)
+            if grant is not None:
+                results[i] = Granted(d.policies, grant.approval_id, grant.approver)
+                txn.allowed(stored, self._call_labels(engine, resource, ()), ctx.get("cost", 0))
+                return
+            queue = notes[0]["approval"]
+            a = txn.request_approval(queue, _chain(ctx) or [_agent_id(principal)], principal, action, resource,
+                                     digest, d.policies)
             txn.denied()
-            for pid, note in zip(d.policies, notes):
-                tripwire = note.get("on_deny")
-                if tripwire not in ON_DENY:
-                    continue
-                log.warning("tripwire %s of policy `%s` on task `%s`", tripwire, pid, txn.task_id)
-                if tripwire == "suspend_task" and not txn.suspended_by:
-                    txn.request_approval(QUARANTINE, _chain(ctx) or [_agent_id(principal)], principal, action,
-                                         resource, _digest(principal, action, resource, ctx), [pid],
-                                         kind="quarantine", on_reject="revoke_task")
-                elif tripwire == "revoke_task":
-                    if not txn.revoked:
-                        txn.revoke_task()
-                    actions.append(("task", txn.task_id))
-                elif tripwire == "revoke_agent":
-                    actions.append(("agent", _agent_id(principal)))
+            results[i] = ("approval_required", f"approval {a.id} is pending in queue `{queue}`", "", a.id, queue)
+            return
+        txn.denied()
+        for pid, note in zip(d.policies, notes):
+            tripwire = note.get("on_deny")
+            if tripwire not in ON_DENY:
+                continue
+            log.warning("tripwire %s of policy `%s` on task `%s`", tripwire, pid, txn.task_id)
+            if tripwire == "suspend_task" and not txn.suspended_by:
+                txn.request_approval(QUARANTINE, _chain(ctx) or [_agent_id(principal)], principal, action,
+                                     resource, _digest(principal, action, resource, ctx), [pid],
+                                     kind="quarantine", on_reject="revoke_task")
+            elif tripwire == "revoke_task":
+                if not txn.revoked:
+                    txn.revoke_task()
+                actions.append(("task", txn.task_id))
+            elif tripwire == "revoke_agent":
+                actions.append(("agent", _agent_id(principal)))
 
     def _revoke(self, kind, subject) -> None:
         if self.revoker is None:

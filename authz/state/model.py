@@ -106,8 +106,8 @@ class TaskState:
     """One task's state; see the module docstring."""
 
     __slots__ = ("id", "started", "last", "calls", "denies", "spend", "overflow", "tools", "counts", "m1", "h1",
-                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json", "_live",
-                 "_frozen_tools")
+                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json",
+                 "_view_tools", "_view_labels")
 
     def __init__(self, task_id: str, now: float):
         self.id = task_id
@@ -120,7 +120,9 @@ class TaskState:
         self.due = 0
         self._tool_set, self._tool_views = set(), []
         self._tools_json = self._labels_json = b"[]"
-        self._live = self._frozen_tools = None
+        # The `tools` and `labels` lists of the server's views (authz/state/_step.pyx): shared by the views
+        # of later calls until the task gains a tool or a label, then replaced (never changed in place).
+        self._view_tools = self._view_labels = None
 
     def view(self, now: float) -> dict:
         """`context.task`: plain JSON-able values, a copy (later updates do not change it)."""
@@ -130,39 +132,9 @@ class TaskState:
                 "counts": counts.copy(), "spend": self.spend,
                 "rate": {"m1": self.m1.count(now), "h1": self.h1.count(now)}, "overflow": self.overflow}
 
-    def live_view(self, now: float) -> dict:
-        """`context.task` as view() gives it, in one dict kept and brought up to date at each call: for
-        the decision being made only (the next change of the task changes it: never keep it)."""
-        live = self._live
-        counts = self.counts
-        if live is None or live["counts"] is not counts:
-            live = self._live = {"id": self.id, "age_s": 0, "calls": 0, "denies": 0, "tools": self._tool_views,
-                                 "labels": list(counts), "counts": counts, "spend": 0, "rate": {"m1": 0, "h1": 0},
-                                 "overflow": False}
-        elif len(live["labels"]) != len(counts):  # labels are only ever added
-            live["labels"] = list(counts)
-        age = int(now - self.started)
-        live["age_s"] = age if 0 <= age <= LONG_MAX else max(0, min(age, LONG_MAX))
-        live["calls"], live["denies"], live["spend"], live["overflow"] = (self.calls, self.denies, self.spend,
-                                                                          self.overflow)
-        rate = live["rate"]
-        rate["m1"], rate["h1"] = self.m1.count(now), self.h1.count(now)
-        return live
-
-    def frozen_view(self) -> dict:
-        """A copy of the last live_view() that later calls leave as it is (the decision log keeps it).
-        Cheap: its labels list is never changed in place (live_view replaces it), and the tools list only
-        grows, so a copy is made again only after it grew."""
-        live = dict(self._live)
-        tools = live["tools"]
-        frozen = self._frozen_tools
-        if frozen is None or len(frozen) != len(tools):
-            frozen = self._frozen_tools = tools.copy()
-        live["tools"], live["counts"], live["rate"] = frozen, live["counts"].copy(), live["rate"].copy()
-        return live
-
     def record_allowed(self, now: float, tool: tuple, labels: tuple, cost: int, cfg) -> None:
-        """Count an allowed call. Full (and no change) when its labels would pass cfg.max_labels."""
+        """Count an allowed call. Full (and no change) when its labels would pass cfg.max_labels.
+        (authz/state/_step.pyx counts a call that adds no tool and no label the same way: change both.)"""
         counts = self.counts
         new = 0
         for label in labels:
@@ -205,29 +177,15 @@ class TaskState:
 class AgentState:
     """One agent's rate windows over all its tasks."""
 
-    __slots__ = ("id", "last", "m1", "h1", "due", "_live")
+    __slots__ = ("id", "last", "m1", "h1", "due")
 
     def __init__(self, agent_id: str, now: float):
         self.id, self.last, self.due = agent_id, now, 0
-        self._live = None
         self.m1, self.h1 = windows.Window(windows.M1_WIDTH), windows.Window(windows.H1_WIDTH)
 
     def view(self, now: float) -> dict:
         """`context.agent`."""
         return {"rate": {"m1": self.m1.count(now), "h1": self.h1.count(now)}}
-
-    def frozen_view(self) -> dict:
-        """As TaskState.frozen_view, for `context.agent`."""
-        return {"rate": self._live["rate"].copy()}
-
-    def live_view(self, now: float) -> dict:
-        """As TaskState.live_view, for `context.agent`."""
-        live = self._live
-        if live is None:
-            live = self._live = {"rate": {"m1": 0, "h1": 0}}
-        rate = live["rate"]
-        rate["m1"], rate["h1"] = self.m1.count(now), self.h1.count(now)
-        return live
 
     def record_allowed(self, now: float) -> None:
         if now > self.last:

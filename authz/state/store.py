@@ -333,21 +333,10 @@ class TaskTxn:
         now = self.batch.now
         return {"task": self.state.view(now), "agent": self.agent.view(now)}
 
-    def live_view(self) -> dict:
-        """view() without its copies, for the decision being made now (the server's step): the dicts are
-        kept and brought up to date at each call, so the next change of the task changes them."""
-        batch = self.batch
-        batch._check_open()
-        now = batch.now
-        return {"task": self.state.live_view(now), "agent": self.agent.live_view(now)}
-
-    def frozen_view(self) -> dict:
-        """A copy of the last live_view() that later changes leave as it is (for the decision log)."""
-        return {"task": self.state.frozen_view(), "agent": self.agent.frozen_view()}
-
     def allowed(self, resource, labels=(), cost: int = 0) -> None:
         """Record an allowed call on `resource` ({"type","id"} or (type, id)) carrying `labels`, costing
-        `cost`. InvalidArgument / Full (labels bound) leave the state unchanged."""
+        `cost`. InvalidArgument / Full (labels bound) leave the state unchanged. (The server's step,
+        authz/state/_step.pyx, records the common allowed call itself, by these same rules.)"""
         batch = self.batch
         cfg = batch.config
         key = (resource, labels) if type(resource) is tuple and type(labels) is tuple else None

@@ -56,14 +56,8 @@ cdef inline int _slot(long long bucket):
 
 cdef class Window:
     """One rate window; `slots` is None until its first call. It remembers its last count (`at`, `counted`):
-    the calls of a batch share one `now`, and a call counted at that `now` adds exactly one to it."""
-
-    cdef readonly long long width
-    cdef public long long head
-    cdef public array.array slots
-    cdef bint has_at
-    cdef double at
-    cdef long long counted
+    the calls of a batch share one `now`, and a call counted at that `now` adds exactly one to it.
+    Its fields are declared in windows.pxd (width, head, slots, has_at, at, counted)."""
 
     def __init__(self, long long width, long long head=0, array.array slots=None):
         if width <= 0:

@@ -225,25 +225,3 @@ def test_state_survives_closing_and_reopening(tmp_path):
     again = make_store(tmp_path / "s")
     assert again.task_view("t1", T0 + 1) == before
     again.close()
-
-
-def test_the_live_view_is_the_view_at_every_call_of_a_batch(store):
-    """TaskTxn.live_view (the server's step: one dict brought up to date) equals view() (copies) before
-    each call, through allows, denies, new tools and labels, and a later batch on the stored task."""
-    steps = [("allow", ("Tool", "a"), ("pii",), 2), ("deny",), ("allow", ("Tool", "b"), ("pii", "x"), 0),
-             ("allow", ("Tool", "a"), (), 5), ("deny",), ("allow", ("Tool", "c"), ("y",), 1)]
-    kept = []  # (frozen_view() after each live_view(), view() then): the decision log keeps the first
-    for k, at in enumerate((T0, T0 + 61.5)):
-        with store.batch(at) as batch:
-            for step in steps:
-                for agent in ("a1", "a2"):
-                    txn = batch.task("t1", agent)
-                    live = txn.live_view()
-                    assert live == txn.view(), (k, step, agent)
-                    kept.append((txn.frozen_view(), txn.view()))
-                    if step[0] == "allow":
-                        txn.allowed(*step[1:])
-                    else:
-                        txn.denied()
-            assert batch.task("t1", "a1").live_view() == batch.task("t1", "a1").view()
-    assert all(frozen == then for frozen, then in kept)  # later calls changed none of them
