@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The shared state on Redis next to the embedded LMDB store, side by side in one run (docs/scale-out.md).
 
-    python3 bench/bench_scale_out.py [--duration 3] [--rounds 5] [--quick]
+    python3 bench/bench_scale_out.py [--duration 3] [--rounds 5] [--quick] [--pin]
 
 Two `authz serve --workers 1` with bench_state_grpc's policies and requests (Agent::"a1" calls
 Tool::"db.read" with a task token; every decision is an allow that commits its task's update): one with
@@ -14,6 +14,9 @@ the settings to run with). Rows:
   one client, one call in flight: p50 / p99 latency (µs) — the Redis round trips a decision waits for;
   the revocation fan-out: a revocation made through one store seen by another process's store (p50/p99
   over 100 trials, in-process stores, the Fanout listener of the second).
+With --pin (a machine with at least 2 CPUs) each server's worker runs on CPU 0 and redis-server, h2load
+and this bench on CPU 1: the worker has a CPU of its own on both sides, and Redis stops taking the
+worker's CPU away while it waits for a round trip, as when Redis runs on its own host.
 Every loop is bounded in count and time.
 """
 from __future__ import annotations
@@ -69,6 +72,12 @@ class Redis:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def pin(pid: int, cpus: set) -> None:
+    """Every thread of process `pid` (and the threads they start later) on `cpus`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
 
 
 def probe(server, token) -> None:
@@ -154,7 +163,10 @@ def main():
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per gRPC measurement")
     ap.add_argument("--rounds", type=int, default=5, help="alternating LMDB/Redis measurements per row")
     ap.add_argument("--quick", action="store_true", help="1-second measurements, 1 round")
+    ap.add_argument("--pin", action="store_true", help="workers on CPU 0; redis-server, h2load and the bench on CPU 1")
     args = ap.parse_args()
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("bench_scale_out: --pin needs 2 CPUs")
     duration, rounds = (1, 1) if args.quick else (int(args.duration), args.rounds)
     for tool in ("h2load", "redis-server"):
         if shutil.which(tool) is None:
@@ -171,6 +183,11 @@ def main():
         tokens = [lmdb_srv.issue(), redis_srv.issue()]
         for srv, tok in zip((lmdb_srv, redis_srv), tokens):
             probe(srv, tok)
+        if args.pin:
+            for pid in lmdb_srv.pids + redis_srv.pids:
+                pin(pid, {0})
+            pin(redis.proc.pid, {1})
+            os.sched_setaffinity(0, {1})  # this bench, and the h2load it starts
         check_body, batch_body = tmp / "check.bin", tmp / "batch.bin"
         check_body.write_bytes(grpc_frame(check_request(False)))
         batch_body.write_bytes(grpc_frame(batch_request(False)))
@@ -192,7 +209,8 @@ def main():
         lags = fanout(redis.port)
     a, b = bench_state.stats(lat[0]), bench_state.stats(lat[1])
     print(f"\nbench_scale_out: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {duration}s per "
-          f"measurement, LMDB and Redis alternated {rounds}x (medians; ratio range over rounds)\n")
+          f"measurement, LMDB and Redis alternated {rounds}x (medians; ratio range over rounds)"
+          f"{'; workers pinned to CPU 0, redis-server and h2load to CPU 1' if args.pin else ''}\n")
     print("| stateful decisions, task token | LMDB (embedded) | Redis (shared) | Redis / LMDB |")
     print("|---|---:|---:|---:|")
     for row in rows:

@@ -142,6 +142,7 @@ class RedisStore(Store):
         # record key -> (version, decoded TaskState / AgentState) as last read or written by this process:
         # a record whose version did not move is neither sent again nor decoded again (LOAD)
         self._cache = {}
+        self._keys = {}  # key() parts -> the key
         self._hot = {}  # record key -> time.monotonic() until which decisions load it first (it conflicted)
         self._revocations = None
         self._fanout = None
@@ -158,7 +159,15 @@ class RedisStore(Store):
         return self._fanout
 
     def key(self, *parts) -> bytes:
-        return self.prefix + b"".join(p if type(p) is bytes else p.encode("utf-8") for p in parts)
+        """The Redis key of `parts` under this deployment's prefix (remembered: a decision names the same
+        few keys again and again)."""
+        key = self._keys.get(parts)
+        if key is None:
+            key = self.prefix + b"".join(p if type(p) is bytes else p.encode("utf-8") for p in parts)
+            if len(self._keys) >= _CACHE_MAX:
+                self._keys.clear()
+            self._keys[parts] = key
+        return key
 
     @property
     def revocations(self):
