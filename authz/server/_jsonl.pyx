@@ -48,12 +48,89 @@ cdef str context_part(object ctx):
         return _last_part
     if type(ctx) is not dict:
         return _context_part_py(ctx)
-    text = encode_json(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)  # more bytes than 4x: more chars too
+    if "task" in <dict>ctx:  # decided with task state: its members' text is shared with the previous one's
+        text = encode_task_context(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)
+    else:
+        text = encode_json(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)  # more bytes than 4x: more chars too
     if text is None:
         return _context_part_py(ctx)
     part = _CONTEXT_TRUNCATED if not text or len(<str>text) > _CONTEXT_MAX_CHARS else ',"context":' + <str>text
     _last_context, _last_part = ctx, part
     return part
+
+
+# The members of the last context with task state encode_task_context wrote: their values (held, so that no
+# other object takes their identity) and where their text is in _members_text. The contexts of a BatchCheck's
+# items with a task token are copies of one context (the same `token` and `delegation` objects) with their
+# own `task` and `agent` (authz/state/_step.pyx); INVARIANT (as above): a decided context, and so each of its
+# members, is not changed, so the same object means the same text.
+cdef enum:
+    MEMBERS_KEPT = 16
+cdef list _member_values = []
+cdef Buf _members_text
+buf_init(&_members_text)
+cdef Py_ssize_t _member_at[MEMBERS_KEPT]
+cdef Py_ssize_t _member_n[MEMBERS_KEPT]
+
+
+cdef object encode_task_context(dict ctx, Py_ssize_t max_bytes):
+    """encode_json(ctx, max_bytes) for a context: the text of a member whose value is the object the last
+    context written here had at that place is copied from it instead of written again."""
+    global _member_values, _members_text
+    cdef Buf b
+    cdef Py_ssize_t j = 0, start, count = len(_member_values)
+    cdef Py_ssize_t at[MEMBERS_KEPT]
+    cdef Py_ssize_t n[MEMBERS_KEPT]
+    cdef int r
+    cdef list values = []
+    cdef bint kept = False
+    buf_init(&b)
+    try:
+        put(&b, b"{", 1)
+        for key, item in ctx.items():
+            # as put_json_value writes a record: each member's key and value checked against max_bytes first
+            if type(key) is not str:
+                return None
+            if j:
+                put(&b, b",", 1)
+            if b.n > max_bytes:
+                return ""
+            try:
+                put_json_str(&b, <str>key)
+            except UnicodeEncodeError:
+                return None
+            put(&b, b":", 1)
+            start = b.n
+            if j < count and j < MEMBERS_KEPT and _member_values[j] is item:
+                if b.n > max_bytes:
+                    return ""
+                put(&b, _members_text.data + _member_at[j], _member_n[j])
+            else:
+                try:
+                    r = put_json_value(&b, item, 1, max_bytes)
+                except UnicodeEncodeError:
+                    return None
+                if r == 1:
+                    return None
+                if r == 2:
+                    return ""
+            if j < MEMBERS_KEPT:
+                at[j], n[j] = start, b.n - start
+                values.append(item)
+            j += 1
+        put(&b, b"}", 1)
+        if b.n > max_bytes:
+            return ""
+        text = PyUnicode_DecodeUTF8(b.data, b.n, NULL)
+        buf_free(&_members_text)
+        _members_text, kept = b, True
+        _member_values = values
+        for j in range(len(values)):
+            _member_at[j], _member_n[j] = at[j], n[j]
+        return text
+    finally:
+        if not kept:
+            buf_free(&b)
 
 
 cdef str entities_part(object ents):
