@@ -1,8 +1,8 @@
 """Builds the compiled extensions (Cython 3), each in the package it serves: authz.engine._evaluator (the
 evaluator), authz.server._wire (authz.v1 BatchCheck and Envoy Check on the wire), authz.server._jsonl (decision
 log lines), authz.server._envoy_map (the Envoy mapping), authz.compiler._records (compiled records read back
-for the compiler's publish-time check), authz.state.windows (task-state rate windows) and authz.state._step (the
-server's per-call task-state step)."""
+for the compiler's publish-time check), authz.state.windows (task-state rate windows), authz.state._records (the
+fields of the task-state records) and authz.state._step (the server's per-call task-state step)."""
 import os
 
 from Cython.Build import cythonize
@@ -27,6 +27,7 @@ setup(
          Extension("authz.server._envoy_map", ["authz/server/_envoy_map.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.compiler._records", ["authz/compiler/_records.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.state.windows", ["authz/state/windows.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.state._records", ["authz/state/_records.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.state._step", ["authz/state/_step.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),

@@ -16,6 +16,7 @@ the views of the task's later calls until the task gains one (the next view then
 `counts` and the `rate` records are its own.
 """
 from authz.engine._evaluator cimport Decision
+from authz.state._records cimport AgentFields, TaskFields
 from authz.state.windows cimport Window
 
 from authz.state import model
@@ -23,65 +24,60 @@ from authz.state import model
 cdef object LONG_MAX = model.LONG_MAX
 
 
-cdef dict task_view(object state, double now):
+cdef dict task_view(TaskFields state, double now):
     """model.TaskState.view(now), its `tools` and `labels` lists shared (see the module docstring)."""
     cdef double elapsed = now - <double>state.started
     cdef long long age = <long long>elapsed if elapsed > 0 else 0  # |elapsed| < 2^53: int() truncates the same
-    tools = state._tool_views
-    shown = state._view_tools
-    if shown is None or len(<list>shown) != len(<list>tools):
-        shown = state._view_tools = list(tools)
-    counts = state.counts
-    labels = state._view_labels
-    if labels is None or len(<list>labels) != len(<dict>counts):
+    cdef list shown = state._view_tools
+    if shown is None or len(shown) != len(<list>state._tool_views):
+        shown = state._view_tools = list(state._tool_views)
+    cdef dict counts = state.counts
+    cdef list labels = state._view_labels
+    if labels is None or len(labels) != len(counts):
         labels = state._view_labels = list(counts)
-    cdef Window m1 = <Window?>state.m1
-    cdef Window h1 = <Window?>state.h1
     return {"id": state.id, "age_s": age, "calls": state.calls, "denies": state.denies, "tools": shown,
-            "labels": labels, "counts": (<dict?>counts).copy(), "spend": state.spend,
-            "rate": {"m1": m1.count(now), "h1": h1.count(now)}, "overflow": state.overflow}
+            "labels": labels, "counts": counts.copy(), "spend": state.spend,
+            "rate": {"m1": state.m1.count(now), "h1": state.h1.count(now)}, "overflow": state.overflow}
 
 
-cdef inline dict agent_view(object agent, double now):
+cdef inline dict agent_view(AgentFields agent, double now):
     """model.AgentState.view(now)."""
-    cdef Window m1 = <Window?>agent.m1
-    cdef Window h1 = <Window?>agent.h1
-    return {"rate": {"m1": m1.count(now), "h1": h1.count(now)}}
+    return {"rate": {"m1": agent.m1.count(now), "h1": agent.h1.count(now)}}
 
 
-cdef bint counted_here(object state, tuple checked, object cost):
+cdef bint counted_here(TaskFields state, tuple checked, object cost) except -1:
     """Whether the fast path counts this allowed call: a tool and labels the task has, a cost in range."""
     if type(cost) is not int or cost < 0 or cost > LONG_MAX:
         return False
-    if state.revoked or state.suspended_by or checked[0] not in state._tool_set:
+    if state.revoked or state.suspended_by or checked[0] not in <set>state._tool_set:
         return False
-    counts = state.counts
+    cdef dict counts = state.counts
     for label in <tuple>checked[1]:
         if label not in counts:
             return False
     return True
 
 
-cdef void count_allowed(object state, object agent, tuple checked, object cost, double now) except *:
+cdef int count_allowed(TaskFields state, AgentFields agent, tuple checked, object cost, double now) except -1:
     """model.TaskState.record_allowed and model.AgentState.record_allowed of a call counted_here accepted."""
-    cdef dict counts = <dict?>state.counts
+    cdef dict counts = state.counts
     if now > <double>state.last:
         state.last = now
-    calls = state.calls
-    if calls < LONG_MAX:
-        state.calls = calls + 1
+    if state.calls < LONG_MAX:
+        state.calls = state.calls + 1
     if cost:
         state.spend = min(state.spend + cost, LONG_MAX)
     for label in <tuple>checked[1]:
         n = counts[label]
         if n < LONG_MAX:
             counts[label] = n + 1
-    (<Window?>state.m1).add(now)
-    (<Window?>state.h1).add(now)
+    state.m1.add(now)
+    state.h1.add(now)
     if now > <double>agent.last:
         agent.last = now
-    (<Window?>agent.m1).add(now)
-    (<Window?>agent.h1).add(now)
+    agent.m1.add(now)
+    agent.h1.add(now)
+    return 0
 
 
 def run(ts, engine, batch, requests, indexes, list results, list actions, dict seen, bint many):
@@ -94,7 +90,9 @@ def run(ts, engine, batch, requests, indexes, list results, list actions, dict s
     cdef dict checked_of = batch._checked
     # The handle of the previous call's (task, agent): the calls of a batch are mostly of one task, and
     # batch.task would give the same handle. Whether this step marked its task / agent changed already.
-    txn = state = agent = last_task = last_agent = None
+    txn = last_task = last_agent = None
+    cdef TaskFields state = None
+    cdef AgentFields agent = None
     cdef bint task_marked = False, agent_marked = False
     # The previous allowed call's labels (TaskState._call_labels for the same resource object, policies
     # and generation) and its validated (tool, labels) (Batch._checked for equal ones).

@@ -23,7 +23,7 @@ import math
 import struct
 from array import array
 
-from authz.state import windows
+from authz.state import _records, windows
 from authz.state.config import LONG_MAX
 from authz.state.errors import Full, InvalidArgument, Unavailable
 
@@ -102,12 +102,12 @@ def check_cost(cost) -> int:
     return cost
 
 
-class TaskState:
-    """One task's state; see the module docstring."""
+class TaskState(_records.TaskFields):
+    """One task's state; see the module docstring. Its fields (id, started, last, calls, denies, spend,
+    overflow, tools, counts, m1, h1, suspended_by, revoked, due and the caches below) are declared in
+    authz/state/_records.pxd, for the compiled step to read them as C struct members."""
 
-    __slots__ = ("id", "started", "last", "calls", "denies", "spend", "overflow", "tools", "counts", "m1", "h1",
-                 "suspended_by", "revoked", "due", "_tool_set", "_tool_views", "_tools_json", "_labels_json",
-                 "_view_tools", "_view_labels")
+    __slots__ = ()
 
     def __init__(self, task_id: str, now: float):
         self.id = task_id
@@ -174,10 +174,10 @@ class TaskState:
         self._tools_json = None
 
 
-class AgentState:
-    """One agent's rate windows over all its tasks."""
+class AgentState(_records.AgentFields):
+    """One agent's rate windows over all its tasks (fields: id, last, m1, h1, due; authz/state/_records.pxd)."""
 
-    __slots__ = ("id", "last", "m1", "h1", "due")
+    __slots__ = ()
 
     def __init__(self, agent_id: str, now: float):
         self.id, self.last, self.due = agent_id, now, 0

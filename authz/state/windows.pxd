@@ -10,6 +10,7 @@ cdef class Window:
     cdef public array.array slots
     cdef bint has_at
     cdef double at
+    cdef long long at_bucket
     cdef long long counted
 
     cpdef add(self, double now)

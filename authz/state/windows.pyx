@@ -57,7 +57,7 @@ cdef inline int _slot(long long bucket):
 cdef class Window:
     """One rate window; `slots` is None until its first call. It remembers its last count (`at`, `counted`):
     the calls of a batch share one `now`, and a call counted at that `now` adds exactly one to it.
-    Its fields are declared in windows.pxd (width, head, slots, has_at, at, counted)."""
+    Its fields are declared in windows.pxd (width, head, slots, has_at, at, its bucket at_bucket, counted)."""
 
     def __init__(self, long long width, long long head=0, array.array slots=None):
         if width <= 0:
@@ -67,7 +67,8 @@ cdef class Window:
 
     cpdef add(self, double now):
         """Count one call at `now`."""
-        cdef long long bucket = _bucket(now, self.width)
+        # the calls of a batch share their `now`: its bucket is the remembered count's
+        cdef long long bucket = self.at_bucket if self.has_at and now == self.at else _bucket(now, self.width)
         cdef array.array slots = self.slots
         cdef long long b
         cdef int i
@@ -75,7 +76,7 @@ cdef class Window:
             i = _slot(self.head)
             if slots.data.as_uints[i] < _SLOT_MAX:
                 slots.data.as_uints[i] += 1
-                if self.has_at and _bucket(self.at, self.width) - self.head < _SLOTS:
+                if self.has_at and self.at_bucket - self.head < _SLOTS:
                     self.counted += 1  # the newest bucket is in the remembered count (see count())
             return
         self.has_at = False
@@ -97,12 +98,16 @@ cdef class Window:
     cpdef long long count(self, double now):
         """Calls counted at `now` (see the module docstring for the bound)."""
         # The count depends only on now's bucket, and add() keeps the remembered one current (or forgets it).
-        if self.has_at and (now == self.at or _bucket(now, self.width) == _bucket(self.at, self.width)):
+        if self.has_at and now == self.at:
+            return self.counted
+        cdef long long bucket = _bucket(now, self.width)
+        if self.has_at and bucket == self.at_bucket:
+            self.at = now  # the same count: the next call at this `now` (a batch's next) finds it at once
             return self.counted
         cdef array.array slots = self.slots
         if slots is None:
             return 0
-        cdef long long aged = _bucket(now, self.width) - self.head  # buckets after the newest: the oldest age out
+        cdef long long aged = bucket - self.head  # buckets after the newest: the oldest age out
         cdef long long counted = 0, b
         cdef int i
         if aged >= _SLOTS:
@@ -113,7 +118,7 @@ cdef class Window:
             if aged > 0:
                 for b in range(self.head - _SPAN, self.head - _SPAN + aged):
                     counted -= slots.data.as_uints[_slot(b)]
-        self.has_at, self.at, self.counted = True, now, counted
+        self.has_at, self.at, self.at_bucket, self.counted = True, now, bucket, counted
         return counted
 
     def stored(self) -> bytes:
