@@ -23,10 +23,10 @@ Rows:
     authz.v1 Check: principal, no token vs task token (targets: >= 80%);
     authz.v1 BatchCheck of 100 calls of one task: principal vs task token (target: >= 50%);
   over gRPC latency: one sync client, one call in flight, the two sides alternated in 4 rounds (p50/p99).
-With --baseline-root PATH, a second server from that checkout (one whose Decider has no task state: a copy
-of this one with `decider.task_state = None` in authz/server/app.py, see bench/README.md) is loaded with the
-same token requests as a third side: the stateless path with the token's full cost, so the state's own
-share is visible over gRPC too.
+With --baseline-root PATH, a second server from that checkout (one whose Decider skips task state: a copy
+of this one, built .so files included, with `self.task_state is not None` replaced by `False` in
+authz/server/decider.py, see bench/README.md) is loaded with the same token requests as a third side: the
+stateless path with the token's full cost, so the state's own share is visible over gRPC too.
 With --profile PREFIX, py-spy samples the worker under stateful Checks, then stateful BatchChecks (and the
 baseline's token BatchChecks), and writes its collapsed stacks to PREFIX-check.txt, PREFIX-batch.txt
 (PREFIX-baseline-batch.txt) (py-spy from PyPI). Every loop is bounded in count and time.
