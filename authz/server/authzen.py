@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from authz.errors import IdentityError
 from authz.server import authzen_map as amap
@@ -27,6 +27,7 @@ EVALUATION_PATH = "/access/v1/evaluation"
 EVALUATIONS_PATH = "/access/v1/evaluations"
 CONFIGURATION_PATH = "/.well-known/authzen-configuration"
 REQUEST_ID = "X-Request-ID"
+DECISION_ID = "X-Authz-Decision-Id"
 MAX_REQUEST_ID = 256  # characters of X-Request-ID echoed (longer ones are refused)
 _JSON = "application/json"
 _ALLOW = b'{"decision":true}'
@@ -65,6 +66,7 @@ class AuthzenApi:
         self.max_depth = max_depth
         self.public_url = public_url.rstrip("/")
         self.open = callers is None or callers.development_mode
+        self._length_digits = len(str(max_body_bytes))  # a Content-Length with fewer is within the bound
 
     def routes(self) -> list:
         return [web.post(EVALUATION_PATH, self.evaluation), web.post(EVALUATIONS_PATH, self.evaluations),
@@ -72,29 +74,43 @@ class AuthzenApi:
 
     # -- the pieces of every POST ---------------------------------------------------------------
 
-    async def _begin(self, request):
-        """(request id, caller, body) of a POST, or an error response as the first member's replacement:
-        returns (request_id, caller, doc, None) or (request_id, None, None, response)."""
-        rid = request.headers.get(REQUEST_ID)
+    def _admit(self, request):
+        """What a POST is checked for before its body is read: (request id, caller, None), or
+        (request id, None, the error response)."""
+        headers = request.headers
+        rid = headers.get(REQUEST_ID)
         if rid is not None and len(rid) > MAX_REQUEST_ID:
-            return None, None, None, _error(400, f"`{REQUEST_ID}` is longer than {MAX_REQUEST_ID} characters")
+            return None, None, _error(400, f"`{REQUEST_ID}` is longer than {MAX_REQUEST_ID} characters")
         caller = None
         if not self.open:
             try:
                 caller = self.callers.v1_caller(HttpPeer(request))
             except IdentityError as e:
-                return rid, None, None, _error(401, f"{e.code}: {e}", rid, {"WWW-Authenticate": "Bearer"})
+                return rid, None, _error(401, f"{e.code}: {e}", rid, {"WWW-Authenticate": "Bearer"})
             if caller.principal is None:
-                return rid, None, None, _error(401, "unauthenticated: present a bearer token or a client certificate",
-                                               rid, {"WWW-Authenticate": "Bearer"})
-        if request.content_type != _JSON:
-            return rid, None, None, _error(415, "the body must be JSON (Content-Type: application/json)", rid)
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return rid, None, None, _error(413, f"the body is larger than {self.max_body_bytes} bytes", rid)
+                return rid, None, _error(401, "unauthenticated: present a bearer token or a client certificate",
+                                         rid, {"WWW-Authenticate": "Bearer"})
+        # The header as every client sends it needs no parsing (request.content_type parses it).
+        if headers.get(hdrs.CONTENT_TYPE) != _JSON and request.content_type != _JSON:
+            return rid, None, _error(415, "the body must be JSON (Content-Type: application/json)", rid)
+        length = headers.get(hdrs.CONTENT_LENGTH)  # digits only (the HTTP parser refuses others)
+        if length is not None and len(length) >= self._length_digits and int(length) > self.max_body_bytes:
+            return rid, None, self._too_large(rid)
+        return rid, caller, None
+
+    def _too_large(self, rid):
+        return _error(413, f"the body is larger than {self.max_body_bytes} bytes", rid)
+
+    async def _begin(self, request):
+        """(request id, caller, body) of a POST, or an error response as the first member's replacement:
+        returns (request_id, caller, doc, None) or (request_id, None, None, response)."""
+        rid, caller, error = self._admit(request)
+        if error is not None:
+            return rid, None, None, error
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return rid, None, None, _error(413, f"the body is larger than {self.max_body_bytes} bytes", rid)
+            return rid, None, None, self._too_large(rid)
         try:
             return rid, caller, amap.parse_body(raw), None
         except amap.PayloadError as e:
@@ -102,15 +118,11 @@ class AuthzenApi:
 
     def _requests(self, evaluations: list, caller) -> list:
         """Evaluations (or the PayloadErrors of bad items) -> what the Decider decides, in order: the caller's
-        standing applied (callers.py), the context keys only the server sets refused (tokens_api.py), then
-        the subject's and resource's properties as their attributes for this request (authzen_entities.py),
-        which only a PEP (or development mode) may send: they rewrite entities, the caller's own among them."""
-        requests = [Invalid("request_parse_error", str(e), e.field) if isinstance(e, amap.PayloadError) else e.request
-                    for e in evaluations]
-        if caller is not None:
-            requests = self.callers.bind_v1(requests, caller, self.decider, API)
-        if self.tokens is not None and any(type(r) is dict and r["context"] for r in requests):
-            requests = self.tokens.bind(None, requests)  # what it checks is in contexts only
+        standing applied and the context keys only the server sets refused (_bind), then the subject's and
+        resource's properties as their attributes for this request (authzen_entities.py), which only a PEP
+        (or development mode) may send: they rewrite entities, the caller's own among them."""
+        requests = self._bind([Invalid("request_parse_error", str(e), e.field) if isinstance(e, amap.PayloadError)
+                               else e.request for e in evaluations], caller)
         for i, e in enumerate(evaluations):
             r = requests[i]
             if type(r) is not dict or isinstance(e, amap.PayloadError) or not e.overlays:
@@ -123,6 +135,15 @@ class AuthzenApi:
                 requests[i] = with_overlays(self.decider.engine, r, e.overlays)
         return requests
 
+    def _bind(self, requests: list, caller) -> list:
+        """Request dicts (or Invalid) with the caller's standing applied (callers.py), then the context keys
+        only the server sets refused (tokens_api.py)."""
+        if caller is not None:
+            requests = self.callers.bind_v1(requests, caller, self.decider, API)
+        if self.tokens is not None and any(type(r) is dict and r["context"] for r in requests):
+            requests = self.tokens.bind(None, requests)  # what it checks is in contexts only
+        return requests
+
     def _trace(self, request) -> dict | None:
         """The caller's trace context (W3C headers) when traces are on."""
         if self.decider.tracer is None:
@@ -133,22 +154,37 @@ class AuthzenApi:
     # -- endpoints --------------------------------------------------------------------------------
 
     async def evaluation(self, request):
-        """POST /access/v1/evaluation: {"decision": bool}; a deny made without the policies says why in `context`."""
-        rid, caller, doc, error = await self._begin(request)
+        """POST /access/v1/evaluation: {"decision": bool}; a deny made without the policies says why in `context`.
+
+        The common body (no `properties`: amap.plain_single) is mapped straight to the engine's request,
+        and its answer built at once: the steps are those of `_begin` and `_requests`, inlined."""
+        rid, caller, error = self._admit(request)
         if error is not None:
             return error
         try:
-            e = amap.single(doc, self.max_depth)
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(rid)
+        try:
+            doc = amap.parse_body(raw)
+            req = amap.plain_single(doc, self.max_depth)
+            if req is None:
+                req = self._requests([amap.single(doc, self.max_depth)], caller)[0]
+            elif caller is not None or (req["context"] and self.tokens is not None):
+                req = self._bind([req], caller)[0]
         except amap.PayloadError as err:
             return _error(400, str(err), rid)
-        req = self._requests([e], caller)[0]
+        decider = self.decider
+        trace = None if decider.tracer is None else self._trace(request)
         if type(req) is dict and "entities" not in req:
-            o = self.decider.decide_one(req, API, self._trace(request) or {})
+            o = decider.decide_one(req, API, trace or {})
         else:
-            o = self.decider.decide([req], API, None, self._trace(request))[0]
-        headers = {"X-Authz-Decision-Id": o.decision_id}
+            o = decider.decide([req], API, None, trace)[0]
         if o.code is None:
-            return _reply(_ALLOW if o.allowed else _DENY, 200, rid, headers)
+            headers = {REQUEST_ID: rid, DECISION_ID: o.decision_id, hdrs.CONTENT_TYPE: _JSON} if rid else \
+                {DECISION_ID: o.decision_id, hdrs.CONTENT_TYPE: _JSON}
+            return web.Response(body=_ALLOW if o.allowed else _DENY, headers=headers)
+        headers = {DECISION_ID: o.decision_id}
         if o.code == "request_parse_error":
             return _error(400, o.message, rid, headers)
         status = _UNAVAILABLE.get(o.code)
