@@ -250,12 +250,68 @@ def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
             defaults[part] = e
     out = []
     add = out.append
+    plain = _plain_defaults(defaults)
     for i, item in enumerate(items):
         try:
-            add(_item(item, defaults, max_depth))
+            request = None if plain is None else _plain_item(item, plain, max_depth)
+            add(_item(item, defaults, max_depth) if request is None else Evaluation(request, ()))
         except PayloadError as e:
             add(e if e.top_level else e.within(f"evaluations[{i}]"))
     return Batch(out, STOP_ON[semantic])
+
+
+def _plain_defaults(defaults: dict):
+    """(principal, action, resource, context) of the top-level defaults (None for one not given) when none of them
+    has properties or is bad, for _plain_item; None otherwise."""
+    subject, act, resource, context = (defaults.get(part) for part in _PARTS)
+    for e in (subject, resource):
+        if e is not None and (type(e) is PayloadError or e.properties is not None):
+            return None
+    if act is not None and (type(act) is PayloadError or act[1] is not None):
+        return None
+    if type(context) is PayloadError:
+        return None
+    return (None if subject is None else subject.uid, None if act is None else act[0],
+            None if resource is None else resource.uid, context)
+
+
+def _plain_uid(value):
+    """A subject or resource object with a non-empty `type`, a string `id` and no `properties` -> its uid, else None."""
+    if type(value) is not dict:
+        return None
+    t, i = value.get("type"), value.get("id")
+    if type(t) is str and t and type(i) is str and value.get("properties") is None:
+        return {"type": t, "id": i}
+    return None
+
+
+def _plain_item(item, defaults: tuple, max_depth: int) -> dict | None:
+    """_item(item, ...).request for an item whose parts (its own, or the defaults from _plain_defaults) have no
+    properties, without its Entity objects; None for any other item (which _item maps or says what is wrong
+    with). A PayloadError only for the item's own context, as _item raises it."""
+    if type(item) is not dict:
+        return None
+    get = item.get
+    v = get("subject")
+    principal = defaults[0] if v is None else _plain_uid(v)
+    v = get("action")
+    if v is None:
+        action_uid = defaults[1]
+    elif type(v) is dict and v.get("properties") is None and type(v.get("name")) is str and v["name"]:
+        action_uid = {"type": "Action", "id": v["name"]}
+    else:
+        return None
+    v = get("resource")
+    resource = defaults[2] if v is None else _plain_uid(v)
+    if principal is None or action_uid is None or resource is None:
+        return None
+    v = get("context")
+    if v is None:
+        context = defaults[3]
+        ctx = dict(context) if context else {}
+    else:
+        ctx = _record(v, max_depth, "context")
+    return {"principal": principal, "action": action_uid, "resource": resource, "context": ctx}
 
 
 def _default(defaults: dict, part: str):

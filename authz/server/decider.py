@@ -223,12 +223,13 @@ class Decider:
         `trace`: where the caller's trace context is (see tracing.py); the request's own HTTP
         headers when None."""
         engine = self.engine
-        if engine is None or (self.task_state is not None and task_of(request) is not None):
+        ctx = request.get("context")
+        # (task_of is None without a context: the common request skips it)
+        if engine is None or (ctx and self.task_state is not None and task_of(request) is not None):
             return self.decide([request], api, None, trace)[0]
         t0 = self.last_request_ns = time.perf_counter_ns()
         try:
-            d = engine.check(request["principal"], request["action"], request["resource"],
-                             request.get("context") or {})
+            d = engine.check(request["principal"], request["action"], request["resource"], ctx or {})
         except Exception:
             return self.decide([request], api, None, trace)[0]  # the general path classifies and logs the failure
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
@@ -236,7 +237,8 @@ class Decider:
         seq = self._seq = self._seq + 1
         allowed = d.allowed
         o = Outcome(decision_id(self._prefix, seq), allowed, d.policies, d.errors, generation)
-        self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
+        if self.metrics.enabled:
+            self.metrics.decision(api, ALLOW if allowed else DENY, latency_ns / 1e9)
         shadow = self.shadow.compare_one(api, request, d) if self.shadow is not None else None
         if self.decision_log is not None:
             self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d, shadow)

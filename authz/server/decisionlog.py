@@ -175,7 +175,8 @@ class DecisionLog:
         the formatting itself (the log's work a Check, in process: ~28.6k instructions then, ~14.8k
         now, GC and freeing included).
         """
-        if self._queued_in - self._queued_out >= self.max_queue:
+        waiting = self._queued_in - self._queued_out
+        if waiting >= self.max_queue:
             self._lost(1)
             return
         check = (time.time(), latency_ns, generation, seq, request, result)
@@ -191,7 +192,8 @@ class DecisionLog:
         else:
             queue_.append(_CheckRun(api, prefix, check))
         self._queued_in += 1
-        self._format_if_many_wait()
+        if waiting + 1 >= self._FORMAT_AT:  # (the common check returns without the call)
+            self._format_if_many_wait()
 
     def _format_if_many_wait(self):
         """On a loop, format on its next turn once a few hundred events wait (fewer wait for the

@@ -98,3 +98,32 @@ def test_plain_single_takes_the_common_body():
                                          "action": {"type": "Action", "id": "read"},
                                          "resource": {"type": "doc", "id": "d"}, "context": {"ip": "10.0.0.1", "n": 2}}
     assert amap.plain_single({**doc, "subject": {"type": "user", "id": "u", "properties": {"a": 1}}}, 4) is None
+
+
+def _mapped(batch):
+    return [str(e) if isinstance(e, amap.PayloadError) else (e.request, e.overlays) for e in batch.items]
+
+
+_item = st.none() | st.integers(0, 1) | st.fixed_dictionaries({}, optional={
+    "subject": st.none() | _entity, "action": st.none() | _action, "resource": st.none() | _entity,
+    "context": st.none() | st.integers(0, 1) | st.just({}) | _json})
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_body, st.lists(_item, max_size=4))
+def test_plain_items_are_mapped_as_items(doc, items):
+    doc = {**doc, "evaluations": items}
+    try:
+        fast = _mapped(amap.batch(doc, 4, 10))
+    except amap.PayloadError as err:
+        fast = str(err)
+    general_defaults = amap._plain_defaults
+    amap._plain_defaults = lambda defaults: None  # every item through _item
+    try:
+        try:
+            general = _mapped(amap.batch(doc, 4, 10))
+        except amap.PayloadError as err:
+            general = str(err)
+    finally:
+        amap._plain_defaults = general_defaults
+    assert fast == general
