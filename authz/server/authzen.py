@@ -117,15 +117,18 @@ class AuthzenApi:
             return rid, None, None, _error(400, str(e), rid)
 
     def _requests(self, evaluations: list, caller) -> list:
-        """Evaluations (or the PayloadErrors of bad items) -> what the Decider decides, in order: the caller's
-        standing applied and the context keys only the server sets refused (_bind), then the subject's and
-        resource's properties as their attributes for this request (authzen_entities.py), which only a PEP
-        (or development mode) may send: they rewrite entities, the caller's own among them."""
-        requests = self._bind([Invalid("request_parse_error", str(e), e.field) if isinstance(e, amap.PayloadError)
-                               else e.request for e in evaluations], caller)
+        """Evaluations (request dicts of items without properties, or the PayloadErrors of bad items: amap.Batch)
+        -> what the Decider decides, in order: the caller's standing applied and the context keys only the
+        server sets refused (_bind), then the subject's and resource's properties as their attributes for
+        this request (authzen_entities.py), which only a PEP (or development mode) may send: they rewrite
+        entities, the caller's own among them."""
+        requests = self._bind([e if type(e) is dict else e.request if type(e) is amap.Evaluation else
+                               Invalid("request_parse_error", str(e), e.field) for e in evaluations], caller)
         for i, e in enumerate(evaluations):
+            if type(e) is not amap.Evaluation or not e.overlays:
+                continue
             r = requests[i]
-            if type(r) is not dict or isinstance(e, amap.PayloadError) or not e.overlays:
+            if type(r) is not dict:
                 continue
             if caller is not None and not caller.is_pep:
                 requests[i] = Invalid(PROPERTIES_NOT_ALLOWED, "only a PEP may send `properties` of the subject or "

@@ -174,8 +174,9 @@ def evaluation(subject: Entity, act: tuple, resource: Entity, context: dict | No
 
 
 class Batch:
-    """A parsed `evaluations` body: per item an Evaluation or the PayloadError that makes it a deny, and
-    the semantic's stop ("allow", "deny" or None)."""
+    """A parsed `evaluations` body: per item an Evaluation, the request dict of an item without properties
+    (an Evaluation's `request` with no overlays, the common item), or the PayloadError that makes it a
+    deny; and the semantic's stop ("allow", "deny" or None)."""
 
     __slots__ = ("items", "stop_on")
 
@@ -254,7 +255,7 @@ def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
     for i, item in enumerate(items):
         try:
             request = None if plain is None else _plain_item(item, plain, max_depth)
-            add(_item(item, defaults, max_depth) if request is None else Evaluation(request, ()))
+            add(_item(item, defaults, max_depth) if request is None else request)
         except PayloadError as e:
             add(e if e.top_level else e.within(f"evaluations[{i}]"))
     return Batch(out, STOP_ON[semantic])

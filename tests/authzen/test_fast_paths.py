@@ -101,7 +101,8 @@ def test_plain_single_takes_the_common_body():
 
 
 def _mapped(batch):
-    return [str(e) if isinstance(e, amap.PayloadError) else (e.request, e.overlays) for e in batch.items]
+    return [str(e) if isinstance(e, amap.PayloadError) else (e, ()) if type(e) is dict else (e.request, e.overlays)
+            for e in batch.items]
 
 
 _item = st.none() | st.integers(0, 1) | st.fixed_dictionaries({}, optional={
