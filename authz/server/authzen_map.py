@@ -5,7 +5,8 @@ properties} -> Action::"<name>" with its properties as `context.action`; context
 context. Values: string, boolean, integer (Long), array (set), object (record); a member whose
 value is null is left out (the spec's "absent"). Subject and resource properties are the
 entity's attributes for this request only, overlaid on the stored entity (`overlays`).
-Nothing here keeps state between requests: every request dict and entity is built new.
+Nothing here keeps state between requests: every request dict and entity is built new (a uid may be the
+request body's own `{type, id}` object, as parsed for this request).
 """
 from __future__ import annotations
 
@@ -205,13 +206,22 @@ def plain_single(doc: dict, max_depth: int) -> dict | None:
         return None
     st, si, rt, ri, name = s.get("type"), s.get("id"), r.get("type"), r.get("id"), a.get("name")
     if not (type(st) is str and st and type(si) is str and type(rt) is str and rt and type(ri) is str
-            and type(name) is str and name) or \
-            s.get("properties") is not None or r.get("properties") is not None or a.get("properties") is not None:
+            and type(name) is str and name):
+        return None
+    # An object of two members, `type` and `id`, is the uid itself (this request's own, as parsed).
+    if len(s) != 2:
+        if s.get("properties") is not None:
+            return None
+        s = {"type": st, "id": si}
+    if len(r) != 2:
+        if r.get("properties") is not None:
+            return None
+        r = {"type": rt, "id": ri}
+    if len(a) != 1 and a.get("properties") is not None:
         return None
     context = doc.get("context")
-    return {"principal": {"type": st, "id": si}, "action": {"type": "Action", "id": name},
-            "resource": {"type": rt, "id": ri}, "context": {} if context is None else _record(context, max_depth,
-                                                                                               "context")}
+    return {"principal": s, "action": {"type": "Action", "id": name}, "resource": r,
+            "context": {} if context is None else _record(context, max_depth, "context")}
 
 
 def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
