@@ -287,13 +287,16 @@ def _plain_defaults(defaults: dict):
 
 
 def _plain_uid(value):
-    """A subject or resource object with a non-empty `type`, a string `id` and no `properties` -> its uid, else None."""
+    """A subject or resource object with a non-empty `type`, a string `id` and no `properties` -> its uid (the
+    object itself when it has no other member), else None."""
     if type(value) is not dict:
         return None
     t, i = value.get("type"), value.get("id")
-    if type(t) is str and t and type(i) is str and value.get("properties") is None:
-        return {"type": t, "id": i}
-    return None
+    if type(t) is not str or not t or type(i) is not str:
+        return None
+    if len(value) == 2:
+        return value
+    return {"type": t, "id": i} if value.get("properties") is None else None
 
 
 def _plain_item(item, defaults: tuple, max_depth: int) -> dict | None:
