@@ -262,9 +262,10 @@ def batch(doc: dict, max_depth: int, max_items: int) -> Batch:
     out = []
     add = out.append
     plain = _plain_defaults(defaults)
+    actions: dict = {}  # name -> its uid, one per name in the batch (the items share it, as they share defaults)
     for i, item in enumerate(items):
         try:
-            request = None if plain is None else _plain_item(item, plain, max_depth)
+            request = None if plain is None else _plain_item(item, plain, max_depth, actions)
             add(_item(item, defaults, max_depth) if request is None else request)
         except PayloadError as e:
             add(e if e.top_level else e.within(f"evaluations[{i}]"))
@@ -299,10 +300,11 @@ def _plain_uid(value):
     return {"type": t, "id": i} if value.get("properties") is None else None
 
 
-def _plain_item(item, defaults: tuple, max_depth: int) -> dict | None:
+def _plain_item(item, defaults: tuple, max_depth: int, actions: dict) -> dict | None:
     """_item(item, ...).request for an item whose parts (its own, or the defaults from _plain_defaults) have no
     properties, without its Entity objects; None for any other item (which _item maps or says what is wrong
-    with). A PayloadError only for the item's own context, as _item raises it."""
+    with). A PayloadError only for the item's own context, as _item raises it. `actions`: the action uids
+    made so far for this batch, by name."""
     if type(item) is not dict:
         return None
     get = item.get
@@ -312,7 +314,10 @@ def _plain_item(item, defaults: tuple, max_depth: int) -> dict | None:
     if v is None:
         action_uid = defaults[1]
     elif type(v) is dict and v.get("properties") is None and type(v.get("name")) is str and v["name"]:
-        action_uid = {"type": "Action", "id": v["name"]}
+        name = v["name"]
+        action_uid = actions.get(name)
+        if action_uid is None:
+            action_uid = actions[name] = {"type": "Action", "id": name}
     else:
         return None
     v = get("resource")
