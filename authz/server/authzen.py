@@ -124,6 +124,8 @@ class AuthzenApi:
         entities, the caller's own among them."""
         requests = self._bind([e if type(e) is dict else e.request if type(e) is amap.Evaluation else
                                Invalid("request_parse_error", str(e), e.field) for e in evaluations], caller)
+        if amap.Evaluation not in map(type, evaluations):  # the common batch: none can have properties
+            return requests
         for i, e in enumerate(evaluations):
             if type(e) is not amap.Evaluation or not e.overlays:
                 continue
@@ -207,12 +209,11 @@ class AuthzenApi:
             return _error(400, str(err), rid)
         requests = self._requests(b.items, caller)
         results, first, _generation = self.decider.decide_batch(requests, API, b.stop_on, self._trace(request))
-        parts = []
-        for d in results:
-            if type(d) is tuple:
-                parts.append(json.dumps(_denied(d[0], d[1])).encode())
-            else:
-                parts.append(_ALLOW if d.allowed else _DENY)
+        if tuple in map(type, results):  # some decided without the policies: their reasons
+            parts = [json.dumps(_denied(d[0], d[1])).encode() if type(d) is tuple else _ALLOW if d.allowed else _DENY
+                     for d in results]
+        else:
+            parts = [_ALLOW if d.allowed else _DENY for d in results]
         body = b'{"evaluations":[' + b",".join(parts) + b"]}"
         return _reply(body, 200, rid, {"X-Authz-Decision-Id": decision_id(self.decider.id_prefix, first)}
                       if results else None)
