@@ -287,9 +287,14 @@ class Decider:
                 for i in valid:
                     results[i] = ("index_unavailable", "no policy index is loaded", "")
             elif self.task_state is not None:
-                stateful, plain = [], []
-                for i in valid:
-                    (plain if task_of(requests[i]) is None else stateful).append(i)
+                # A request made with a task token has `token` in its context: only those are looked at closer.
+                stateful = [i for i in valid if "token" in (requests[i].get("context") or ())
+                            and task_of(requests[i]) is not None]
+                if stateful:
+                    held = set(stateful)
+                    plain = [i for i in valid if i not in held]
+                else:
+                    plain = valid
                 if stateful and any("entities" in requests[i] for i in stateful):
                     # The task state decides with the stored entities only: a request's own are never dropped.
                     for i in stateful:
