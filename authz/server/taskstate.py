@@ -133,14 +133,13 @@ class TaskState:
     def _step(self, engine, batch, requests, indexes, results, actions, seen) -> None:
         actions.clear()  # a retried transaction starts over
         seen.clear()
-        many = len(indexes) > 1  # in a batch the store remembers validated (resource, labels) tuples
-        if many and batch.PREFETCHES:  # a networked store reads every task and agent of the batch at once
+        if len(indexes) > 1 and batch.PREFETCHES:  # a networked store reads every task and agent of the batch at once
             batch.prefetch([(requests[i]["context"]["token"]["task"], _agent_id(requests[i]["principal"]))
                             for i in indexes])
         # Per call (compiled, authz/state/_step.pyx): a revoked or suspended task is denied; the call is
         # decided with `context.task` / `context.agent` as they were before it (that context is the one
         # logged); an allowed call is recorded; any other goes to _refused.
-        _step.run(self, engine, batch, requests, indexes, results, actions, seen, many)
+        _step.run(self, engine, batch, requests, indexes, results, actions, seen)
 
     def _refused(self, engine, txn, principal, action, resource, stored, ctx, d, i, results, actions) -> None:
         """A call the policies did not allow (results[i] is its Decision `d`): allowed with an approval's

@@ -5,7 +5,7 @@ recorded, here; what is rare goes back to Python, to the same code the rules are
   * a revoked or suspended task: TaskTxn.denied() (authz/state/store.py);
   * a call the policies did not allow (approvals, tripwires): TaskState._refused (taskstate.py);
   * an allowed call that adds a tool or a label, or whose resource, labels or cost the fast path does not
-    take (not a (type, id) pair of a batch, an out-of-range cost): TaskTxn.allowed().
+    take (a resource that is not a {type, id} record, an out-of-range cost): TaskTxn.allowed().
 The common allowed call (a tool and labels the task already has) is counted here, as
 model.TaskState.record_allowed and model.AgentState.record_allowed count it.
 
@@ -80,7 +80,7 @@ cdef int count_allowed(TaskFields state, AgentFields agent, tuple checked, objec
     return 0
 
 
-def run(ts, engine, batch, requests, indexes, list results, list actions, dict seen, bint many):
+def run(ts, engine, batch, requests, indexes, list results, list actions, dict seen):
     """The calls `indexes` of `requests`, in order, in `batch` (TaskState._step: see taskstate.py):
     results[i] and seen[i] (the context request i was decided with) for each; `actions`: the tripwires
     TaskState._refused found, to apply once the batch is committed."""
@@ -103,7 +103,7 @@ def run(ts, engine, batch, requests, indexes, list results, list actions, dict s
         r = requests[i]
         ctx = r.get("context") or {}
         principal, action, resource = r["principal"], r["action"], r["resource"]
-        stored = (resource["type"], resource["id"]) if many and type(resource) is dict else resource
+        stored = (resource["type"], resource["id"]) if type(resource) is dict else resource
         task_id = ctx["token"]["task"]
         agent_id = principal["id"] if type(principal) is dict else str(principal)
         if txn is None or type(task_id) is not str or type(agent_id) is not str or task_id != last_task \
