@@ -308,30 +308,20 @@ def _plain_item(item, defaults: tuple, max_depth: int, actions: dict) -> dict | 
     if type(item) is not dict:
         return None
     get = item.get
-    # A subject or resource of exactly a non-empty type and a string id is its own uid (_plain_uid, inlined).
     v = get("subject")
-    if v is None:
-        principal = defaults[0]
-    elif type(v) is dict and len(v) == 2 and type(t := v.get("type")) is str and t and type(v.get("id")) is str:
-        principal = v
-    else:
-        principal = _plain_uid(v)
+    principal = defaults[0] if v is None else _plain_uid(v)
     v = get("action")
     if v is None:
         action_uid = defaults[1]
-    elif type(v) is dict and type(name := v.get("name")) is str and name and (len(v) == 1 or v.get("properties") is None):
+    elif type(v) is dict and v.get("properties") is None and type(v.get("name")) is str and v["name"]:
+        name = v["name"]
         action_uid = actions.get(name)
         if action_uid is None:
             action_uid = actions[name] = {"type": "Action", "id": name}
     else:
         return None
     v = get("resource")
-    if v is None:
-        resource = defaults[2]
-    elif type(v) is dict and len(v) == 2 and type(t := v.get("type")) is str and t and type(v.get("id")) is str:
-        resource = v
-    else:
-        resource = _plain_uid(v)
+    resource = defaults[2] if v is None else _plain_uid(v)
     if principal is None or action_uid is None or resource is None:
         return None
     v = get("context")
