@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import json
 import pathlib
-import re
 import ssl
 import sys
 
@@ -21,15 +20,7 @@ TIMEOUT_S = 10.0
 
 
 class HttpAuthzServer(AuthzServer):
-    """AuthzServer that also reads the HTTP address from the server's first line."""
-
-    http_address = None
-
-    def _read_line(self) -> str:
-        line = super()._read_line()
-        m = re.search(r"HTTP on (\S+)", line)
-        self.http_address = m.group(1) if m else None
-        return line
+    """AuthzServer with a client for its HTTP listener."""
 
     def client(self, ssl_context: ssl.SSLContext | None = None) -> "Client":
         assert self.http_address, "the server has no HTTP listener"

@@ -4,7 +4,6 @@ its HTTP address, operator keys made by the CLI, and where Debian's chromium is.
 from __future__ import annotations
 
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -31,15 +30,7 @@ permit(principal in Team::"reviewers",
 
 
 class ConsoleServer(AuthzServer):
-    """AuthzServer that also reads the HTTP address from its first line."""
-
-    http_address = None
-
-    def _read_line(self) -> str:
-        line = super()._read_line()
-        m = re.search(r"HTTP on (\S+)", line)
-        self.http_address = m.group(1) if m else None
-        return line
+    """AuthzServer with the console's address."""
 
     @property
     def console(self) -> str:

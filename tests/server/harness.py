@@ -104,6 +104,7 @@ class AuthzServer:
         self.args = args
         self.tls = tls  # (ca_pem, cert_pem, key_pem) of a client the server accepts, when it requires mTLS
         self.address = None
+        self.http_address = None  # the HTTP listener's (AuthZEN, console), when it serves one
         self.pids: list = []
         self.proc = None
 
@@ -120,6 +121,8 @@ class AuthzServer:
         assert m, f"unexpected first line {line!r}; stderr:\n{self.stderr()}"
         self.address = m.group(1)
         self.pids = [int(p) for p in m.group(2).split()]
+        http = re.search(r"HTTP on (\S+)", line)
+        self.http_address = http.group(1) if http else None
         if wait_serving:
             self.wait_serving()
         return self
