@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import INTEROP
+from authzenkit import INTEROP
 
 
 def _cases(name: str, endpoint: str) -> list:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import POLICIES, HttpAuthzServer, serve_args
+from authzenkit import POLICIES, HttpAuthzServer, serve_args
 from harness import env_with_repo, free_port, wait_until
 
 BETH = "CiRmZDM2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"

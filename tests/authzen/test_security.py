@@ -11,7 +11,7 @@ import sys
 import material as m
 import pytest
 
-from conftest import POLICIES, HttpAuthzServer, serve_args
+from authzenkit import POLICIES, HttpAuthzServer, serve_args
 from harness import env_with_repo, wait_until
 
 PEP_ID = "spiffe://example.org/ns/mesh/sa/pep"
