@@ -169,7 +169,9 @@ class AuthorizerServicer(authz_pb2_grpc.AuthorizerServicer):
             req = self.tokens.bind(token, [req])[0]
         if entities is not None and type(req) is dict:
             req = {**req, "entities": entities}
-        o = self.decider.decide([req], API, None, context)[0]  # context: the caller's traceparent metadata
+        # context: the caller's traceparent metadata
+        o = self.decider.decide_one(req, API, context) if type(req) is dict else \
+            self.decider.decide([req], API, None, context)[0]
         if o.code == "request_parse_error":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, o.message)
         if o.code in ("index_unavailable", "internal_error", "revocation_unavailable", "keys_unavailable"):

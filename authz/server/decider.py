@@ -218,20 +218,25 @@ class Decider:
         return decision_id(self._prefix, self._seq)
 
     def decide_one(self, request: dict, api: str, trace=None) -> Outcome:
-        """decide([request], api)[0] without the batch bookkeeping (the Envoy hot path).
+        """decide([request], api)[0] without the batch bookkeeping (the hot path of a Check: Envoy's,
+        authz.v1's, AuthZEN's evaluation); logged as a Check (DecisionLog.record_check).
 
         `trace`: where the caller's trace context is (see tracing.py); the request's own HTTP
         headers when None."""
         engine = self.engine
         ctx = request.get("context")
-        # (task_of is None without a context: the common request skips it)
-        if engine is None or (ctx and self.task_state is not None and task_of(request) is not None):
+        if engine is None or "entities" in request:  # (request entities: engine.check_batch reads them)
             return self.decide([request], api, None, trace)[0]
+        # (task_of is None without a context: the common request skips it)
+        if ctx and self.task_state is not None and task_of(request) is not None:
+            return self._decide_one_with_state(engine, request, api, trace)
         t0 = self.last_request_ns = time.perf_counter_ns()
         try:
             d = engine.check(request["principal"], request["action"], request["resource"], ctx or {})
         except Exception:
-            return self.decide([request], api, None, trace)[0]  # the general path classifies and logs the failure
+            d = None
+        if d is None:  # the general path classifies and logs the failure (outside the except: one traceback)
+            return self.decide([request], api, None, trace)[0]
         generation = engine.generation  # INVARIANT: same generation as the check (one thread)
         latency_ns = time.perf_counter_ns() - t0
         seq = self._seq = self._seq + 1
@@ -242,6 +247,30 @@ class Decider:
         shadow = self.shadow.compare_one(api, request, d) if self.shadow is not None else None
         if self.decision_log is not None:
             self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d, shadow)
+        if self.tracer is not None:
+            self.tracer.decision(api, trace, request, o, latency_ns)
+        return o
+
+    def _decide_one_with_state(self, engine, request: dict, api: str, trace) -> Outcome:
+        """decide_one of a request made with a task token: decided with its task's state (as decide() does),
+        logged as a Check (the decision log's runs of Checks) with the context it was decided with."""
+        t0 = self.last_request_ns = time.perf_counter_ns()
+        requests, results = [request], [None]
+        self._evaluate_with_state(engine, requests, (0,), results)
+        request, d = requests[0], results[0]  # (the request now carries the context it was decided with)
+        generation = self.generation  # INVARIANT: same generation as the decision (one thread)
+        latency_ns = time.perf_counter_ns() - t0
+        seq = self._seq = self._seq + 1
+        if type(d) is tuple:
+            o = Outcome(decision_id(self._prefix, seq), False, (), (), generation, *d)
+        else:
+            o = Outcome(decision_id(self._prefix, seq), d.allowed, d.policies, d.errors, generation)
+        if self.metrics.enabled:
+            self._count(api, results, latency_ns / 1e9)
+        shadow = self.shadow.compare(api, requests, results) if self.shadow is not None else None
+        if self.decision_log is not None:
+            self.decision_log.record_check(api, latency_ns, generation, self._prefix, seq, request, d,
+                                           shadow.get(0) if shadow else None)
         if self.tracer is not None:
             self.tracer.decision(api, trace, request, o, latency_ns)
         return o
