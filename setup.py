@@ -2,7 +2,8 @@
 evaluator), authz.server._wire (authz.v1 BatchCheck and Envoy Check on the wire), authz.server._jsonl (decision
 log lines), authz.server._envoy_map (the Envoy mapping), authz.compiler._records (compiled records read back
 for the compiler's publish-time check), authz.state.windows (task-state rate windows), authz.state._records (the
-fields of the task-state records) and authz.state._step (the server's per-call task-state step)."""
+fields of the task-state records), authz.state._step (the server's per-call task-state step) and
+authz.state._lmdb_call (the step's single-call path on the embedded store)."""
 import os
 
 from Cython.Build import cythonize
@@ -28,7 +29,8 @@ setup(
          Extension("authz.compiler._records", ["authz/compiler/_records.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.state.windows", ["authz/state/windows.pyx"], extra_compile_args=["-O2"]),
          Extension("authz.state._records", ["authz/state/_records.pyx"], extra_compile_args=["-O2"]),
-         Extension("authz.state._step", ["authz/state/_step.pyx"], extra_compile_args=["-O2"])],
+         Extension("authz.state._step", ["authz/state/_step.pyx"], extra_compile_args=["-O2"]),
+         Extension("authz.state._lmdb_call", ["authz/state/_lmdb_call.pyx"], extra_compile_args=["-O2"])],
         compiler_directives=DIRECTIVES,
         annotate=bool(os.environ.get("AUTHZ_CYTHON_ANNOTATE")),
     )

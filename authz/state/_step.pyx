@@ -40,7 +40,7 @@ cdef dict task_view(TaskFields state, double now):
             "rate": {"m1": state.m1.count(now), "h1": state.h1.count(now)}, "overflow": state.overflow}
 
 
-cdef inline dict agent_view(AgentFields agent, double now):
+cdef dict agent_view(AgentFields agent, double now):
     """model.AgentState.view(now)."""
     return {"rate": {"m1": agent.m1.count(now), "h1": agent.h1.count(now)}}
 

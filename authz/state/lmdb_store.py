@@ -22,8 +22,8 @@ import threading
 
 import lmdb
 
+from authz.state import _lmdb_call, model
 from authz.state import approvals as A
-from authz.state import model
 from authz.state.config import StateConfig
 from authz.state.errors import Full, InvalidArgument, NotFound, Unavailable
 from authz.state.lmdb_env import mapped, open_env, release_env
@@ -62,6 +62,8 @@ class LmdbStore(Store):
     """The embedded Store. Opened lazily (and again after a failure), so a damaged or missing store
     makes stateful decisions fail closed (Unavailable) without stopping the server."""
 
+    CACHE_MAX = _CACHE_MAX
+
     def __init__(self, config: StateConfig):
         super().__init__(config)
         self._env = None
@@ -71,6 +73,7 @@ class LmdbStore(Store):
         # (b"t" | b"a", id) -> (stored bytes, decoded state): a record read again unchanged (the same
         # bytes) is not decoded again. Touched only inside write transactions (one at a time).
         self._cache = {}
+        self._checked = {}  # (resource, labels) -> validated (tool, labels), for decide_call (bounded there)
         self._revocations = None
 
     @property
@@ -129,6 +132,10 @@ class LmdbStore(Store):
             batch.abort()
             raise
         return batch
+
+    def decide_call(self, ts, engine, request: dict, now: float):
+        """Store.decide_call: the common call in one write transaction (authz/state/_lmdb_call.pyx)."""
+        return _lmdb_call.decide_call(self, ts, engine, request, model.check_now(now))
 
     def sweep(self, now: float, limit: int = 1000) -> int:
         with self._begin(now) as batch:

@@ -63,6 +63,13 @@ class Store(abc.ABC):
                 continue
         raise Unavailable(f"the state kept changing during {attempts} attempts")
 
+    def decide_call(self, ts, engine, request: dict, now: float):
+        """A backend's fast path for one call made with a task token: (decision, context it was decided
+        with), decided and recorded in one step, or None when the general path (a batch and the server's
+        step, authz/server/taskstate.py) must take it, nothing written then. The general path decides
+        every call; a backend answers here only what it answers the same way. This default answers none."""
+        return None
+
     # --- approvals -------------------------------------------------------------------------------
     def approve(self, approval_id: str, approver: str, now: float) -> A.Approval:
         """Approve a pending approval: its task resumes; a "call" approval grants the identical call once,

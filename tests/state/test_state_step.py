@@ -187,3 +187,103 @@ def test_a_kept_context_is_not_changed_by_later_calls(engine, tmp_path):
         assert [r["context"]["agent"]["rate"]["m1"] for r in requests] == list(range(9))
     finally:
         store.close()
+
+
+class Counted:
+    """A store whose decide_call answers are counted (the fast path's answers; None: the general path's)."""
+
+    def __init__(self, store):
+        self.store, self.fast, self.general = store, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def decide_call(self, ts, engine, request, now):
+        done = self.store.decide_call(ts, engine, request, now)
+        if done is None:
+            self.general += 1
+        else:
+            self.fast += 1
+        return done
+
+
+def same_one_by_one(engine, subject, oracle, calls):
+    """Each (time, call) decided alone (a Check: the store's single-call path when it takes it) and by the
+    Python rules: same outcomes, contexts and stored state after each."""
+    for at, call in calls:
+        requests = requests_of([call])
+        want = reference(engine, oracle, requests, at)
+        got = compiled(engine, subject, requests, at)
+        assert got == (("unavailable", None) if want[1] is None else want)
+        assert stored_state(subject, at) == stored_state(oracle, at)
+
+
+SINGLES = st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.5, 59.0, 61.5, 3599.5, 3600.0, 3725.0]), CALLS),
+                   min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=SINGLES, bounds=st.sampled_from([{}, {"max_tools": 2}, {"max_labels": 3}, {"max_call_labels": 2}]))
+def test_the_single_call_path_is_the_python_rules(engine, calls, bounds):
+    """Single calls in time order (the store's fast path for the common allowed call, the general path for the
+    rest: new tasks, agents, tools and labels, denies, costs out of range, an hour passed), against the rules."""
+    calls = sorted(calls, key=lambda c: c[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        subject = make_store(pathlib.Path(tmp) / "subject", **bounds)
+        oracle = make_store(pathlib.Path(tmp) / "oracle", **bounds)
+        try:
+            same_one_by_one(engine, subject, oracle, [(T0 + dt, call) for dt, call in calls])
+        finally:
+            subject.close()
+            oracle.close()
+
+
+def test_the_single_call_path_answers_the_common_call(engine, tmp_path):
+    """A fixed run of Checks: after a task's first calls (new records, tools and labels: the general path),
+    the repeated allowed call is answered by the store's single-call path, and everything else is not:
+    denies, a cost out of range, a new tool, the hour the records' sweep entries move."""
+    subject, oracle = Counted(make_store(tmp_path / "subject")), make_store(tmp_path / "oracle")
+    try:
+        warm = [(T0, ("t1", "a1", 2, False, None)), (T0 + 0.1, ("t1", "a1", 2, False, 2))]
+        same_one_by_one(engine, subject, oracle, warm)
+        subject.fast = subject.general = 0
+        repeated = [(T0 + 0.2 + k / 100, ("t1", "a1", 2, False, k % 3)) for k in range(20)]
+        same_one_by_one(engine, subject, oracle, repeated)
+        assert (subject.fast, subject.general) == (20, 0)
+        rare = [(T0 + 1, ("t1", "a1", 2, True, None)),        # denied by `no`
+                (T0 + 1.05, ("t1", "a1", 1, False, None)),    # denied by `noisy-agent` (9 calls this minute)
+                (T0 + 1.1, ("t1", "a1", 2, False, -1)),       # a cost out of range: refused by the rules
+                (T0 + 1.2, ("t1", "a1", 4, False, None)),     # a new tool
+                (T0 + 1.3, ("t1", "a2", 2, False, None)),     # a new agent
+                (T0 + 7200, ("t1", "a1", 2, False, None))]    # two hours on: the sweep entries move
+        for call in rare:
+            subject.fast = subject.general = 0
+            same_one_by_one(engine, subject, oracle, [call])
+            assert (subject.fast, subject.general) == (0, 1), call
+        subject.fast = 0
+        same_one_by_one(engine, subject, oracle, [(T0 + 7200.5, ("t1", "a1", 2, False, None))])
+        assert subject.fast == 1
+    finally:
+        subject.store.close()
+        oracle.close()
+
+
+def test_another_process_s_write_is_read_by_the_single_call_path(engine, tmp_path):
+    """Two stores on one folder (two workers): each call sees the other's last commit, whichever path took it."""
+    from authz.state.lmdb_store import LmdbStore
+
+    a = Counted(make_store(tmp_path / "s"))
+    b = LmdbStore(a.store.config)  # a second handle: its own record cache, the same environment and file
+    oracle = make_store(tmp_path / "oracle")
+    try:
+        for k in range(12):
+            at, call = T0 + k / 10, ("t1", "a1", 2, False, 1)
+            requests = requests_of([call])
+            want = reference(engine, oracle, requests, at)
+            assert compiled(engine, a if k % 2 else b, requests, at) == want
+        assert a.fast > 0
+        assert stored_state(a.store, T0 + 2) == stored_state(oracle, T0 + 2)
+    finally:
+        b.close()
+        a.store.close()
+        oracle.close()
