@@ -24,15 +24,16 @@ import struct
 from array import array
 
 from authz.state import _records, windows
+from authz.state._records import encode_agent, encode_task  # noqa: F401  (the stored form, compiled)
 from authz.state.config import LONG_MAX
 from authz.state.errors import Full, InvalidArgument, Unavailable
 
 _FORMAT = 1
+# The headers encode_task and encode_agent write (authz/state/_records.pyx):
 # format, started, last, calls, denies, spend, flags, due, m1 head, h1 head, tools len, labels len, suspended_by
 _TASK = struct.Struct("<BddqqqBqqqII32s")
 _AGENT = struct.Struct("<BdBqqq")      # format, last, flags, due, m1 head, h1 head
 _OVERFLOW, _REVOKED, _M1, _H1 = 1, 2, 4, 8
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 _decode = json.JSONDecoder().decode
 
 
@@ -198,24 +199,6 @@ class AgentState(_records.AgentFields):
 AGENT_TTL_S = windows.SLOTS * windows.H1_WIDTH
 
 
-def _window_bytes(m1: bytes, h1: bytes) -> int:
-    return (_M1 if m1 else 0) | (_H1 if h1 else 0)
-
-
-def encode_task(task: TaskState) -> bytes:
-    m1, h1 = task.m1.stored(), task.h1.stored()
-    flags = (_OVERFLOW if task.overflow else 0) | (_REVOKED if task.revoked else 0) | _window_bytes(m1, h1)
-    tools, labels = task._tools_json, task._labels_json
-    if tools is None:
-        tools = task._tools_json = _encode(task.tools).encode("utf-8")
-    if labels is None:
-        labels = task._labels_json = _encode(list(task.counts)).encode("utf-8")
-    return b"".join((_TASK.pack(_FORMAT, task.started, task.last, task.calls, task.denies, task.spend, flags,
-                                task.due, task.m1.head, task.h1.head, len(tools), len(labels),
-                                task.suspended_by.encode("ascii")),
-                     m1, h1, tools, labels, array("Q", task.counts.values()).tobytes()))
-
-
 def _damaged(what: str, name: str) -> Unavailable:
     return Unavailable(f"the stored state of {what} `{name}` is damaged")
 
@@ -266,12 +249,6 @@ def decode_task(task_id: str, raw) -> TaskState:
         task._add_tool((tool[0], tool[1]))
     task._tools_json = tools_json
     return task
-
-
-def encode_agent(agent: AgentState) -> bytes:
-    m1, h1 = agent.m1.stored(), agent.h1.stored()
-    return b"".join((_AGENT.pack(_FORMAT, agent.last, _window_bytes(m1, h1), agent.due, agent.m1.head,
-                                 agent.h1.head), m1, h1))
 
 
 def decode_agent(agent_id: str, raw) -> AgentState:
