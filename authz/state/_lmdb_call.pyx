@@ -18,6 +18,8 @@ and the counting are _step.pyx's own (task_view, agent_view, counted_here, count
 written as LmdbBatch._commit writes them (model.encode_task / encode_agent), and the record cache is kept
 the same way (a record whose commit failed is dropped from it, so the general path reads it again).
 """
+import os
+
 import lmdb
 
 from authz.engine._evaluator cimport Decision
@@ -30,6 +32,29 @@ from authz.state.errors import InvalidArgument
 cdef double HOUR = 3600.0
 cdef object AGENT_TTL_S = model.AGENT_TTL_S
 cdef Py_ssize_t CHECKED_MAX = 4096  # validated (resource, labels) pairs a store remembers
+cdef double TIME_MAX = 9007199254740992.0  # 2^53: model.check_now's bound
+
+# This process's id, for LmdbStore's environment check (an environment is never used across fork) without
+# a system call per decision.
+cdef object _pid = os.getpid()
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+cdef object call_labels(object ts, object engine, dict resource, object policies):
+    """ts._call_labels(engine, resource, policies) (authz/server/taskstate.py), its cache read here."""
+    held, generation, cache = ts._labels_of
+    if held is engine and generation == engine.generation:
+        found = (<dict>cache).get((resource.get("type"), resource.get("id"), *policies))
+        if found is not None:
+            return found
+    return ts._call_labels(engine, resource, policies)
 
 
 cdef object due_after(double last, object ttl_s):
@@ -53,10 +78,12 @@ cdef object record(dict cache, Py_ssize_t most, tuple key, object raw, object de
 
 
 def decide_call(store, ts, engine, dict request, double now):
-    """(decision, context) of `request` (a request dict made with a task token) decided with its task's
-    state and recorded, or None: the general path must take it, and nothing was written. `store` is an
-    LmdbStore, `ts` the server's TaskState (its labels cache), `now` the decision's time.
+    """LmdbStore.decide_call (Store.decide_call): (decision, context) of `request` (a request dict made with
+    a task token) decided with its task's state and recorded, or None: the general path must take it, and
+    nothing was written. `ts` is the server's TaskState (its labels cache), `now` the decision's time.
     Raises what engine.check raises (nothing written then)."""
+    if not 0 <= now < TIME_MAX:  # (NaN too) the general path refuses it
+        return None
     ctx = request.get("context")
     if type(ctx) is not dict:
         return None
@@ -84,7 +111,11 @@ def decide_call(store, ts, engine, dict request, double now):
     cdef TaskFields state
     cdef AgentFields agent
     cdef bint written = False
-    env, dbs = store._environment()
+    env = store._env
+    if env is not None and store._pid == _pid:
+        dbs = store._dbs
+    else:
+        env, dbs = store._environment()
     try:
         txn = env.begin(write=True)
     except lmdb.Error:
@@ -107,7 +138,7 @@ def decide_call(store, ts, engine, dict request, double now):
         d = engine.check(principal, action, resource, decided)
         if not ((<Decision>d).allowed if type(d) is Decision else d.allowed):
             return None
-        labels = ts._call_labels(engine, resource, d.policies)
+        labels = call_labels(ts, engine, <dict>resource, d.policies)
         if type(labels) is not tuple:
             return None
         checked_of = store._checked

@@ -133,9 +133,8 @@ class LmdbStore(Store):
             raise
         return batch
 
-    def decide_call(self, ts, engine, request: dict, now: float):
-        """Store.decide_call: the common call in one write transaction (authz/state/_lmdb_call.pyx)."""
-        return _lmdb_call.decide_call(self, ts, engine, request, model.check_now(now))
+    # Store.decide_call: the common call in one write transaction, compiled (authz/state/_lmdb_call.pyx).
+    decide_call = _lmdb_call.decide_call
 
     def sweep(self, now: float, limit: int = 1000) -> int:
         with self._begin(now) as batch:
