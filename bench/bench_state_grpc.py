@@ -178,6 +178,17 @@ def h2load(address, path, body_file, duration, conns, streams, headers=()):
     return float(m.group(1)), int(done.group(1))
 
 
+def h2load_n(address, path, body_file, n, headers=()):
+    """`n` requests of one gRPC request from one h2load connection (8 in flight); fails unless all got HTTP 200."""
+    cmd = ["h2load", "-n", str(n), "-c", "1", "-m", "8", "-d", str(body_file), "-H", "content-type: application/grpc",
+           "-H", "te: trailers"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [f"http://{address}{path}"], capture_output=True, text=True, timeout=3600).stdout
+    if f"{n} succeeded" not in out or not re.search(r"status codes: \d+ 2xx, 0 3xx, 0 4xx, 0 5xx", out):
+        raise SystemExit(f"h2load failed:\n{out}")
+
+
 def alternated(sides, duration, rounds, conns, streams):
     """Each side (server, path, body_file, headers) loaded in turn, `rounds` times: the median requests/s
     and worker CPU per request (µs) of each, and per side the sorted per-round ratios to side 0."""
