@@ -2,6 +2,7 @@
 Python rules it replaces: each call decided with `{**context, **TaskTxn.view()}` (real engine, real store),
 then TaskTxn.allowed / TaskTxn.denied. Same decisions, same contexts (values and member order, unchanged by
 later calls: the decision log keeps them), same stored state (the encoded records), same errors."""
+import contextlib
 import json
 import pathlib
 import tempfile
@@ -131,11 +132,21 @@ def same(engine, subject, oracle, batches):
         requests = requests_of(calls)
         want = reference(engine, oracle, requests, at)
         got = compiled(engine, subject, requests, at)
-        if want[1] is None:
-            assert got == ("unavailable", None), (want, got)
-        else:
-            assert got == want
+        assert got == (("unavailable", None) if want[1] is None else want), (want, got)
         assert stored_state(subject, at) == stored_state(oracle, at)
+
+
+@contextlib.contextmanager
+def two_stores(bounds):
+    """(subject, oracle): two stores with the same bounds, in a folder removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subject = make_store(pathlib.Path(tmp) / "subject", **bounds)
+        oracle = make_store(pathlib.Path(tmp) / "oracle", **bounds)
+        try:
+            yield subject, oracle
+        finally:
+            subject.close()
+            oracle.close()
 
 
 CALLS = st.tuples(st.sampled_from(["t1", "t2"]), st.sampled_from(["a1", "a2"]), st.integers(0, 4), st.booleans(),
@@ -144,17 +155,14 @@ BATCHES = st.lists(st.tuples(st.sampled_from([0.0, 0.25, 1.5, 59.0, 61.5, 3600.0
                              st.lists(CALLS, min_size=1, max_size=30)), min_size=1, max_size=5)
 
 
+BOUNDS = st.sampled_from([{}, {"max_tools": 2}, {"max_labels": 3}, {"max_call_labels": 2}])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=BATCHES, bounds=st.sampled_from([{}, {"max_tools": 2}, {"max_labels": 3}, {"max_call_labels": 2}]))
+@given(batches=BATCHES, bounds=BOUNDS)
 def test_the_compiled_step_is_the_python_rules(engine, batches, bounds):
-    with tempfile.TemporaryDirectory() as tmp:
-        subject = make_store(pathlib.Path(tmp) / "subject", **bounds)
-        oracle = make_store(pathlib.Path(tmp) / "oracle", **bounds)
-        try:
-            same(engine, subject, oracle, [(T0 + dt, calls) for dt, calls in batches])
-        finally:
-            subject.close()
-            oracle.close()
+    with two_stores(bounds) as (subject, oracle):
+        same(engine, subject, oracle, [(T0 + dt, calls) for dt, calls in batches])
 
 
 def test_each_backend_steps_as_the_python_rules(engine, store, tmp_path):
@@ -210,12 +218,7 @@ class Counted:
 def same_one_by_one(engine, subject, oracle, calls):
     """Each (time, call) decided alone (a Check: the store's single-call path when it takes it) and by the
     Python rules: same outcomes, contexts and stored state after each."""
-    for at, call in calls:
-        requests = requests_of([call])
-        want = reference(engine, oracle, requests, at)
-        got = compiled(engine, subject, requests, at)
-        assert got == (("unavailable", None) if want[1] is None else want)
-        assert stored_state(subject, at) == stored_state(oracle, at)
+    same(engine, subject, oracle, [(at, [call]) for at, call in calls])
 
 
 SINGLES = st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.5, 59.0, 61.5, 3599.5, 3600.0, 3725.0]), CALLS),
@@ -223,19 +226,12 @@ SINGLES = st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.5, 59.0, 61.5, 3599.
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(calls=SINGLES, bounds=st.sampled_from([{}, {"max_tools": 2}, {"max_labels": 3}, {"max_call_labels": 2}]))
+@given(calls=SINGLES, bounds=BOUNDS)
 def test_the_single_call_path_is_the_python_rules(engine, calls, bounds):
     """Single calls in time order (the store's fast path for the common allowed call, the general path for the
     rest: new tasks, agents, tools and labels, denies, costs out of range, an hour passed), against the rules."""
-    calls = sorted(calls, key=lambda c: c[0])
-    with tempfile.TemporaryDirectory() as tmp:
-        subject = make_store(pathlib.Path(tmp) / "subject", **bounds)
-        oracle = make_store(pathlib.Path(tmp) / "oracle", **bounds)
-        try:
-            same_one_by_one(engine, subject, oracle, [(T0 + dt, call) for dt, call in calls])
-        finally:
-            subject.close()
-            oracle.close()
+    with two_stores(bounds) as (subject, oracle):
+        same_one_by_one(engine, subject, oracle, [(T0 + dt, call) for dt, call in sorted(calls, key=lambda c: c[0])])
 
 
 def test_the_single_call_path_answers_the_common_call(engine, tmp_path):
