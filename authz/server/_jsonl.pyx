@@ -48,7 +48,9 @@ cdef str context_part(object ctx):
         return _last_part
     if type(ctx) is not dict:
         return _context_part_py(ctx)
-    if "task" in <dict>ctx:  # decided with task state: its members' text is shared with the previous one's
+    if "token" in <dict>ctx or "task" in <dict>ctx:
+        # made with a task token (and decided with task state): its members' text is shared with the previous
+        # one's (a token's `token` and `delegation` are one object per token, a task's views share lists)
         text = encode_task_context(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)
     else:
         text = encode_json(_context_redacted(ctx), 4 * _CONTEXT_MAX_CHARS)  # more bytes than 4x: more chars too
@@ -59,11 +61,12 @@ cdef str context_part(object ctx):
     return part
 
 
-# The members of the last context with task state encode_task_context wrote: their values (held, so that no
-# other object takes their identity) and where their text is in _members_text. The contexts of a BatchCheck's
-# items with a task token are copies of one context (the same `token` and `delegation` objects) with their
-# own `task` and `agent` (authz/state/_step.pyx); INVARIANT (as above): a decided context, and so each of its
-# members, is not changed, so the same object means the same text.
+# The members of the last context made with a task token that encode_task_context wrote: their values (held,
+# so that no other object takes their identity) and where their text is in _members_text. The contexts of
+# the calls made with one token share its `token` and `delegation` objects (authz.tokens.verify: one per
+# verified token), and a BatchCheck's items with task state their own `task` and `agent` beside them
+# (authz/state/_step.pyx); INVARIANT (as above): a decided context, and so each of its members, is not
+# changed, so the same object means the same text.
 cdef enum:
     MEMBERS_KEPT = 16
 cdef list _member_values = []

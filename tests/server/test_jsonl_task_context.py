@@ -1,6 +1,7 @@
-"""The decision log's lines of requests decided with task state (authz.server._jsonl): their contexts share
-member objects (a BatchCheck's items: the same `token` and `delegation`; a task's views share their `tools`
-and `labels` lists), whose text the writer copies from the previous line; each line's context is exactly
+"""The decision log's lines of requests made with a task token, decided with task state or not
+(authz.server._jsonl): their contexts share member objects (the calls of one token: the same `token` and
+`delegation`; a task's views share their `tools` and `labels` lists), whose text the writer copies from the
+previous line; each line's context is exactly
 encode_json's text of that context (the lines of unshared copies are the same bytes), and the same JSON as
 the Python formatter's."""
 import copy
@@ -52,7 +53,8 @@ def _contexts(draw):
                 ctx[key] = draw(_value)
             else:
                 ctx[key] = copy.deepcopy(shared[0]) if shared else draw(st.integers(0, 9))
-        ctx.setdefault("task", pool["task"][0])
+        if draw(st.integers(0, 3)):  # most with task state; the others made with a token alone, or neither
+            ctx.setdefault("task", pool["task"][0])
         if draw(st.integers(0, 9)) == 0:
             ctx["big"] = "é" * (MAX_CONTEXT_CHARS // 2 + draw(st.integers(-10, 10)))
         out.append(ctx)
