@@ -24,14 +24,13 @@ import lmdb
 
 from authz.engine._evaluator cimport Decision
 from authz.state._records cimport AgentFields, TaskFields
-from authz.state._step cimport agent_view, count_allowed, counted_here, task_view
+from authz.state._records cimport due_after
+from authz.state._step cimport agent_view, count_allowed, counted_here, task_view, validated
 
 from authz.state import model
 from authz.state.errors import InvalidArgument
 
-cdef double HOUR = 3600.0
 cdef object AGENT_TTL_S = model.AGENT_TTL_S
-cdef Py_ssize_t CHECKED_MAX = 4096  # validated (resource, labels) pairs a store remembers
 cdef double TIME_MAX = 9007199254740992.0  # 2^53: model.check_now's bound
 
 # This process's id, for LmdbStore's environment check (an environment is never used across fork) without
@@ -55,11 +54,6 @@ cdef object call_labels(object ts, object engine, dict resource, object policies
         if found is not None:
             return found
     return ts._call_labels(engine, resource, policies)
-
-
-cdef object due_after(double last, object ttl_s):
-    """When a record last changed at `last` falls due in the sweep index (LmdbBatch._commit's rule)."""
-    return (int(last // HOUR) + 1) * 3600 + ttl_s
 
 
 cdef object record(dict cache, Py_ssize_t most, tuple key, object raw, object decode):
@@ -141,16 +135,10 @@ def decide_call(store, ts, engine, dict request, double now):
         labels = call_labels(ts, engine, <dict>resource, d.policies)
         if type(labels) is not tuple:
             return None
-        checked_of = store._checked
-        checked = checked_of.get((stored, labels))
-        if checked is None:
-            try:
-                checked = (model.check_uid(stored, cfg.max_uid_bytes), model.check_labels(labels, cfg))
-            except InvalidArgument:
-                return None
-            if len(checked_of) >= CHECKED_MAX:
-                checked_of.clear()
-            checked_of[(stored, labels)] = checked
+        try:
+            checked = validated(store._checked, stored, labels, cfg)
+        except InvalidArgument:
+            return None  # the general path refuses it
         if not counted_here(state, <tuple>checked, cost):
             return None
         task_due = due_after(max(<double>state.last, now), cfg.task_ttl_s)

@@ -14,3 +14,6 @@ cdef class TaskFields:
 cdef class AgentFields:
     cdef public object id, last, due
     cdef public Window m1, h1
+
+
+cpdef object due_after(double last, object ttl_s)

@@ -61,6 +61,12 @@ cdef inline char* put_slots(char* at, Window w):
     return at + n
 
 
+cpdef object due_after(double last, object ttl_s):
+    """When a record that last changed at `last` falls due in a backend's sweep (idle) index: the end of
+    that hour, plus `ttl_s` (its place moves once an hour, not on every call)."""
+    return (int(last // 3600.0) + 1) * 3600 + ttl_s
+
+
 def encode_task(TaskFields task) -> bytes:
     """The stored form of a task record (model.py, "A task record"): the header, the windows' slots, the tools
     and the label names as JSON (kept encoded on the record until one is added), then the counts as u64s in

@@ -8,3 +8,4 @@ cdef dict task_view(TaskFields state, double now)
 cdef dict agent_view(AgentFields agent, double now)
 cdef bint counted_here(TaskFields state, tuple checked, object cost) except -1
 cdef int count_allowed(TaskFields state, AgentFields agent, tuple checked, object cost, double now) except -1
+cdef tuple validated(dict memo, object stored, object labels, object cfg)

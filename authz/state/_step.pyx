@@ -80,6 +80,22 @@ cdef int count_allowed(TaskFields state, AgentFields agent, tuple checked, objec
     return 0
 
 
+cdef Py_ssize_t VALIDATED_MAX = 4096  # validated (resource, labels) pairs a memo keeps
+
+
+cdef tuple validated(dict memo, object stored, object labels, object cfg):
+    """(tool, labels) of an allowed call on `stored` carrying `labels`, as model.check_uid and
+    model.check_labels make them (InvalidArgument as they raise it), remembered in `memo`."""
+    key = (stored, labels)
+    checked = memo.get(key)
+    if checked is None:
+        checked = (model.check_uid(stored, cfg.max_uid_bytes), model.check_labels(labels, cfg))
+        if len(memo) >= VALIDATED_MAX:
+            memo.clear()
+        memo[key] = checked
+    return <tuple>checked
+
+
 def run(ts, engine, batch, requests, indexes, list results, list actions, dict seen):
     """The calls `indexes` of `requests`, in order, in `batch` (TaskState._step: see taskstate.py):
     results[i] and seen[i] (the context request i was decided with) for each; `actions`: the tripwires
@@ -144,11 +160,7 @@ def run(ts, engine, batch, requests, indexes, list results, list actions, dict s
             txn.allowed(stored, labels, cost)
             continue
         if labels is not last_labels or stored != last_stored:
-            key = (stored, labels)
-            checked = checked_of.get(key)
-            if checked is None:
-                checked = (model.check_uid(stored, cfg.max_uid_bytes), model.check_labels(labels, cfg))
-                checked_of[key] = checked
+            checked = validated(checked_of, stored, labels, cfg)
             last_stored, last_labels = stored, labels
         if not batch._open or not counted_here(state, checked, cost):
             txn.allowed(stored, labels, cost)

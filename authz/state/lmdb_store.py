@@ -30,7 +30,6 @@ from authz.state.lmdb_env import mapped, open_env, release_env
 from authz.state.store import Batch, Changes, Store
 
 _U64 = struct.Struct(">Q")
-_HOUR = 3600
 _LAZY_SWEEP = 16  # due items a decision's batch applies before it starts (sweep() does the rest)
 _CACHE_MAX = 4096  # decoded records kept per process (cleared when full)
 
@@ -326,10 +325,10 @@ class LmdbBatch(Batch):
         try:
             for (kind, name), state in self._dirty.items():
                 if kind == b"t":
-                    due = (int(state.last // _HOUR) + 1) * _HOUR + cfg.task_ttl_s
+                    due = model.due_after(state.last, cfg.task_ttl_s)
                     db, counter, most, encode = dbs["tasks"], b"tasks", cfg.max_tasks, model.encode_task
                 else:
-                    due = (int(state.last // _HOUR) + 1) * _HOUR + model.AGENT_TTL_S
+                    due = model.due_after(state.last, model.AGENT_TTL_S)
                     db, counter, most, encode = dbs["agents"], b"agents", cfg.max_agents, model.encode_agent
                 if (kind, name) in self._new:
                     self._bump(counter, 1, most, counter.decode())

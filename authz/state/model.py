@@ -24,7 +24,7 @@ import struct
 from array import array
 
 from authz.state import _records, windows
-from authz.state._records import encode_agent, encode_task  # noqa: F401  (the stored form, compiled)
+from authz.state._records import due_after, encode_agent, encode_task  # noqa: F401  (compiled)
 from authz.state.config import LONG_MAX
 from authz.state.errors import Full, InvalidArgument, Unavailable
 

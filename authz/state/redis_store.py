@@ -113,7 +113,6 @@ ATTEMPTS = 16
 CONFLICT_PAUSE_S = 0.0005
 HOT_S = 1.0  # after a conflict on a record, decisions load it before deciding for this long
 _CACHE_MAX = 4096
-_HOUR = 3600
 _MARGIN_S = 60  # records outlive what they are needed for by this much (clock differences between nodes)
 
 
@@ -532,7 +531,7 @@ class RedisBatch(Batch):
             idle = store.key("ti" if task else "ai")
             if self._versions.get(key) == b"0":  # a new record: within max_tasks / max_agents
                 checks += ["c", ref(idle), str(cfg.max_tasks if task else cfg.max_agents)]
-            due = (int(state.last // _HOUR) + 1) * _HOUR + ttl
+            due = model.due_after(state.last, ttl)
             if due == state.due:  # the common case: its expiry and its place in the idle index stand
                 writes += ["h", ref(key), model.encode_task(state) if task else model.encode_agent(state), "-1"]
                 continue
